@@ -1,0 +1,18 @@
+"""adlib: the helper package behind the anomaly-detection reproduction book.
+
+Every reusable line of the book lives here; the notebooks in ``notebooks/`` hold the
+narrative and call into this package.
+
+Sub-packages and modules:
+    adlib.data      official-layout loaders (MVTec AD / MPDD / BTAD, VisA, labelled folders),
+                    the embedded default data set, downloads
+    adlib.nn        shared blocks and pretrained backbones
+    adlib.models    one module per paper (plus the nearest-neighbour baseline)
+    adlib.metrics   image / pixel AUROC, AUPRO, F1
+    adlib.train     the one fit loop (device, seed, AMP, checkpoints, resume, early stop)
+    adlib.results   run records and the paper-vs-us comparison
+    adlib.viz       the book's plots
+    adlib.profiles  smoke / cpu / study / paper defaults
+"""
+
+__version__ = "0.1.0"

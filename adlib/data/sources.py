@@ -1,0 +1,70 @@
+"""From a notebook's parameters to data sets: which root, which categories, which loader.
+
+A notebook calls :func:`resolve_root` once and :func:`open_split` per category, whatever
+the data set: the embedded default (generated on first use), MVTec AD / MPDD / BTAD, or VisA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adlib.data.errors import DataError
+
+#: Data sets in the MVTec layout; VisA has its own csv split.
+MVTEC_LAYOUT = ("embedded", "mvtec_ad", "mpdd", "btad")
+
+
+def resolve_root(dataset: str, data_root: str | Path | None = None, seed: int = 0) -> Path:
+    """The folder whose sub-folders are the categories (or VisA's root)."""
+    if dataset == "embedded":
+        if data_root is not None:
+            return Path(data_root)
+        from adlib.data.embedded import ensure_embedded
+
+        return ensure_embedded(seed=seed) / "mvtec"
+    if data_root is None:
+        from adlib.data.folders import default_data_root
+
+        return default_data_root()
+    return Path(data_root)
+
+
+def list_dataset_categories(dataset: str, root: Path) -> list[str]:
+    """Every category present under ``root`` for this data set."""
+    if dataset == "visa":
+        from adlib.data.folders import read_visa_split
+
+        csv = root / "split_csv" / "1cls.csv"
+        return sorted(read_visa_split(csv)["object"].unique())
+    from adlib.data.folders import list_categories
+
+    return list_categories(root)
+
+
+def choose_categories(dataset: str, root: Path, wanted: list[str] | None) -> list[str]:
+    """``wanted`` checked against what is on disk; all of them when ``wanted`` is None."""
+    present = list_dataset_categories(dataset, root)
+    if not present:
+        msg = (f"no categories found under {root} for dataset {dataset!r}; expected the "
+               "official layout (data/README.md)")
+        raise DataError(msg)
+    if wanted is None:
+        return present
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        msg = (f"categories {missing} not found under {root}; present: {', '.join(present)}. "
+               "Fix `-p categories ...` or data_root.")
+        raise DataError(msg)
+    return list(wanted)
+
+
+def open_split(dataset: str, root: Path, category: str, split: str, image_size: int):
+    """The train or test split of one category as a Dataset (the item contract of adlib.data)."""
+    from adlib.data.folders import MVTecDataset, VisADataset
+
+    if dataset in MVTEC_LAYOUT:
+        return MVTecDataset(root, category, split=split, image_size=image_size)
+    if dataset == "visa":
+        return VisADataset(root, category, split=split, image_size=image_size)
+    msg = f"dataset {dataset!r} has no train/test split loader; use one of {MVTEC_LAYOUT + ('visa',)}"
+    raise DataError(msg)

@@ -1,0 +1,1 @@
+"""See adlib/__init__.py."""

@@ -1,0 +1,128 @@
+"""The four run profiles, defined once for the whole book.
+
+A notebook's ``parameters`` cell holds ``profile`` plus the explicit knobs (all ``None`` by
+default); :func:`resolve` fills every ``None`` from the profile, so an explicit papermill
+parameter always wins::
+
+    cfg = resolve("rlr", profile="cpu", epochs=3)   # cpu defaults, but 3 epochs
+
+| profile | data                         | size                         | where              |
+|---------|------------------------------|------------------------------|--------------------|
+| smoke   | embedded default             | tiny: 64 px, 1 epoch         | pytest (seconds)   |
+| cpu     | embedded default or data_root| reduced: 128 px              | ``make book``, CI  |
+| study   | embedded default, all cats   | the paper's ablation grid, 3 seeds | a developer's CPU |
+| paper   | the real data set            | the paper's protocol         | a GPU / Colab      |
+
+Per-paper entries in :data:`PAPER_DEFAULTS` override the common ones (the paper profile of
+RLR trains 200 epochs, Patch SVDD's 300, ...). The notebook section that explains them is
+the book's introduction ("Profiles").
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+PROFILE_NAMES = ("smoke", "cpu", "study", "paper")
+
+#: Defaults shared by every notebook.
+COMMON: dict[str, dict[str, Any]] = {
+    "smoke": {"dataset": "embedded", "categories": None, "image_size": 64, "epochs": 1,
+              "batch_size": 8, "n_seeds": 1, "grid": "tiny"},
+    "cpu": {"dataset": "embedded", "categories": None, "image_size": 128, "epochs": 5,
+            "batch_size": 16, "n_seeds": 1, "grid": "reduced"},
+    "study": {"dataset": "embedded", "categories": None, "image_size": 128, "epochs": 10,
+              "batch_size": 16, "n_seeds": 3, "grid": "full"},
+    "paper": {"dataset": "mvtec_ad", "categories": None, "image_size": 256, "epochs": 100,
+              "batch_size": 32, "n_seeds": 1, "grid": "full"},
+}
+
+#: Per-notebook overrides, keyed by the paper's short name (the notebook's ``PAPER``).
+PAPER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "data_and_metrics": {
+        "cpu": {"image_size": 128},
+        "study": {"image_size": 256},
+        "paper": {"image_size": 256},
+    },
+}
+
+#: The paper-protocol data sets each loader understands; ``embedded`` is the built-in default.
+DATASETS = ("embedded", "mvtec_ad", "mpdd", "btad", "visa", "labelled")
+
+
+@dataclass
+class RunConfig:
+    """Every knob of one notebook run, after the profile has filled the gaps."""
+
+    paper: str
+    profile: str
+    dataset: str
+    data_root: str | None
+    categories: list[str] | None
+    image_size: int
+    epochs: int
+    batch_size: int
+    device: str
+    seed: int
+    seeds: list[int]
+    output_dir: str
+    grid: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (for run records)."""
+        out = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "extra"}
+        out.update(copy.deepcopy(self.extra))
+        return out
+
+
+def profile_defaults(paper: str, profile: str) -> dict[str, Any]:
+    """The defaults a profile gives one paper's notebook (common ones, then the paper's)."""
+    if profile not in COMMON:
+        msg = (f"unknown profile {profile!r}; expected one of {', '.join(PROFILE_NAMES)} "
+               "(e.g. `papermill ... -p profile cpu`)")
+        raise ValueError(msg)
+    out = dict(COMMON[profile])
+    out.update(PAPER_DEFAULTS.get(paper, {}).get(profile, {}))
+    return out
+
+
+def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
+            data_root: str | None = None, categories: list[str] | str | None = None,
+            image_size: int | None = None, epochs: int | None = None,
+            batch_size: int | None = None, device: str = "auto", seed: int = 0,
+            output_dir: str = "runs", **extra: Any) -> RunConfig:
+    """Fill every ``None`` parameter from ``profile``; explicit values win.
+
+    ``categories`` may be a list or a comma-separated string (convenient with papermill's
+    ``-p categories carpet,grid``). Extra keyword arguments that are ``None`` take the
+    profile's value of the same name when it has one (e.g. ``grid``), else stay ``None``.
+    """
+    defaults = profile_defaults(paper, profile)
+    if isinstance(categories, str):
+        categories = [c.strip() for c in categories.split(",") if c.strip()]
+    if data_root is not None and dataset is None and profile != "paper":
+        dataset = "mvtec_ad"  # a real root without a named data set: MVTec layout
+    chosen = {"dataset": dataset, "categories": categories, "image_size": image_size,
+              "epochs": epochs, "batch_size": batch_size}
+    values = {k: (defaults[k] if v is None else v) for k, v in chosen.items()}
+    if values["dataset"] not in DATASETS:
+        msg = f"unknown dataset {values['dataset']!r}; expected one of {', '.join(DATASETS)}"
+        raise ValueError(msg)
+    if values["dataset"] != "embedded" and data_root is None:
+        msg = (f"dataset {values['dataset']!r} needs data_root (the folder holding it in its "
+               "official layout, see data/README.md); pass `-p data_root /path/to/data`, or "
+               "use `-p dataset embedded` for the built-in default")
+        raise ValueError(msg)
+    n_seeds = int(extra.pop("n_seeds", None) or defaults["n_seeds"])
+    grid = extra.pop("grid", None) or defaults["grid"]
+    for key, value in list(extra.items()):
+        if value is None and key in defaults:
+            extra[key] = defaults[key]
+    return RunConfig(paper=paper, profile=profile, dataset=values["dataset"],
+                     data_root=None if data_root is None else str(data_root),
+                     categories=values["categories"], image_size=int(values["image_size"]),
+                     epochs=int(values["epochs"]), batch_size=int(values["batch_size"]),
+                     device=device, seed=int(seed), seeds=[int(seed) + i for i in range(n_seeds)],
+                     output_dir=str(output_dir), grid=grid, extra=extra)

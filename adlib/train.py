@@ -1,0 +1,1148 @@
+"""The one training loop of the book: device, seed, AMP, progress bar, checkpoints, resume, early stop.
+
+Every paper's notebook trains through :func:`fit`; the paper-specific part is a
+``loss_fn(model, batch)`` that returns the loss (or a dict of loss terms). What ``fit`` adds,
+and why each piece is there:
+
+* **Reproducible.** :func:`seed_everything` seeds Python, NumPy and torch; the shuffling of a
+  data set that ``fit`` wraps in a DataLoader comes from a generator re-seeded from
+  ``(seed, epoch)`` at each epoch (:func:`epoch_seed`), so batch order never depends on what
+  ran before.
+* **Resumable, exactly.** Every ``checkpoint_every`` epochs ``checkpoint_dir/last.pt`` receives
+  the model, optimiser, scheduler, AMP scaler, ``extra_state``, every RNG state and the history.
+  A run killed mid-epoch and started again with the same arguments ends with the same weights,
+  bit for bit on a CPU, as a run never interrupted (``tests/test_train.py`` checks this).
+* **Safe to load.** Checkpoints hold only tensors and plain Python values, so
+  ``torch.load(path, weights_only=True)`` reads them; they are written atomically (temp file +
+  ``os.replace``) so a crash during a save never leaves a torn ``last.pt``; and they carry the
+  model's signature, so resuming a different architecture's run fails loudly
+  (:class:`CheckpointMismatchError`) instead of silently mixing two experiments.
+* **Honest model selection.** Early stopping and "best weights" use the *validation* loss only;
+  there is no parameter for the test split, and a data set whose ``split`` is ``"test"`` is
+  refused as ``val_data``.
+* **Fast on a GPU.** Losses are summed on the device and read back once per epoch (no per-batch
+  host sync); AMP (fp16 + GradScaler, or bf16) on CUDA; pinned memory; optional channels-last.
+
+Explained in the book's introduction, section "Training".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+__all__ = [
+    "CheckpointMismatchError",
+    "FitResult",
+    "epoch_seed",
+    "fit",
+    "load_checkpoint",
+    "model_signature",
+    "pick_device",
+    "seed_everything",
+    "seed_worker",
+]
+
+#: Bumped when the layout of ``last.pt`` changes in a way older code cannot read.
+CHECKPOINT_FORMAT = 1
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+LossFn = Callable[[nn.Module, Any], Union[torch.Tensor, Mapping[str, torch.Tensor]]]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint belongs to another model or another run than the one asked for."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    ``model`` holds the weights of ``best_epoch``: the epoch with the lowest validation loss
+    when ``val_data`` was given (and ``restore_best``), else the last epoch trained. It is
+    returned in ``eval()`` mode, ready for scoring.
+    """
+
+    model: nn.Module = field(repr=False)
+    history: pd.DataFrame = field(repr=False)
+    best_epoch: int | None
+    best_val_loss: float | None
+    stopped_early: bool
+    resumed_from: int | None
+    checkpoint_path: Path | None
+    device: str
+    precision: str
+
+
+# --------------------------------------------------------------------------- device, seeds
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """The device to train on: ``"auto"`` picks CUDA, then Apple MPS, then the CPU.
+
+    An explicit name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) wins, and asking for a
+    device this machine does not have raises ``RuntimeError`` instead of quietly training on
+    the CPU for hours.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        msg = f"device={device!r} is not a device name; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+        raise ValueError(msg) from err
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            msg = (
+                f"device={device!r} was asked for, but CUDA is not available here "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}; no GPU visible). "
+                "Pass device='auto' (uses the best device present) or device='cpu'."
+            )
+            raise RuntimeError(msg)
+        count = torch.cuda.device_count()
+        if chosen.index is not None and chosen.index >= count:
+            msg = f"device={device!r} was asked for, but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})."
+            raise RuntimeError(msg)
+    if chosen.type == "mps" and not _mps_available():
+        msg = f"device={device!r} was asked for, but Apple MPS is not available here. Pass device='auto' or 'cpu'."
+        raise RuntimeError(msg)
+    return chosen
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> int:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device).
+
+    ``deterministic=True`` also asks torch for deterministic kernels (slower on GPUs; it is a
+    process-wide switch). On a CPU the loop is deterministic without it. Returns ``seed``.
+    """
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        msg = f"seed must be a non-negative integer, got {seed!r}."
+        raise ValueError(msg)
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    if deterministic:
+        # cuBLAS needs this workspace setting for deterministic matmuls (read at first use).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return seed
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 32-bit seed for one epoch of one run.
+
+    Shuffling from ``epoch_seed(seed, epoch)`` makes epoch ``e``'s batches the same whether the
+    run started at epoch 1 or resumed at epoch ``e``. Per-epoch samplers (a Patch SVDD patch
+    sampler, say) can use it too.
+    """
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for DataLoaders: seed NumPy and ``random`` in each worker process.
+
+    torch gives each worker the seed ``base_seed + worker_id`` (``base_seed`` is drawn from the
+    loader's generator); NumPy and ``random`` would otherwise start from a copy of the parent's
+    state, so augmentations would repeat across workers and depend on the past.
+    """
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+# --------------------------------------------------------------------------- model identity
+
+
+def model_signature(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint records about the model it holds: class, tensor names and shapes, hash.
+
+    Two models share a signature when they are the same class with the same state-dict entries
+    (parameters and buffers) of the same shapes, i.e. when one's weights load into the other.
+    """
+    tensors = sorted([name, list(t.shape)] for name, t in model.state_dict().items())
+    digest = hashlib.sha256(json.dumps(tensors).encode()).hexdigest()[:16]
+    kind = type(model)
+    return {
+        "class": f"{kind.__module__}.{kind.__qualname__}",
+        "hash": digest,
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "tensors": tensors,
+    }
+
+
+def _describe(signature: Mapping[str, Any]) -> str:
+    return f"{signature['class']} ({signature['n_parameters']:,} parameters, signature {signature['hash']})"
+
+
+def _check_signature(found: Mapping[str, Any], model: nn.Module, where: str, fix: str) -> None:
+    """Raise :class:`CheckpointMismatchError` unless the checkpoint's model is ``model``'s kind."""
+    expected = model_signature(model)
+    if found["class"] == expected["class"] and found["hash"] == expected["hash"]:
+        return
+    ckpt_shapes = {name: shape for name, shape in found["tensors"]}
+    model_shapes = {name: shape for name, shape in expected["tensors"]}
+    details = []
+    missing = sorted(set(model_shapes) - set(ckpt_shapes))
+    unexpected = sorted(set(ckpt_shapes) - set(model_shapes))
+    reshaped = sorted(
+        n for n in set(ckpt_shapes) & set(model_shapes) if ckpt_shapes[n] != model_shapes[n]
+    )
+    if missing:
+        details.append(
+            f"missing from the checkpoint: {', '.join(missing[:3])}"
+            + (" ..." if len(missing) > 3 else "")
+        )
+    if unexpected:
+        details.append(
+            f"not in the model: {', '.join(unexpected[:3])}"
+            + (" ..." if len(unexpected) > 3 else "")
+        )
+    for name in reshaped[:3]:
+        details.append(f"{name}: checkpoint {ckpt_shapes[name]}, model {model_shapes[name]}")
+    msg = (
+        f"{where} holds a {_describe(found)}, but the model given is a {_describe(expected)}"
+        + (f" ({'; '.join(details)})" if details else "")
+        + f". {fix}"
+    )
+    raise CheckpointMismatchError(msg)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``.
+
+    ``os.replace`` is atomic within one file system, so a reader (or a resumed run) sees either
+    the old checkpoint or the new one, never half a file; the temp file is removed on failure.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _plain(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` with NumPy values turned into tensors / Python numbers, or a clear error.
+
+    ``torch.load(weights_only=True)`` refuses arbitrary pickled objects, so everything saved
+    must be tensors, dicts, lists, tuples, strings, numbers, bools or None.
+    """
+    if isinstance(obj, (torch.Tensor, str, int, float, bool, type(None), torch.Size)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, Mapping):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    msg = (
+        f"Cannot checkpoint {where}: a {type(obj).__name__}. Checkpoints hold only tensors and "
+        "plain Python values so that torch.load(weights_only=True) can read them; keep such "
+        "objects out of state_dict() or extra_state."
+    )
+    raise TypeError(msg)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        msg = f"Could not read the checkpoint {path} ({type(err).__name__}: {err}). Delete it, or pass resume=False to start over."
+        raise CheckpointMismatchError(msg) from err
+    if not isinstance(ckpt, dict) or "model_signature" not in ckpt:
+        msg = f"{path} is not a checkpoint written by adlib.train.fit (no model_signature). Use another checkpoint_dir."
+        raise CheckpointMismatchError(msg)
+    return ckpt
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    extra_state: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load a ``last.pt`` or ``best.pt`` written by :func:`fit` into ``model`` (and friends).
+
+    Reads with ``weights_only=True`` and refuses a checkpoint of another architecture
+    (:class:`CheckpointMismatchError`). ``best.pt`` holds the best-validation weights,
+    ``last.pt`` the weights after the last epoch trained. Returns the checkpoint dict (its
+    ``"epoch"``, ``"history"`` (a dict of lists: ``pd.DataFrame(ckpt["history"])``), ...).
+    """
+    path = Path(path)
+    ckpt = _read_checkpoint(path)
+    fix = "Load a checkpoint of this model (another checkpoint_dir), or build the model that was trained."
+    _check_signature(ckpt["model_signature"], model, str(path), fix)
+    model.load_state_dict(ckpt["model"])
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if extra_state:
+        _load_extra_state(extra_state, ckpt.get("extra_state") or {}, path)
+    return ckpt
+
+
+def _extra_states(extra_state: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, obj in extra_state.items():
+        if isinstance(obj, torch.Generator):
+            out[name] = {"generator_state": obj.get_state()}
+        else:
+            out[name] = {"state_dict": obj.state_dict()}
+            if isinstance(obj, nn.Module):
+                out[name]["signature"] = model_signature(obj)
+    return out
+
+
+def _load_extra_state(extra_state: Mapping[str, Any], saved: Mapping[str, Any], path: Path) -> None:
+    missing = sorted(set(extra_state) - set(saved))
+    if missing:
+        msg = (
+            f"{path} has no extra_state entries {missing} (it holds {sorted(saved)}). "
+            "Pass the same extra_state names as the run that wrote it, or resume=False."
+        )
+        raise CheckpointMismatchError(msg)
+    for name, obj in extra_state.items():
+        entry = saved[name]
+        if isinstance(obj, torch.Generator):
+            obj.set_state(entry["generator_state"])
+            continue
+        if isinstance(obj, nn.Module):
+            fix = f"extra_state[{name!r}] must be the same kind of module as in the run that wrote the checkpoint."
+            _check_signature(entry["signature"], obj, f"{path} (extra_state[{name!r}])", fix)
+        obj.load_state_dict(entry["state_dict"])
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def _rng_state(generators: Iterable[torch.Generator] = ()) -> dict[str, Any]:
+    """Every RNG the loop draws from, as tensors and plain values (weights_only-safe)."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "generators": [g.get_state() for g in generators],
+    }
+    # Reading CUDA states would initialise CUDA in a CPU-only run; skip it when unused.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if _mps_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def _restore_rng(state: Mapping[str, Any], generators: Iterable[torch.Generator] = ()) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    for generator, saved in zip(generators, state.get("generators", [])):
+        generator.set_state(saved)
+    cuda_states = state.get("cuda")
+    if (
+        cuda_states is not None
+        and torch.cuda.is_available()
+        and len(cuda_states) == torch.cuda.device_count()
+    ):
+        torch.cuda.set_rng_state_all(cuda_states)
+    if "mps" in state and _mps_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+def _loader_generators(data: Any) -> list[torch.Generator]:
+    """Generators inside a user's DataLoader: their state must be checkpointed too."""
+    if not isinstance(data, DataLoader):
+        return []
+    found = []
+    for candidate in (data.generator, getattr(data.sampler, "generator", None)):
+        if isinstance(candidate, torch.Generator) and all(candidate is not g for g in found):
+            found.append(candidate)
+    return found
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _refuse_test_split(data: Any) -> None:
+    """Early stopping on the test split is model selection on the test set: refuse it."""
+    seen = 0
+    stack = [data]
+    while stack and seen < 32:
+        item = stack.pop()
+        seen += 1
+        if getattr(item, "split", None) == "test":
+            msg = (
+                "val_data is a test split (its split attribute is 'test'). Early stopping and "
+                "best-weight selection on it would choose the model on the test set. Hold out part "
+                "of the training data instead (e.g. torch.utils.data.random_split on the train split)."
+            )
+            raise ValueError(msg)
+        stack.extend(getattr(item, "datasets", []) or [])
+        inner = getattr(item, "dataset", None)
+        if inner is not None:
+            stack.append(inner)
+
+
+def _epoch_batches(
+    data: Any,
+    *,
+    role: str,
+    batch_size: int | None,
+    shuffle: bool,
+    seed: int,
+    num_workers: int,
+    drop_last: bool,
+    pin_memory: bool,
+) -> Callable[[int], Iterable]:
+    """Turn ``train_data`` / ``val_data`` into ``epoch -> iterable of batches``.
+
+    A map-style Dataset gets a DataLoader whose shuffling generator is re-seeded from
+    ``(seed, epoch)`` at each epoch. A DataLoader, or any re-iterable of batches, is used as
+    is; a callable is called with the (1-based) epoch number and must return the batches.
+    """
+    if isinstance(data, DataLoader):
+        if batch_size is not None and data.batch_size != batch_size:
+            msg = (
+                f"{role} is a DataLoader with batch_size={data.batch_size}, but fit got batch_size={batch_size}. "
+                "Pass the Dataset (fit builds the loader) or leave batch_size=None."
+            )
+            raise ValueError(msg)
+        return lambda epoch: data
+    if isinstance(data, Dataset):
+        if batch_size is None:
+            msg = f"{role} is a Dataset, so fit builds its DataLoader and needs batch_size (got None)."
+            raise ValueError(msg)
+        generator = torch.Generator()
+        loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=shuffle and not isinstance(data, IterableDataset),
+            generator=generator,
+            num_workers=num_workers,
+            worker_init_fn=seed_worker if num_workers > 0 else None,
+            # Not persistent: fresh workers each epoch get seeds from (seed, epoch), which a
+            # resumed run reproduces; persistent workers would carry state across epochs.
+            persistent_workers=False,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
+        )
+
+        def batches(epoch: int) -> DataLoader:
+            generator.manual_seed(epoch_seed(seed, epoch))
+            return loader
+
+        return batches
+    if callable(data):
+        return data
+    if not isinstance(data, Iterable):
+        msg = f"{role} must be a Dataset, a DataLoader, an iterable of batches or a callable epoch -> batches; got {type(data).__name__}."
+        raise TypeError(msg)
+    if iter(data) is data:
+        msg = (
+            f"{role} is a one-shot iterator ({type(data).__name__}): it would be empty from the second "
+            "epoch on. Pass a list, a DataLoader, or a callable epoch -> iterable of batches."
+        )
+        raise TypeError(msg)
+    if batch_size is not None:
+        msg = f"batch_size={batch_size} only applies when {role} is a Dataset; {role} is a {type(data).__name__} of ready batches."
+        raise ValueError(msg)
+    return lambda epoch: data
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move every tensor in ``batch`` (nested dicts, lists, tuples) to ``device``.
+
+    ``non_blocking`` lets host-to-GPU copies from pinned memory overlap with compute.
+    Strings and other values (e.g. the data sets' ``"path"``) pass through.
+    """
+    if isinstance(batch, torch.Tensor):
+        if channels_last and batch.ndim == 4 and batch.is_floating_point():
+            return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_to_device(v, device, channels_last) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def _steps_per_epoch(batches: Any) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
+# --------------------------------------------------------------------------- optimisation pieces
+
+
+def _build_optimizer(
+    optimizer: str | Callable | torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+) -> torch.optim.Optimizer:
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if callable(optimizer):
+        return optimizer(params)
+    # Fused kernels: one launch per step for all parameters on CUDA.
+    fused = {"fused": True} if device.type == "cuda" else {}
+    name = str(optimizer).lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
+    msg = f"optimizer={optimizer!r} is not known; use 'adam', 'adamw', 'sgd', or a callable params -> torch.optim.Optimizer."
+    raise ValueError(msg)
+
+
+def _precision(amp: bool | str, device: torch.device) -> str:
+    """``"fp32"``, ``"fp16"`` or ``"bf16"``: AMP only runs on CUDA (CPU autocast is slow)."""
+    choices = {
+        False: "fp32",
+        None: "fp32",
+        True: "fp16",
+        "fp16": "fp16",
+        "float16": "fp16",
+        "bf16": "bf16",
+        "bfloat16": "bf16",
+        "fp32": "fp32",
+    }
+    if amp not in choices:
+        msg = f"amp={amp!r} is not understood; use True (fp16), 'bf16' or False."
+        raise ValueError(msg)
+    precision = choices[amp]
+    if device.type != "cuda":
+        return "fp32"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        msg = "amp='bf16' was asked for, but this GPU does not support bfloat16; use amp=True (fp16) or False."
+        raise RuntimeError(msg)
+    return precision
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _grad_scaler(enabled: bool) -> Any:
+    """Loss scaling for fp16 (bf16 has fp32's range and needs none); a no-op when disabled."""
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+
+
+def _loss_terms(output: Any) -> dict[str, torch.Tensor]:
+    """Normalise ``loss_fn``'s output to ``{"loss": scalar, other terms...}``."""
+    terms = dict(output) if isinstance(output, Mapping) else {"loss": output}
+    if "loss" not in terms:
+        msg = f"loss_fn returned a dict without a 'loss' key (keys: {sorted(terms)}); put the value to minimise under 'loss'."
+        raise ValueError(msg)
+    loss = terms["loss"]
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        msg = f"loss_fn must return a scalar tensor as the loss; got {shape}. Reduce it (e.g. .mean())."
+        raise ValueError(msg)
+    return terms
+
+
+class _EpochMeans:
+    """Per-epoch means of the loss terms, summed on the device: one host sync per epoch."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, terms: Mapping[str, Any]) -> None:
+        for name, value in terms.items():
+            value = torch.as_tensor(value, device=self.device).detach().float().mean()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        names = list(self.sums)
+        values = torch.stack([self.sums[n] / self.counts[n] for n in names]).tolist()
+        return dict(zip(names, values))
+
+
+def _train_one_epoch(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    *,
+    device: torch.device,
+    precision: str,
+    grad_clip: float | None,
+    channels_last: bool,
+    bar: Any,
+) -> dict[str, float]:
+    model.train()
+    means = _EpochMeans(device)
+    for batch in batches:
+        batch = _to_device(batch, device, channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, precision):
+            terms = _loss_terms(loss_fn(model, batch))
+        scaler.scale(terms["loss"]).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        means.add(terms)
+        bar.update(1)
+    return means.means()
+
+
+def _evaluate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable,
+    *,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> dict[str, float]:
+    """Mean loss terms over the validation batches (model in eval mode, no gradients)."""
+    model.eval()
+    means = _EpochMeans(device)
+    with torch.no_grad():
+        for batch in batches:
+            batch = _to_device(batch, device, channels_last)
+            with _autocast(device, precision):
+                means.add(_loss_terms(loss_fn(model, batch)))
+    return means.means()
+
+
+def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _progress_bar(progress: bool | str, total: int | None, initial: int, desc: str) -> Any:
+    """One bar over all training batches; ``"text"`` forces a plain-text bar in notebooks."""
+    if progress == "text":
+        from tqdm import tqdm
+    else:
+        # Imported here: tqdm.auto warns at import time in a kernel without ipywidgets.
+        from tqdm.auto import tqdm
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="batch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _RunState:
+    """Everything about a run's progress that a resumed run must get back."""
+
+    epoch: int = 0  # epochs completed
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    best_weights: dict[str, Any] | None = (
+        None  # {"model": state dict, "extra": {name: state dict}} on the CPU
+    )
+    stopped_early: bool = False
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def history_lists(self) -> dict[str, list]:
+        columns = list(dict.fromkeys(c for row in self.rows for c in row))
+        return {c: [row.get(c, math.nan) for row in self.rows] for c in columns}
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train_data: Any,
+    *,
+    epochs: int,
+    val_data: Any = None,
+    optimizer: str | Callable[[list], torch.optim.Optimizer] | torch.optim.Optimizer = "adam",
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    batch_size: int | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    deterministic: bool = False,
+    amp: bool | str = True,
+    channels_last: bool = False,
+    grad_clip: float | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = True,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    restore_best: bool = True,
+    desc: str = "train",
+    progress: bool | str = True,
+    extra_state: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` by minimising ``loss_fn(model, batch)`` for ``epochs`` epochs.
+
+    Args:
+        loss_fn: ``(model, batch) -> scalar tensor`` or a dict with the scalar under ``"loss"``;
+            the other entries are logged as ``train_<name>`` / ``val_<name>`` columns. The batch
+            arrives on the device already.
+        train_data: a map-style Dataset (``fit`` builds a shuffled DataLoader; needs
+            ``batch_size``), a DataLoader or re-iterable of batches (used as is), or a callable
+            ``epoch -> iterable of batches`` (epoch counts from 1).
+        val_data: the *validation* split, same kinds as ``train_data`` (never the test split:
+            it picks the best epoch). When given, the returned model holds the weights of the
+            epoch with the lowest validation loss (``restore_best=False`` keeps the last ones).
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (with ``lr`` and ``weight_decay``), or a
+            callable receiving the list of trainable parameters of ``model``.
+        scheduler: ``optimizer -> LR scheduler``, stepped once per epoch (``ReduceLROnPlateau``
+            gets the validation loss, or the training loss without validation).
+        amp: on CUDA, ``True`` = fp16 autocast + GradScaler, ``"bf16"`` = bfloat16 autocast,
+            ``False`` = fp32. Ignored (fp32) on other devices.
+        checkpoint_dir: where ``last.pt`` (every ``checkpoint_every`` epochs and at the end) and
+            ``best.pt`` (with validation) go. With ``resume=True`` an existing ``last.pt`` is
+            continued; a finished run returns at once.
+        patience: stop when the validation loss has not improved by more than ``min_delta`` for
+            this many epochs (needs ``val_data``).
+        extra_state: more objects with ``state_dict()`` (modules, optimisers, schedulers) or
+            ``torch.Generator``s to checkpoint and restore, e.g. a second network trained inside
+            ``loss_fn``. Modules are moved to the device, and restored to the best epoch with the
+            model.
+        progress: ``True`` (tqdm.auto: a widget in notebooks), ``"text"`` (plain-text bar), or
+            ``False`` (silent).
+
+    Returns:
+        :class:`FitResult`; ``history`` has one row per epoch: ``epoch``, ``train_loss``,
+        ``train_<term>``..., ``val_loss``, ``val_<term>``..., ``lr``, ``seconds``.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        msg = f"epochs must be a positive integer, got {epochs!r}."
+        raise ValueError(msg)
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        msg = f"checkpoint_every must be a positive integer (epochs), got {checkpoint_every!r}."
+        raise ValueError(msg)
+    if patience is not None and val_data is None:
+        msg = "patience needs val_data: early stopping watches the validation loss (never the test split)."
+        raise ValueError(msg)
+    if patience is not None and patience < 1:
+        msg = f"patience must be a positive number of epochs or None, got {patience!r}."
+        raise ValueError(msg)
+    extras = dict(extra_state or {})
+    for name, obj in extras.items():
+        if not isinstance(obj, torch.Generator) and not (
+            hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
+        ):
+            msg = f"extra_state[{name!r}] is a {type(obj).__name__}; it needs state_dict()/load_state_dict() (or be a torch.Generator)."
+            raise TypeError(msg)
+    if val_data is not None:
+        _refuse_test_split(val_data)
+
+    device = pick_device(device)
+    seed_everything(seed, deterministic)
+    precision = _precision(amp, device)
+    model.to(device)
+    if channels_last:  # faster convolutions on GPUs (and CPUs) for 4-D activations
+        model.to(memory_format=torch.channels_last)
+    modules = {name: obj for name, obj in extras.items() if isinstance(obj, nn.Module)}
+    for module in modules.values():
+        module.to(device)
+
+    loader_kw = dict(seed=seed, num_workers=num_workers, pin_memory=device.type == "cuda")
+    train_batches = _epoch_batches(
+        train_data,
+        role="train_data",
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        **loader_kw,
+    )
+    val_batches = None
+    if val_data is not None:
+        # A validation Dataset is batched like the training data; other kinds come batched.
+        val_batch_size = (
+            batch_size if batch_size is not None else getattr(train_data, "batch_size", None)
+        )
+        val_batch_size = val_batch_size if isinstance(val_data, Dataset) else None
+        val_batches = _epoch_batches(
+            val_data,
+            role="val_data",
+            batch_size=val_batch_size,
+            shuffle=False,
+            drop_last=False,
+            **loader_kw,
+        )
+    generators = _loader_generators(train_data)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params and not callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
+        msg = f"{type(model).__name__} has no trainable parameters (all requires_grad=False); nothing to fit."
+        raise ValueError(msg)
+    opt = _build_optimizer(optimizer, params, lr, weight_decay, device)
+    sched = scheduler(opt) if scheduler is not None else None
+    scaler = _grad_scaler(precision == "fp16")
+    settings = {
+        "seed": int(seed),
+        "batch_size": batch_size,
+        "optimizer": optimizer
+        if isinstance(optimizer, str)
+        else getattr(optimizer, "__qualname__", type(optimizer).__name__),
+        "lr": float(lr) if isinstance(optimizer, str) else None,
+        "weight_decay": float(weight_decay) if isinstance(optimizer, str) else None,
+        "validation": val_data is not None,
+    }
+
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    last_path = ckpt_dir / LAST_CHECKPOINT if ckpt_dir is not None else None
+    state = _RunState()
+    resumed_from = None
+    if last_path is not None and resume and last_path.exists():
+        ckpt = _read_checkpoint(last_path)
+        _check_resumable(ckpt, last_path, model, settings, epochs)
+        _restore_run(ckpt, last_path, model, opt, sched, scaler, extras, state)
+        _restore_rng(ckpt["rng"], generators)
+        resumed_from = state.epoch
+    if state.epoch >= epochs or state.stopped_early:
+        return _finish(
+            model, modules, state, restore_best, resumed_from, last_path, device, precision
+        )
+
+    best_on_disk = state.best_epoch if resumed_from is not None else None
+
+    def save_checkpoint() -> None:
+        nonlocal best_on_disk
+        # best.pt first: if the run dies between the two writes, last.pt is the older one,
+        # and a resumed run recomputes the same best epoch.
+        if state.best_weights is not None and state.best_epoch != best_on_disk:
+            best = {
+                "format": CHECKPOINT_FORMAT,
+                "model_signature": model_signature(model),
+                "model": state.best_weights["model"],
+                "epoch": state.best_epoch,
+                "val_loss": state.best_val_loss,
+            }
+            _save_atomic(_plain(best), ckpt_dir / BEST_CHECKPOINT)
+            best_on_disk = state.best_epoch
+        _save_atomic(
+            _plain(
+                _checkpoint(model, opt, sched, scaler, extras, state, settings, epochs, generators)
+            ),
+            last_path,
+        )
+
+    start = state.epoch + 1
+    first = train_batches(start)  # its length sizes the progress bar
+    steps = _steps_per_epoch(first)
+    bar = _progress_bar(
+        progress, steps * epochs if steps else None, steps * state.epoch if steps else 0, desc
+    )
+    try:
+        for epoch in range(start, epochs + 1):
+            started = time.perf_counter()
+            lr_now = opt.param_groups[0]["lr"]
+            batches = first if epoch == start else train_batches(epoch)
+            train = _train_one_epoch(
+                model,
+                loss_fn,
+                batches,
+                opt,
+                scaler,
+                device=device,
+                precision=precision,
+                grad_clip=grad_clip,
+                channels_last=channels_last,
+                bar=bar,
+            )
+            if not train:
+                msg = f"train_data gave no batches in epoch {epoch} (a data set smaller than batch_size with drop_last=True?)."
+                raise ValueError(msg)
+            if not math.isfinite(train["loss"]):
+                msg = (
+                    f"The training loss is {train['loss']} in epoch {epoch}; last.pt keeps the last finite epoch. "
+                    "Lower lr, set grad_clip, or try amp=False / amp='bf16'."
+                )
+                raise FloatingPointError(msg)
+            row: dict[str, Any] = {"epoch": epoch}
+            row.update({f"train_{k}": v for k, v in train.items()})
+            if val_batches is not None:
+                val = _evaluate(
+                    model,
+                    loss_fn,
+                    val_batches(epoch),
+                    device=device,
+                    precision=precision,
+                    channels_last=channels_last,
+                )
+                row.update({f"val_{k}": v for k, v in val.items()})
+                _track_best(state, epoch, val.get("loss", math.nan), min_delta, model, modules)
+            if sched is not None:
+                _step_scheduler(sched, row.get("val_loss", row["train_loss"]))
+            row["lr"] = lr_now
+            row["seconds"] = time.perf_counter() - started
+            state.rows.append(row)
+            state.epoch = epoch
+            if (
+                patience is not None
+                and state.best_epoch is not None
+                and epoch - state.best_epoch >= patience
+            ):
+                state.stopped_early = True
+            elif patience is not None and state.best_epoch is None and epoch >= patience:
+                state.stopped_early = True  # validation never finite
+            if last_path is not None and (
+                epoch % checkpoint_every == 0 or epoch == epochs or state.stopped_early
+            ):
+                save_checkpoint()
+            bar.set_postfix_str(_postfix(row, epochs), refresh=False)
+            if state.stopped_early:
+                break
+    finally:
+        bar.close()
+    return _finish(model, modules, state, restore_best, resumed_from, last_path, device, precision)
+
+
+def _track_best(
+    state: _RunState,
+    epoch: int,
+    val_loss: float,
+    min_delta: float,
+    model: nn.Module,
+    modules: Mapping[str, nn.Module],
+) -> None:
+    """Remember the epoch with the lowest validation loss and a CPU copy of its weights."""
+    improved = math.isfinite(val_loss) and (
+        state.best_val_loss is None or val_loss < state.best_val_loss - min_delta
+    )
+    if improved:
+        state.best_epoch = epoch
+        state.best_val_loss = val_loss
+        state.best_weights = {
+            "model": _cpu_copy(model),
+            "extra": {n: _cpu_copy(m) for n, m in modules.items()},
+        }
+
+
+def _step_scheduler(scheduler: Any, metric: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(metric)
+    else:
+        scheduler.step()
+
+
+def _postfix(row: Mapping[str, Any], epochs: int) -> str:
+    text = f"epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4g}"
+    if "val_loss" in row:
+        text += f" val {row['val_loss']:.4g}"
+    return text
+
+
+def _checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    extras: Mapping[str, Any],
+    state: _RunState,
+    settings: Mapping[str, Any],
+    epochs: int,
+    generators: list[torch.Generator],
+) -> dict[str, Any]:
+    """The content of ``last.pt``: all a resumed run needs, in weights_only-safe types."""
+    best_model = None
+    if state.best_weights is not None:
+        # When the best epoch is the one just saved, its weights are "model": don't store twice.
+        best_model = None if state.best_epoch == state.epoch else state.best_weights
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model_signature": model_signature(model),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "extra_state": _extra_states(extras),
+        "rng": _rng_state(generators),
+        "history": state.history_lists(),
+        "epoch": state.epoch,
+        "epochs": epochs,
+        "stopped_early": state.stopped_early,
+        "best": {"epoch": state.best_epoch, "val_loss": state.best_val_loss, "weights": best_model},
+        "settings": dict(settings),
+    }
+
+
+def _check_resumable(
+    ckpt: Mapping[str, Any], path: Path, model: nn.Module, settings: Mapping[str, Any], epochs: int
+) -> None:
+    fix = (
+        f"Use another checkpoint_dir for this model, delete {path.parent}, "
+        "or pass resume=False to start over (which overwrites it)."
+    )
+    _check_signature(ckpt["model_signature"], model, str(path), fix)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        msg = f"{path} has checkpoint format {ckpt.get('format')}, this adlib writes {CHECKPOINT_FORMAT}. {fix}"
+        raise CheckpointMismatchError(msg)
+    saved = ckpt.get("settings", {})
+    changed = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {v!r}"
+        for k, v in settings.items()
+        if saved.get(k) != v
+    ]
+    if changed:
+        msg = f"{path} was written by a run with other settings ({'; '.join(changed)}); resuming would mix two runs. {fix}"
+        raise CheckpointMismatchError(msg)
+    if ckpt["epoch"] > epochs:
+        msg = f"{path} holds a run already trained for {ckpt['epoch']} epochs, more than epochs={epochs}. Pass epochs>={ckpt['epoch']}, or: {fix}"
+        raise CheckpointMismatchError(msg)
+
+
+def _restore_run(
+    ckpt: Mapping[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    extras: Mapping[str, Any],
+    state: _RunState,
+) -> None:
+    """Load model, optimiser, scheduler, scaler, extra_state and bookkeeping from ``last.pt``."""
+    model.load_state_dict(ckpt["model"])
+    # Optimiser before scheduler: creating the scheduler rewrote the lr, loading restores it.
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler.is_enabled() and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    _load_extra_state(extras, ckpt.get("extra_state") or {}, path)
+    state.epoch = int(ckpt["epoch"])
+    state.rows = pd.DataFrame(ckpt["history"]).to_dict("records")
+    state.stopped_early = bool(ckpt["stopped_early"])
+    best = ckpt["best"]
+    state.best_epoch, state.best_val_loss = best["epoch"], best["val_loss"]
+    if best["epoch"] is not None:
+        if best["weights"] is not None:
+            state.best_weights = best["weights"]
+        else:  # the best epoch was the checkpointed one
+            state.best_weights = {
+                "model": {k: v.clone() for k, v in ckpt["model"].items()},
+                "extra": {
+                    n: dict(e["state_dict"])
+                    for n, e in (ckpt.get("extra_state") or {}).items()
+                    if "signature" in e
+                },
+            }
+
+
+def _finish(
+    model: nn.Module,
+    modules: Mapping[str, nn.Module],
+    state: _RunState,
+    restore_best: bool,
+    resumed_from: int | None,
+    last_path: Path | None,
+    device: torch.device,
+    precision: str,
+) -> FitResult:
+    """Put the best-validation weights back (when there are any) and hand the model over in eval mode."""
+    best_epoch = state.epoch
+    if restore_best and state.best_weights is not None:
+        model.load_state_dict(state.best_weights["model"])
+        for name, weights in state.best_weights.get("extra", {}).items():
+            if name in modules:
+                modules[name].load_state_dict(weights)
+        best_epoch = state.best_epoch
+    model.eval()
+    return FitResult(
+        model=model,
+        history=state.history(),
+        best_epoch=best_epoch,
+        best_val_loss=state.best_val_loss,
+        stopped_early=state.stopped_early,
+        resumed_from=resumed_from,
+        checkpoint_path=last_path,
+        device=str(device),
+        precision=precision,
+    )

@@ -1,0 +1,43 @@
+"""Profiles: one place fills the defaults; an explicit parameter always wins."""
+
+import pytest
+
+from adlib.profiles import PROFILE_NAMES, profile_defaults, resolve
+
+
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
+def test_every_profile_fills_every_knob(profile):
+    cfg = resolve("data_and_metrics", profile, data_root="/x" if profile == "paper" else None)
+    assert cfg.profile == profile
+    assert cfg.image_size > 0 and cfg.epochs > 0 and cfg.batch_size > 0
+    assert cfg.seeds[0] == cfg.seed
+
+
+def test_explicit_parameter_wins_over_profile():
+    cfg = resolve("data_and_metrics", "cpu", image_size=96, epochs=7, batch_size=3, seed=5)
+    assert (cfg.image_size, cfg.epochs, cfg.batch_size) == (96, 7, 3)
+    assert cfg.seeds == [5]
+
+
+def test_profiles_are_ordered_by_budget():
+    smoke, cpu = profile_defaults("x", "smoke"), profile_defaults("x", "cpu")
+    paper = profile_defaults("x", "paper")
+    assert smoke["image_size"] < cpu["image_size"] <= paper["image_size"]
+    assert smoke["epochs"] <= cpu["epochs"] <= paper["epochs"]
+    assert profile_defaults("x", "study")["n_seeds"] >= 3
+
+
+def test_categories_accept_a_comma_separated_string():
+    cfg = resolve("x", "smoke", categories="brick, grass")
+    assert cfg.categories == ["brick", "grass"]
+
+
+def test_data_root_without_dataset_means_mvtec_layout():
+    assert resolve("x", "cpu", data_root="/data/mvtec").dataset == "mvtec_ad"
+
+
+def test_unknown_profile_and_missing_root_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown profile 'fast'.*smoke"):
+        resolve("x", "fast")
+    with pytest.raises(ValueError, match="needs data_root"):
+        resolve("x", "paper")
