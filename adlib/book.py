@@ -66,6 +66,10 @@ def execute_notebooks(out_dir: Path | str, *, profile: str = "cpu",
     records_dir = Path(records_dir) if records_dir is not None else out_dir / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
     timings = []
+    # Kernels inherit the environment: inline figures (not a headless Agg backend) and
+    # progress bars that print one summary line each.
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    os.environ["ADLIB_PROGRESS"] = "summary"
     for path in notebook_paths(notebooks_dir):
         if only and path.stem not in only:
             continue
@@ -294,7 +298,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--book-dir", default=str(REPO / "book"))
     parser.add_argument("--only", nargs="*", default=None, help="notebook stems to run")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MPLBACKEND", "Agg")
     build(args.book_dir, profile=args.profile, only=args.only)
 
 

@@ -6,12 +6,14 @@ parameter always wins::
 
     cfg = resolve("rlr", profile="cpu", epochs=3)   # cpu defaults, but 3 epochs
 
-| profile | data                         | size                         | where              |
-|---------|------------------------------|------------------------------|--------------------|
-| smoke   | embedded default             | tiny: 64 px, 1 epoch         | pytest (seconds)   |
-| cpu     | embedded default or data_root| reduced: 128 px              | ``make book``, CI  |
-| study   | embedded default, all cats   | the paper's ablation grid, 3 seeds | a developer's CPU |
-| paper   | the real data set            | the paper's protocol         | a GPU / Colab      |
+=======  ==========================  ================================  ===================
+profile  data                        size                              where
+=======  ==========================  ================================  ===================
+smoke    embedded default, 2 cats    tiny: 64 px, 1 epoch              pytest (seconds)
+cpu      embedded or ``data_root``   reduced: 128 px                   ``make book``, CI
+study    embedded, all categories    full ablation grid, 3 seeds       a developer's CPU
+paper    the real data set           the paper's protocol              a GPU / Colab
+=======  ==========================  ================================  ===================
 
 Per-paper entries in :data:`PAPER_DEFAULTS` override the common ones (the paper profile of
 RLR trains 200 epochs, Patch SVDD's 300, ...). The notebook section that explains them is
@@ -29,13 +31,13 @@ PROFILE_NAMES = ("smoke", "cpu", "study", "paper")
 #: Defaults shared by every notebook.
 COMMON: dict[str, dict[str, Any]] = {
     "smoke": {"dataset": "embedded", "categories": None, "image_size": 64, "epochs": 1,
-              "batch_size": 8, "n_seeds": 1, "grid": "tiny"},
+              "batch_size": 8, "n_seeds": 1, "grid": "tiny", "max_categories": 2},
     "cpu": {"dataset": "embedded", "categories": None, "image_size": 128, "epochs": 5,
-            "batch_size": 16, "n_seeds": 1, "grid": "reduced"},
+            "batch_size": 16, "n_seeds": 1, "grid": "reduced", "max_categories": None},
     "study": {"dataset": "embedded", "categories": None, "image_size": 128, "epochs": 10,
-              "batch_size": 16, "n_seeds": 3, "grid": "full"},
+              "batch_size": 16, "n_seeds": 3, "grid": "full", "max_categories": None},
     "paper": {"dataset": "mvtec_ad", "categories": None, "image_size": 256, "epochs": 100,
-              "batch_size": 32, "n_seeds": 1, "grid": "full"},
+              "batch_size": 32, "n_seeds": 1, "grid": "full", "max_categories": None},
 }
 
 #: Per-notebook overrides, keyed by the paper's short name (the notebook's ``PAPER``).
@@ -68,6 +70,7 @@ class RunConfig:
     seeds: list[int]
     output_dir: str
     grid: str
+    max_categories: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -117,6 +120,7 @@ def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
         raise ValueError(msg)
     n_seeds = int(extra.pop("n_seeds", None) or defaults["n_seeds"])
     grid = extra.pop("grid", None) or defaults["grid"]
+    max_categories = extra.pop("max_categories", None) or defaults["max_categories"]
     for key, value in list(extra.items()):
         if value is None and key in defaults:
             extra[key] = defaults[key]
@@ -125,4 +129,5 @@ def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
                      categories=values["categories"], image_size=int(values["image_size"]),
                      epochs=int(values["epochs"]), batch_size=int(values["batch_size"]),
                      device=device, seed=int(seed), seeds=[int(seed) + i for i in range(n_seeds)],
-                     output_dir=str(output_dir), grid=grid, extra=extra)
+                     output_dir=str(output_dir), grid=grid, max_categories=max_categories,
+                     extra=extra)

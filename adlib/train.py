@@ -1,4 +1,4 @@
-"""The one training loop of the book: device, seed, AMP, progress bar, checkpoints, resume, early stop.
+"""The one training loop of the book: device, seed, AMP, progress, checkpoints, resume, early stop.
 
 Every paper's notebook trains through :func:`fit`; the paper-specific part is a
 ``loss_fn(model, batch)`` that returns the loss (or a dict of loss terms). What ``fit`` adds,
@@ -23,6 +23,13 @@ and why each piece is there:
 * **Fast on a GPU.** Losses are summed on the device and read back once per epoch (no per-batch
   host sync); AMP (fp16 + GradScaler, or bf16) on CUDA; pinned memory; optional channels-last.
 
+Typical use in a notebook::
+
+    result = fit(model, loss_fn, train_set, val_data=val_set, epochs=cfg.epochs,
+                 batch_size=cfg.batch_size, device=cfg.device, seed=cfg.seed,
+                 checkpoint_dir=Path(cfg.output_dir) / "checkpoints")
+    result.history.plot(x="epoch", y=["train_loss", "val_loss"])
+
 Explained in the book's introduction, section "Training".
 """
 
@@ -36,9 +43,10 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import pandas as pd
@@ -111,22 +119,31 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError as err:
-        msg = f"device={device!r} is not a device name; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+        msg = (
+            f"device={device!r} is not a device name; expected 'auto', 'cpu', 'cuda', "
+            "'cuda:N' or 'mps'."
+        )
         raise ValueError(msg) from err
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
             msg = (
                 f"device={device!r} was asked for, but CUDA is not available here "
-                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}; no GPU visible). "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda}; no GPU visible). "
                 "Pass device='auto' (uses the best device present) or device='cpu'."
             )
             raise RuntimeError(msg)
         count = torch.cuda.device_count()
         if chosen.index is not None and chosen.index >= count:
-            msg = f"device={device!r} was asked for, but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})."
+            msg = (
+                f"device={device!r} was asked for, but this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1})."
+            )
             raise RuntimeError(msg)
     if chosen.type == "mps" and not _mps_available():
-        msg = f"device={device!r} was asked for, but Apple MPS is not available here. Pass device='auto' or 'cpu'."
+        msg = (
+            f"device={device!r} was asked for, but Apple MPS is not available here. Pass "
+            "device='auto' or 'cpu'."
+        )
         raise RuntimeError(msg)
     return chosen
 
@@ -172,8 +189,9 @@ def seed_worker(worker_id: int) -> None:
     """``worker_init_fn`` for DataLoaders: seed NumPy and ``random`` in each worker process.
 
     torch gives each worker the seed ``base_seed + worker_id`` (``base_seed`` is drawn from the
-    loader's generator); NumPy and ``random`` would otherwise start from a copy of the parent's
-    state, so augmentations would repeat across workers and depend on the past.
+    loader's generator, which ``fit`` re-seeds every epoch). Recent torch versions also seed
+    NumPy and ``random`` in workers; doing it here makes it explicit and gives users who build
+    their own DataLoaders one name to pass, so augmentations never repeat across workers.
     """
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
@@ -201,7 +219,8 @@ def model_signature(model: nn.Module) -> dict[str, Any]:
 
 
 def _describe(signature: Mapping[str, Any]) -> str:
-    return f"{signature['class']} ({signature['n_parameters']:,} parameters, signature {signature['hash']})"
+    n = signature["n_parameters"]
+    return f"{signature['class']} ({n:,} parameters, signature {signature['hash']})"
 
 
 def _check_signature(found: Mapping[str, Any], model: nn.Module, where: str, fix: str) -> None:
@@ -289,10 +308,16 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        msg = f"Could not read the checkpoint {path} ({type(err).__name__}: {err}). Delete it, or pass resume=False to start over."
+        msg = (
+            f"Could not read the checkpoint {path} ({type(err).__name__}: {err}). Delete it, or "
+            "pass resume=False to start over."
+        )
         raise CheckpointMismatchError(msg) from err
     if not isinstance(ckpt, dict) or "model_signature" not in ckpt:
-        msg = f"{path} is not a checkpoint written by adlib.train.fit (no model_signature). Use another checkpoint_dir."
+        msg = (
+            f"{path} is not a checkpoint written by adlib.train.fit (no model_signature). Use "
+            "another checkpoint_dir."
+        )
         raise CheckpointMismatchError(msg)
     return ckpt
 
@@ -314,7 +339,10 @@ def load_checkpoint(
     """
     path = Path(path)
     ckpt = _read_checkpoint(path)
-    fix = "Load a checkpoint of this model (another checkpoint_dir), or build the model that was trained."
+    fix = (
+        "Load a checkpoint of this model (another checkpoint_dir), or build the model that was "
+        "trained."
+    )
     _check_signature(ckpt["model_signature"], model, str(path), fix)
     model.load_state_dict(ckpt["model"])
     if optimizer is not None and ckpt.get("optimizer") is not None:
@@ -352,7 +380,10 @@ def _load_extra_state(extra_state: Mapping[str, Any], saved: Mapping[str, Any], 
             obj.set_state(entry["generator_state"])
             continue
         if isinstance(obj, nn.Module):
-            fix = f"extra_state[{name!r}] must be the same kind of module as in the run that wrote the checkpoint."
+            fix = (
+                f"extra_state[{name!r}] must be the same kind of module as in the run that wrote "
+                "the checkpoint."
+            )
             _check_signature(entry["signature"], obj, f"{path} (extra_state[{name!r}])", fix)
         obj.load_state_dict(entry["state_dict"])
 
@@ -435,8 +466,8 @@ def _refuse_test_split(data: Any) -> None:
         if getattr(item, "split", None) == "test":
             msg = (
                 "val_data is a test split (its split attribute is 'test'). Early stopping and "
-                "best-weight selection on it would choose the model on the test set. Hold out part "
-                "of the training data instead (e.g. torch.utils.data.random_split on the train split)."
+                "best-weight selection on it would choose the model on the test set. Hold out "
+                "part of the training data instead (e.g. torch.utils.data.random_split)."
             )
             raise ValueError(msg)
         stack.extend(getattr(item, "datasets", []) or [])
@@ -465,14 +496,15 @@ def _epoch_batches(
     if isinstance(data, DataLoader):
         if batch_size is not None and data.batch_size != batch_size:
             msg = (
-                f"{role} is a DataLoader with batch_size={data.batch_size}, but fit got batch_size={batch_size}. "
-                "Pass the Dataset (fit builds the loader) or leave batch_size=None."
+                f"{role} is a DataLoader with batch_size={data.batch_size}, but fit got "
+                f"batch_size={batch_size}. Pass the Dataset (fit builds the loader) or leave "
+                "batch_size=None."
             )
             raise ValueError(msg)
         return lambda epoch: data
     if isinstance(data, Dataset):
         if batch_size is None:
-            msg = f"{role} is a Dataset, so fit builds its DataLoader and needs batch_size (got None)."
+            msg = f"{role} is a Dataset, so fit builds its DataLoader and needs a batch_size."
             raise ValueError(msg)
         generator = torch.Generator()
         loader = DataLoader(
@@ -497,16 +529,22 @@ def _epoch_batches(
     if callable(data):
         return data
     if not isinstance(data, Iterable):
-        msg = f"{role} must be a Dataset, a DataLoader, an iterable of batches or a callable epoch -> batches; got {type(data).__name__}."
+        msg = (
+            f"{role} must be a Dataset, a DataLoader, an iterable of batches or a callable epoch "
+            f"-> batches; got {type(data).__name__}."
+        )
         raise TypeError(msg)
     if iter(data) is data:
         msg = (
-            f"{role} is a one-shot iterator ({type(data).__name__}): it would be empty from the second "
-            "epoch on. Pass a list, a DataLoader, or a callable epoch -> iterable of batches."
+            f"{role} is a one-shot iterator ({type(data).__name__}): it would be empty from the "
+            "second epoch on. Pass a list, a DataLoader, or a callable epoch -> batches."
         )
         raise TypeError(msg)
     if batch_size is not None:
-        msg = f"batch_size={batch_size} only applies when {role} is a Dataset; {role} is a {type(data).__name__} of ready batches."
+        msg = (
+            f"batch_size={batch_size} only applies when {role} is a Dataset; {role} is a "
+            f"{type(data).__name__} of ready batches."
+        )
         raise ValueError(msg)
     return lambda epoch: data
 
@@ -560,7 +598,10 @@ def _build_optimizer(
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
-    msg = f"optimizer={optimizer!r} is not known; use 'adam', 'adamw', 'sgd', or a callable params -> torch.optim.Optimizer."
+    msg = (
+        f"optimizer={optimizer!r} is not known; use 'adam', 'adamw', 'sgd', or a callable "
+        "(params -> torch.optim.Optimizer)."
+    )
     raise ValueError(msg)
 
 
@@ -583,7 +624,10 @@ def _precision(amp: bool | str, device: torch.device) -> str:
     if device.type != "cuda":
         return "fp32"
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        msg = "amp='bf16' was asked for, but this GPU does not support bfloat16; use amp=True (fp16) or False."
+        msg = (
+            "amp='bf16' was asked for, but this GPU does not support bfloat16; use amp=True "
+            "(fp16) or False."
+        )
         raise RuntimeError(msg)
     return precision
 
@@ -606,12 +650,15 @@ def _loss_terms(output: Any) -> dict[str, torch.Tensor]:
     """Normalise ``loss_fn``'s output to ``{"loss": scalar, other terms...}``."""
     terms = dict(output) if isinstance(output, Mapping) else {"loss": output}
     if "loss" not in terms:
-        msg = f"loss_fn returned a dict without a 'loss' key (keys: {sorted(terms)}); put the value to minimise under 'loss'."
+        msg = (
+            f"loss_fn returned a dict without a 'loss' key (keys: {sorted(terms)}); put the value "
+            "to minimise under 'loss'."
+        )
         raise ValueError(msg)
     loss = terms["loss"]
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        msg = f"loss_fn must return a scalar tensor as the loss; got {shape}. Reduce it (e.g. .mean())."
+        msg = f"loss_fn must return a scalar tensor as the loss; got {shape}. Reduce it (.mean())."
         raise ValueError(msg)
     return terms
 
@@ -722,9 +769,8 @@ class _RunState:
     rows: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_val_loss: float | None = None
-    best_weights: dict[str, Any] | None = (
-        None  # {"model": state dict, "extra": {name: state dict}} on the CPU
-    )
+    # {"model": state dict, "extra": {name: state dict}}, on the CPU
+    best_weights: dict[str, Any] | None = None
     stopped_early: bool = False
 
     def history(self) -> pd.DataFrame:
@@ -779,10 +825,17 @@ def fit(
             epoch with the lowest validation loss (``restore_best=False`` keeps the last ones).
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (with ``lr`` and ``weight_decay``), or a
             callable receiving the list of trainable parameters of ``model``.
+        batch_size, num_workers, drop_last: for the DataLoaders ``fit`` builds from Datasets
+            (a validation Dataset uses ``batch_size`` too). Workers are seeded by
+            :func:`seed_worker`, so random augmentations are reproducible as well.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` (see :func:`pick_device`).
+        seed, deterministic: see :func:`seed_everything`; the seed also fixes the batch order.
         scheduler: ``optimizer -> LR scheduler``, stepped once per epoch (``ReduceLROnPlateau``
             gets the validation loss, or the training loss without validation).
         amp: on CUDA, ``True`` = fp16 autocast + GradScaler, ``"bf16"`` = bfloat16 autocast,
             ``False`` = fp32. Ignored (fp32) on other devices.
+        channels_last: move the model and 4-D input tensors to channels-last memory layout.
+        grad_clip: clip the gradients' total L2 norm to this value before each step.
         checkpoint_dir: where ``last.pt`` (every ``checkpoint_every`` epochs and at the end) and
             ``best.pt`` (with validation) go. With ``resume=True`` an existing ``last.pt`` is
             continued; a finished run returns at once.
@@ -797,27 +850,11 @@ def fit(
 
     Returns:
         :class:`FitResult`; ``history`` has one row per epoch: ``epoch``, ``train_loss``,
-        ``train_<term>``..., ``val_loss``, ``val_<term>``..., ``lr``, ``seconds``.
+        ``train_<term>``..., ``val_loss``, ``val_<term>``..., ``lr``, ``seconds``. Losses are
+        means of the per-batch values; ``lr`` is the rate used during the epoch.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        msg = f"epochs must be a positive integer, got {epochs!r}."
-        raise ValueError(msg)
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        msg = f"checkpoint_every must be a positive integer (epochs), got {checkpoint_every!r}."
-        raise ValueError(msg)
-    if patience is not None and val_data is None:
-        msg = "patience needs val_data: early stopping watches the validation loss (never the test split)."
-        raise ValueError(msg)
-    if patience is not None and patience < 1:
-        msg = f"patience must be a positive number of epochs or None, got {patience!r}."
-        raise ValueError(msg)
     extras = dict(extra_state or {})
-    for name, obj in extras.items():
-        if not isinstance(obj, torch.Generator) and not (
-            hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
-        ):
-            msg = f"extra_state[{name!r}] is a {type(obj).__name__}; it needs state_dict()/load_state_dict() (or be a torch.Generator)."
-            raise TypeError(msg)
+    _check_fit_args(epochs, checkpoint_every, patience, val_data, extras)
     if val_data is not None:
         _refuse_test_split(val_data)
 
@@ -859,21 +896,15 @@ def fit(
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params and not callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
-        msg = f"{type(model).__name__} has no trainable parameters (all requires_grad=False); nothing to fit."
+        msg = (
+            f"{type(model).__name__} has no trainable parameters (all requires_grad=False); "
+            "nothing to fit."
+        )
         raise ValueError(msg)
     opt = _build_optimizer(optimizer, params, lr, weight_decay, device)
     sched = scheduler(opt) if scheduler is not None else None
     scaler = _grad_scaler(precision == "fp16")
-    settings = {
-        "seed": int(seed),
-        "batch_size": batch_size,
-        "optimizer": optimizer
-        if isinstance(optimizer, str)
-        else getattr(optimizer, "__qualname__", type(optimizer).__name__),
-        "lr": float(lr) if isinstance(optimizer, str) else None,
-        "weight_decay": float(weight_decay) if isinstance(optimizer, str) else None,
-        "validation": val_data is not None,
-    }
+    settings = _run_settings(seed, batch_size, optimizer, lr, weight_decay, val_data is not None)
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last_path = ckpt_dir / LAST_CHECKPOINT if ckpt_dir is not None else None
@@ -891,6 +922,9 @@ def fit(
         )
 
     best_on_disk = state.best_epoch if resumed_from is not None else None
+    if ckpt_dir is not None and resumed_from is None:
+        # A fresh start: a best.pt left by an earlier run must not pose as this run's.
+        (ckpt_dir / BEST_CHECKPOINT).unlink(missing_ok=True)
 
     def save_checkpoint() -> None:
         nonlocal best_on_disk
@@ -937,12 +971,15 @@ def fit(
                 bar=bar,
             )
             if not train:
-                msg = f"train_data gave no batches in epoch {epoch} (a data set smaller than batch_size with drop_last=True?)."
+                msg = (
+                    f"train_data gave no batches in epoch {epoch} (a data set smaller than "
+                    "batch_size with drop_last=True?)."
+                )
                 raise ValueError(msg)
             if not math.isfinite(train["loss"]):
                 msg = (
-                    f"The training loss is {train['loss']} in epoch {epoch}; last.pt keeps the last finite epoch. "
-                    "Lower lr, set grad_clip, or try amp=False / amp='bf16'."
+                    f"The training loss is {train['loss']} in epoch {epoch}; last.pt keeps the "
+                    "last finite epoch. Lower lr, set grad_clip, or try amp=False / amp='bf16'."
                 )
                 raise FloatingPointError(msg)
             row: dict[str, Any] = {"epoch": epoch}
@@ -964,14 +1001,7 @@ def fit(
             row["seconds"] = time.perf_counter() - started
             state.rows.append(row)
             state.epoch = epoch
-            if (
-                patience is not None
-                and state.best_epoch is not None
-                and epoch - state.best_epoch >= patience
-            ):
-                state.stopped_early = True
-            elif patience is not None and state.best_epoch is None and epoch >= patience:
-                state.stopped_early = True  # validation never finite
+            state.stopped_early = _patience_ran_out(state, epoch, patience)
             if last_path is not None and (
                 epoch % checkpoint_every == 0 or epoch == epochs or state.stopped_early
             ):
@@ -982,6 +1012,35 @@ def fit(
     finally:
         bar.close()
     return _finish(model, modules, state, restore_best, resumed_from, last_path, device, precision)
+
+
+def _check_fit_args(
+    epochs: Any, checkpoint_every: Any, patience: Any, val_data: Any, extras: Mapping[str, Any]
+) -> None:
+    if not isinstance(epochs, int) or epochs < 1:
+        msg = f"epochs must be a positive integer, got {epochs!r}."
+        raise ValueError(msg)
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        msg = f"checkpoint_every must be a positive integer (epochs), got {checkpoint_every!r}."
+        raise ValueError(msg)
+    if patience is not None and val_data is None:
+        msg = (
+            "patience needs val_data: early stopping watches the validation loss (never the "
+            "test split)."
+        )
+        raise ValueError(msg)
+    if patience is not None and patience < 1:
+        msg = f"patience must be a positive number of epochs or None, got {patience!r}."
+        raise ValueError(msg)
+    for name, obj in extras.items():
+        if not isinstance(obj, torch.Generator) and not (
+            hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
+        ):
+            msg = (
+                f"extra_state[{name!r}] is a {type(obj).__name__}; it needs "
+                "state_dict()/load_state_dict() (or be a torch.Generator)."
+            )
+            raise TypeError(msg)
 
 
 def _track_best(
@@ -1003,6 +1062,14 @@ def _track_best(
             "model": _cpu_copy(model),
             "extra": {n: _cpu_copy(m) for n, m in modules.items()},
         }
+
+
+def _patience_ran_out(state: _RunState, epoch: int, patience: int | None) -> bool:
+    """True when the validation loss has not improved for ``patience`` epochs."""
+    if patience is None:
+        return False
+    last_improvement = state.best_epoch or 0  # 0: never finite yet
+    return epoch - last_improvement >= patience
 
 
 def _step_scheduler(scheduler: Any, metric: float) -> None:
@@ -1053,6 +1120,23 @@ def _checkpoint(
     }
 
 
+def _run_settings(
+    seed: int, batch_size: int | None, optimizer: Any, lr: float, weight_decay: float, val: bool
+) -> dict[str, Any]:
+    """The arguments that define a run's batches and updates: a resume must not change them."""
+    named = isinstance(optimizer, str)
+    return {
+        "seed": int(seed),
+        "batch_size": batch_size,
+        "optimizer": optimizer
+        if named
+        else getattr(optimizer, "__qualname__", type(optimizer).__name__),
+        "lr": float(lr) if named else None,
+        "weight_decay": float(weight_decay) if named else None,
+        "validation": val,
+    }
+
+
 def _check_resumable(
     ckpt: Mapping[str, Any], path: Path, model: nn.Module, settings: Mapping[str, Any], epochs: int
 ) -> None:
@@ -1062,7 +1146,10 @@ def _check_resumable(
     )
     _check_signature(ckpt["model_signature"], model, str(path), fix)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        msg = f"{path} has checkpoint format {ckpt.get('format')}, this adlib writes {CHECKPOINT_FORMAT}. {fix}"
+        msg = (
+            f"{path} has checkpoint format {ckpt.get('format')}, this adlib writes "
+            f"{CHECKPOINT_FORMAT}. {fix}"
+        )
         raise CheckpointMismatchError(msg)
     saved = ckpt.get("settings", {})
     changed = [
@@ -1071,10 +1158,16 @@ def _check_resumable(
         if saved.get(k) != v
     ]
     if changed:
-        msg = f"{path} was written by a run with other settings ({'; '.join(changed)}); resuming would mix two runs. {fix}"
+        msg = (
+            f"{path} was written by a run with other settings ({'; '.join(changed)}); resuming "
+            f"would mix two runs. {fix}"
+        )
         raise CheckpointMismatchError(msg)
     if ckpt["epoch"] > epochs:
-        msg = f"{path} holds a run already trained for {ckpt['epoch']} epochs, more than epochs={epochs}. Pass epochs>={ckpt['epoch']}, or: {fix}"
+        msg = (
+            f"{path} holds a run already trained for {ckpt['epoch']} epochs, more than "
+            f"epochs={epochs}. Pass epochs>={ckpt['epoch']}, or: {fix}"
+        )
         raise CheckpointMismatchError(msg)
 
 
@@ -1126,7 +1219,7 @@ def _finish(
     device: torch.device,
     precision: str,
 ) -> FitResult:
-    """Put the best-validation weights back (when there are any) and hand the model over in eval mode."""
+    """Put the best-validation weights back (if any); hand the model over in eval mode."""
     best_epoch = state.epoch
     if restore_best and state.best_weights is not None:
         model.load_state_dict(state.best_weights["model"])

@@ -41,3 +41,16 @@ def test_unknown_profile_and_missing_root_are_clear_errors():
         resolve("x", "fast")
     with pytest.raises(ValueError, match="needs data_root"):
         resolve("x", "paper")
+
+
+def test_smoke_limits_categories_unless_they_are_named(tmp_path):
+    from adlib.data.sources import choose_categories
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name / "train" / "good").mkdir(parents=True)
+    smoke = resolve("x", "smoke")
+    assert choose_categories("embedded", tmp_path, smoke.categories, smoke.max_categories) == ["a", "b"]
+    named = resolve("x", "smoke", categories="c")
+    assert choose_categories("embedded", tmp_path, named.categories, named.max_categories) == ["c"]
+    cpu = resolve("x", "cpu")
+    assert choose_categories("embedded", tmp_path, cpu.categories, cpu.max_categories) == ["a", "b", "c"]

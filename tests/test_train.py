@@ -250,7 +250,7 @@ def crash_at(loss_fn, epoch: int, batch: int, batches_per_epoch: int):
 
 
 def loader_kinds():
-    """train_data as fit-built loader, a user DataLoader on the global RNG, and one with its own generator."""
+    """train_data as a Dataset, a DataLoader on the global RNG, one with its own generator."""
     data = regression_data(64)
     return {
         "dataset": dict(train_data=data, batch_size=8),
@@ -641,3 +641,94 @@ def test_seed_everything_seeds_python_numpy_and_torch():
     assert draw() != first
     with pytest.raises(ValueError, match="non-negative"):
         seed_everything(-1)
+
+
+# --------------------------------------------------------------------------- workers, batches
+
+
+class NoisyData(torch.utils.data.Dataset):
+    """Augments with NumPy's global RNG, as many transforms do: needs seeded workers."""
+
+    def __init__(self) -> None:
+        self.base = regression_data(32)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return x + torch.from_numpy(np.random.normal(0, 0.1, 8).astype(np.float32)), y
+
+
+def test_worker_augmentations_are_seeded_and_resume_exactly(tmp_path):
+    kwargs = dict(epochs=3, batch_size=8, num_workers=1, **COMMON)
+    full = fit(build_model(), mse, NoisyData(), checkpoint_dir=tmp_path / "a", **kwargs)
+    with pytest.raises(RuntimeError):
+        fit(
+            build_model(),
+            crash_at(mse, 3, 1, 4),
+            NoisyData(),
+            checkpoint_dir=tmp_path / "b",
+            **kwargs,
+        )
+    resumed = fit(build_model(), mse, NoisyData(), checkpoint_dir=tmp_path / "b", **kwargs)
+    assert resumed.resumed_from == 2
+    assert state_equal(full.model, resumed.model)
+    other_seed = fit(build_model(), mse, NoisyData(), **{**kwargs, "seed": 11})
+    assert not state_equal(full.model, other_seed.model)
+
+
+class NumpyNoise(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        return torch.tensor(np.random.normal(), dtype=torch.float32)
+
+
+def test_workers_draw_fresh_numpy_noise_each_epoch_and_the_same_each_run():
+    """Worker NumPy streams come from the per-epoch loader seed: new each epoch, same each run."""
+
+    def run():
+        drawn = []
+
+        def loss_fn(model, batch):
+            drawn.append(batch.clone())
+            return ((model.w - batch) ** 2).mean()
+
+        fit(Scalar(), loss_fn, NumpyNoise(), epochs=2, batch_size=8, num_workers=1, **COMMON)
+        return drawn
+
+    first, again = run(), run()
+    assert not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+class DictImages(torch.utils.data.Dataset):
+    """Items shaped like adlib's data set contract (image, label, mask, defect_type, path)."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        image = torch.rand(3, 8, 8, generator=g)
+        return {"image": image, "label": 0, "mask": torch.zeros(8, 8), "defect_type": "good",
+                "path": f"img_{i}.png"}  # fmt: skip
+
+
+def test_dict_batches_reach_loss_fn_with_tensors_on_the_device_and_strings_intact():
+    seen = []
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1))
+
+    def reconstruction(model, batch):
+        seen.append(
+            (batch["path"], batch["image"].is_contiguous(memory_format=torch.channels_last))
+        )
+        return F.mse_loss(model(batch["image"]), batch["image"])
+
+    result = fit(conv, reconstruction, DictImages(), epochs=3, batch_size=4, channels_last=True,
+                 **{**COMMON, "lr": 3e-2})  # fmt: skip
+    assert len(seen) == 9 and all(isinstance(p, list) and p[0].endswith(".png") for p, _ in seen)
+    assert all(cl for _, cl in seen)
+    assert result.history["train_loss"].iloc[-1] < result.history["train_loss"].iloc[0]

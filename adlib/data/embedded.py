@@ -46,6 +46,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,13 +174,14 @@ class Scene:
 
     image: HxWx3 float32 in [0, 1]; support: HxW in [0, 1], where defects may land;
     fill: HxWx3, what a 'missing' part reveals (the background); parts: object outlines
-    [(row, col, radius, alpha HxW)] for objects.
+    [(row, col, radius, alpha HxW)] for objects; scale: the category's defect-size factor.
     """
 
     image: np.ndarray
     support: np.ndarray
     fill: np.ndarray | None = None
     parts: list = field(default_factory=list)
+    scale: float = 1.0
 
 
 def _sample(src: np.ndarray, centre, scale: float, angle: float, flip: bool = False,
@@ -202,7 +204,12 @@ def _sample(src: np.ndarray, centre, scale: float, angle: float, flip: bool = Fa
                      for k in range(src.shape[-1])], axis=-1)
 
 
-def _band_crop(src: np.ndarray, rng: np.random.Generator, split: str, quarter_turns: bool) -> np.ndarray:
+# Which mirror images of a crop are normal: brick walls have a vertical axis (mirror
+# left-right only); lawn, gravel and tissue look alike in any of the 8 quarter-turns/flips.
+_FLIPS = {"brick": "hflip", "grass": "dihedral", "gravel": "dihedral", "immunohistochemistry": "dihedral"}
+
+
+def _band_crop(src: np.ndarray, rng: np.random.Generator, split: str, flips: str) -> np.ndarray:
     """A 256-px view of a 132-148-px rotated (+-4 deg) crop inside the split's bands."""
     bands = _TRAIN_BANDS if split == "train" else _TEST_BANDS
     r0, r1 = bands[rng.integers(len(bands))]
@@ -212,13 +219,14 @@ def _band_crop(src: np.ndarray, rng: np.random.Generator, split: str, quarter_tu
     # Rows r0 .. r1-1 belong to the band; bilinear taps stay inside it.
     centre = (rng.uniform(r0 + half, max(r1 - 1 - half, r0 + half)),
               rng.uniform(half, src.shape[1] - 1 - half))
-    if quarter_turns:
-        angle += rng.integers(4) * np.pi / 2
-    return _sample(src, centre, side / IMAGE_SIZE, angle, flip=bool(rng.integers(2)))
+    turn, flip = rng.integers(4), bool(rng.integers(2))  # drawn always: same stream
+    if flips == "dihedral":
+        angle += turn * np.pi / 2
+    return _sample(src, centre, side / IMAGE_SIZE, angle, flip=flip and flips != "none")
 
 
 def _render_texture(category: str, rng: np.random.Generator, split: str) -> Scene:
-    grey = _band_crop(_photo(category), rng, split, quarter_turns=category != "brick")
+    grey = _band_crop(_photo(category), rng, split, _FLIPS[category])
     grey = ndi.gaussian_filter(grey, rng.uniform(0.0, 0.6))  # focus varies a little
     tint = np.asarray(_TINTS[category], np.float32) * rng.uniform(0.97, 1.03, 3).astype(np.float32)
     tint /= tint @ np.array([0.299, 0.587, 0.114], np.float32)  # keep the brightness
@@ -227,7 +235,7 @@ def _render_texture(category: str, rng: np.random.Generator, split: str) -> Scen
 
 
 def _render_ihc(rng: np.random.Generator, split: str) -> Scene:
-    image = np.clip(_band_crop(_photo("immunohistochemistry"), rng, split, quarter_turns=True), 0, 1)
+    image = np.clip(_band_crop(_photo("immunohistochemistry"), rng, split, _FLIPS["immunohistochemistry"]), 0, 1)
     # Colour defects land on stained tissue (where there is colour to change).
     chroma = np.hypot(*np.moveaxis(_lab(image)[..., 1:], -1, 0))
     support = ndi.uniform_filter(chroma, 15) > 12
@@ -315,6 +323,7 @@ def _render(category: str, rng: np.random.Generator, split: str) -> Scene:
         scene = _render_retina(rng)
     else:
         scene = _render_ihc(rng, split)
+    scene.scale = CATEGORY_INFO[category].get("defect_scale", 1.0)
     # Lighting: exposure, gamma and white balance differ a little from shot to shot.
     gain = rng.uniform(0.93, 1.07)
     gamma = np.exp(rng.uniform(-0.08, 0.08))
@@ -335,11 +344,9 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
 def _rgb(lab: np.ndarray) -> np.ndarray:
     from skimage.color import lab2rgb
 
-    return np.clip(lab2rgb(lab), 0, 1).astype(np.float32)
-
-
-def _lerp(lo: float, hi: float, s: float) -> float:
-    return lo + (hi - lo) * s
+    with warnings.catch_warnings():  # out-of-gamut colours are clipped, as intended
+        warnings.simplefilter("ignore", UserWarning)
+        return np.clip(lab2rgb(lab), 0, 1).astype(np.float32)
 
 
 def _spot(rng: np.random.Generator, support: np.ndarray, margin: float) -> tuple[float, float]:
@@ -394,15 +401,40 @@ def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- defects
+#: Each defect parameter as (value at s = 0, value at s = 1); an image with severity s gets
+#: lo + (hi - lo) * s, times a +-15 % jitter for sizes. Lengths in pixels of the 256-px image,
+#: contrasts as fractions of the pixel value, colour in CIELAB units, angles in degrees.
+DEFECT_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "scratch": {"length": (40, 220), "width": (1.5, 6.0), "contrast": (0.25, 0.75)},
+    "hole": {"radius": (5, 32), "depth": (0.4, 0.9)},
+    "stain": {"radius": (10, 45), "chroma": (8, 35), "darkening": (1, 8)},
+    "deformed": {"radius": (16, 56), "twist": (0.8, 2.6)},
+    "missing": {"radius": (6, 35)},
+    "hue_stain": {"radius": (16, 56), "angle": (30, 170)},
+    "saturation_stain": {"radius": (16, 56), "fade": (0.5, 0.0), "boost": (1.6, 3.0)},
+}
+
+
+def _param(defect: str, name: str, s: float) -> float:
+    lo, hi = DEFECT_RANGES[defect][name]
+    return lo + (hi - lo) * s
+
+
+def _size(defect: str, name: str, s: float, rng: np.random.Generator) -> float:
+    return _param(defect, name, s) * rng.uniform(0.85, 1.15)
+
+
 # Each painter: (scene, rng, s) -> (defective HxWx3, alpha HxW); s in [0, 1] is the severity.
 def _paint_scratch(scene: Scene, rng, s):
-    length = _lerp(18, 130, s) * rng.uniform(0.8, 1.2)
-    width = _lerp(0.8, 3.0, s)
-    contrast = _lerp(0.10, 0.55, s) * rng.uniform(0.85, 1.15)
+    length = _size("scratch", "length", s, rng) * scene.scale
+    width = _param("scratch", "width", s) * scene.scale
+    contrast = _size("scratch", "contrast", s, rng)
     centre = _spot(rng, scene.support, 0.2 * length + 4)
     alpha = _scratch_alpha(rng, centre, length, width) * (scene.support > 0.5)
     img = scene.image
-    if rng.integers(2):  # a bright scratch (polished metal, exposed fibre) or a dark one
+    # A scratch exposes material that contrasts with its surroundings: dark on bright
+    # surfaces, bright on dark ones.
+    if np.sum(img.mean(-1) * alpha) < 0.45 * np.sum(alpha):
         painted = img + contrast * (1 - img)
     else:
         painted = img * (1 - contrast)
@@ -410,8 +442,8 @@ def _paint_scratch(scene: Scene, rng, s):
 
 
 def _paint_hole(scene: Scene, rng, s):
-    radius = _lerp(2.5, 16, s) * rng.uniform(0.85, 1.15)
-    depth = _lerp(0.25, 0.8, s) * rng.uniform(0.9, 1.1)
+    radius = _size("hole", "radius", s, rng) * scene.scale
+    depth = min(_size("hole", "depth", s, rng), 0.95)
     centre = _spot(rng, scene.support, radius + 3)
     alpha = _blob(rng, centre, radius, softness=0.0, roughness=0.3) * (scene.support > 0.5)
     # Darker towards the middle, like a pit in shadow.
@@ -421,20 +453,20 @@ def _paint_hole(scene: Scene, rng, s):
 
 
 def _paint_stain(scene: Scene, rng, s):
-    radius = _lerp(5, 26, s) * rng.uniform(0.85, 1.15)
+    radius = _size("stain", "radius", s, rng) * scene.scale
     centre = _spot(rng, scene.support, radius * 0.5)
     alpha = _blob(rng, centre, radius, softness=0.6, roughness=0.35) * np.clip(scene.support, 0, 1)
     hue = rng.uniform(0, 2 * np.pi)
-    chroma = _lerp(6, 30, s)
-    lab = _lab(scene.image)
-    shift = np.array([-_lerp(1, 6, s), chroma * np.cos(hue), chroma * np.sin(hue)], np.float32)
-    return _rgb(lab + alpha[..., None] * shift), alpha
+    chroma = _param("stain", "chroma", s)
+    shift = np.array([-_param("stain", "darkening", s), chroma * np.cos(hue), chroma * np.sin(hue)],
+                     np.float32)
+    return _rgb(_lab(scene.image) + alpha[..., None] * shift), alpha
 
 
 def _paint_deformed(scene: Scene, rng, s):
     """A local swirl: pixels inside a disc are rotated about its centre by a falloff angle."""
-    radius = _lerp(9, 34, s) * rng.uniform(0.85, 1.15)
-    twist = _lerp(0.5, 2.0, s) * rng.choice([-1, 1])
+    radius = _size("deformed", "radius", s, rng) * scene.scale
+    twist = _param("deformed", "twist", s) * rng.choice([-1, 1])
     centre = _spot(rng, scene.support, radius + 2)
     dy, dx = _YY - centre[0], _XX - centre[1]
     dist = np.hypot(dy, dx)
@@ -451,7 +483,7 @@ def _paint_deformed(scene: Scene, rng, s):
 
 def _paint_missing(scene: Scene, rng, s):
     """A piece missing: a bite out of an object's rim (coins) or a patch smoothed away."""
-    radius = _lerp(4, 22, s) * rng.uniform(0.85, 1.15)
+    radius = _size("missing", "radius", s, rng) * scene.scale
     if scene.parts:
         row, col, r_obj, obj_alpha = scene.parts[rng.integers(len(scene.parts))]
         phi = rng.uniform(0, 2 * np.pi)
@@ -466,10 +498,10 @@ def _paint_missing(scene: Scene, rng, s):
 
 def _paint_hue_stain(scene: Scene, rng, s):
     """Rotate hue (the a*b* angle) inside a soft blob; L* and chroma are kept."""
-    radius = _lerp(7, 28, s) * rng.uniform(0.85, 1.15)
+    radius = _size("hue_stain", "radius", s, rng) * scene.scale
     centre = _spot(rng, scene.support, radius * 0.5)
     alpha = _blob(rng, centre, radius, softness=0.5, roughness=0.35)
-    angle = np.deg2rad(_lerp(15, 120, s)) * rng.choice([-1, 1])
+    angle = np.deg2rad(_param("hue_stain", "angle", s)) * rng.choice([-1, 1])
     lab = _lab(scene.image)
     t = alpha * angle
     a, b = lab[..., 1], lab[..., 2]
@@ -479,10 +511,10 @@ def _paint_hue_stain(scene: Scene, rng, s):
 
 def _paint_saturation_stain(scene: Scene, rng, s):
     """Scale chroma (the a*b* length) inside a soft blob: faded or over-saturated; L* kept."""
-    radius = _lerp(7, 28, s) * rng.uniform(0.85, 1.15)
+    radius = _size("saturation_stain", "radius", s, rng) * scene.scale
     centre = _spot(rng, scene.support, radius * 0.5)
     alpha = _blob(rng, centre, radius, softness=0.5, roughness=0.35)
-    factor = _lerp(0.7, 0.1, s) if rng.integers(2) else _lerp(1.35, 2.2, s)
+    factor = _param("saturation_stain", "fade" if rng.integers(2) else "boost", s)
     lab = _lab(scene.image)
     lab[..., 1:] *= (1 + (factor - 1) * alpha)[..., None]
     return _rgb(lab), alpha

@@ -41,15 +41,17 @@ def list_dataset_categories(dataset: str, root: Path) -> list[str]:
     return list_categories(root)
 
 
-def choose_categories(dataset: str, root: Path, wanted: list[str] | None) -> list[str]:
-    """``wanted`` checked against what is on disk; all of them when ``wanted`` is None."""
+def choose_categories(dataset: str, root: Path, wanted: list[str] | None,
+                      limit: int | None = None) -> list[str]:
+    """``wanted`` checked against what is on disk; all of them (or the first ``limit``, as
+    the smoke profile asks) when ``wanted`` is None."""
     present = list_dataset_categories(dataset, root)
     if not present:
         msg = (f"no categories found under {root} for dataset {dataset!r}; expected the "
                "official layout (data/README.md)")
         raise DataError(msg)
     if wanted is None:
-        return present
+        return present[:limit] if limit else present
     missing = [c for c in wanted if c not in present]
     if missing:
         msg = (f"categories {missing} not found under {root}; present: {', '.join(present)}. "

