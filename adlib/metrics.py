@@ -37,6 +37,7 @@ _PARALLEL_MIN = 2_000_000
 _SORT_CHUNK = 8_000_000
 _BUCKET_CHUNK = 2_000_000
 _MAX_BUCKETS = 1 << 23
+_SHARED_MAX = 0.5  # bucketed counting pays while fewer values than this share query buckets
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -234,6 +235,11 @@ def _count_below_bucketed(flat: np.ndarray,
     has_query_bits = np.packbits(has_query, bitorder="little")  # 1/8 the size: stays in cache
 
     n, n_threads = flat.size, _num_threads()
+    # Crowded scores (heavy ties, heavy tails) would leave little to the histogram:
+    # a sample tells, and then sorting everything is cheaper.
+    sample = flat[np.random.default_rng(0).integers(0, n, 1 << 16)]
+    if has_query[bucket(sample)].mean() > _SHARED_MAX:
+        return _count_below_sorted(flat, queries)
     # Chunks small next to the input (temporaries are ~25 bytes per value and thread).
     chunk = max(1 << 16, min(_BUCKET_CHUNK, math.ceil(n / (4 * n_threads))))
     n_chunks = math.ceil(n / chunk)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 from tqdm import tqdm as _text_tqdm
-from tqdm.auto import tqdm as _auto_tqdm
 
 
 class _SummaryBar(_text_tqdm):
@@ -37,4 +36,6 @@ def progress(*args, **kwargs):
     """``tqdm`` over an iterable (same arguments), in the form that suits where we run."""
     if os.environ.get("ADLIB_PROGRESS") == "summary":
         return _SummaryBar(*args, **kwargs)
-    return _auto_tqdm(*args, **kwargs)
+    from tqdm.auto import tqdm  # imported late: it warns in a kernel without ipywidgets
+
+    return tqdm(*args, **kwargs)

@@ -742,12 +742,15 @@ def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _progress_bar(progress: bool | str, total: int | None, initial: int, desc: str) -> Any:
-    """One bar over all training batches; ``"text"`` forces a plain-text bar in notebooks."""
+    """One bar over all training batches; ``"text"`` forces a plain-text bar in notebooks.
+
+    Otherwise :func:`adlib.progress.progress` decides: a live bar interactively, one summary
+    line when the book is built.
+    """
     if progress == "text":
         from tqdm import tqdm
     else:
-        # Imported here: tqdm.auto warns at import time in a kernel without ipywidgets.
-        from tqdm.auto import tqdm
+        from adlib.progress import progress as tqdm
     return tqdm(
         total=total,
         initial=initial,

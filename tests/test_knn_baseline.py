@@ -39,6 +39,20 @@ def test_equals_sklearn_brute_force(k, chunk_size, bank_chunk_size):
     np.testing.assert_allclose(dist.numpy().reshape(600, k), float64_brute(queries, bank, k), atol=1e-5)
 
 
+@pytest.mark.parametrize("n_bank, k", [(1, 1), (5, 5), (33, 3), (70, 7), (100, 60)])
+def test_small_banks_and_large_k(n_bank, k):
+    """Banks that are not whole groups of 32 (padded inside), k close to N, tiny chunks."""
+    rng = np.random.default_rng(n_bank)
+    queries = rng.normal(size=(90, 8)).astype(np.float32)
+    bank = rng.normal(size=(n_bank, 8)).astype(np.float32)
+    ref_dist, ref_idx = sklearn_brute(queries, bank, k)
+    for bank_chunk_size in (None, 31):
+        dist, idx = nearest_neighbour_distance(queries, bank, k=k, chunk_size=37,
+                                               bank_chunk_size=bank_chunk_size)
+        np.testing.assert_allclose(dist.numpy().reshape(90, k), ref_dist, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(idx.numpy().reshape(90, k), ref_idx)
+
+
 def test_large_offset_does_not_cancel_precision():
     """||q||^2 ~ 3e7 here: the plain float32 expansion is off by ~1; ours is exact."""
     rng = np.random.default_rng(1)

@@ -73,6 +73,7 @@ def parallel_paths(monkeypatch):
     monkeypatch.setattr(metrics, "_SORT_CHUNK", 3000)
     monkeypatch.setattr(metrics, "_BUCKET_CHUNK", 2500)
     monkeypatch.setattr(metrics, "_num_threads", lambda: 2)
+    monkeypatch.setattr(metrics, "_SHARED_MAX", 1.01)  # bucket even crowded scores
 
 
 # -------------------------------------------------------------------------- AUROC
@@ -133,6 +134,20 @@ def test_count_below_paths_agree_with_brute_force(parallel_paths):
     np.testing.assert_array_equal(equal_b, brute_equal)
     np.testing.assert_array_equal(less_s, brute_less)
     np.testing.assert_array_equal(equal_s, brute_equal)
+
+
+def test_crowded_scores_fall_back_to_sorting(monkeypatch):
+    monkeypatch.setattr(metrics, "_PARALLEL_MIN", 1000)
+    calls = []
+    sorted_path = metrics._count_below_sorted
+    monkeypatch.setattr(metrics, "_count_below_sorted",
+                        lambda *args: calls.append(1) or sorted_path(*args))
+    rng = np.random.default_rng(0)
+    masks = blob_masks(rng, 8, 32, 32)
+    maps = np.exp(8 * random_maps(rng, masks, ties=False))  # heavy tail: one crowded bucket
+    assert pixel_auroc(maps, masks) == pytest.approx(
+        roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
+    assert calls, "heavy-tailed scores should have been counted by sorting"
 
 
 def test_auroc_degenerate_inputs():

