@@ -413,8 +413,8 @@ DEFECT_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "stain": {"radius": (10, 45), "chroma": (8, 35), "darkening": (1, 8)},
     "deformed": {"radius": (16, 56), "twist": (0.8, 2.6)},
     "missing": {"radius": (6, 35)},
-    "hue_stain": {"radius": (16, 56), "angle": (30, 170)},
-    "saturation_stain": {"radius": (16, 56), "fade": (0.5, 0.0), "boost": (1.6, 3.0)},
+    "hue_stain": {"radius": (16, 56), "angle": (40, 170)},
+    "saturation_stain": {"radius": (16, 56), "fade": (0.4, 0.0), "boost": (1.8, 3.0)},
 }
 
 

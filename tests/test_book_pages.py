@@ -1,0 +1,48 @@
+"""The generated pages: scoreboard from run records, status page, table of contents."""
+
+import json
+
+from adlib import book
+from adlib.results import RunRecord, compare, get_claim
+
+
+def _record(tmp_path, profile, ours, folder):
+    claim = get_claim("rlr", 1)
+    row = compare(claim, 98.6, ours, dataset="embedded", profile=profile, seeds=[0],
+                  hardware="2x cpu", comparable=False, reason="embedded default, not MVTec AD")
+    rec = RunRecord(paper="rlr", notebook="05_rlr.ipynb", profile=profile, dataset="embedded",
+                    data_root=None, categories=["brick"], params={}, seeds=[0],
+                    metrics={"brick": {"image_auroc": ours}}, claims=[row])
+    return rec.save(tmp_path / folder)
+
+
+def test_scoreboard_prefers_study_records_and_lists_every_claim(tmp_path):
+    _record(tmp_path, "cpu", 71.0, "book")
+    _record(tmp_path, "study", 83.5, "study")
+    page = book.write_scoreboard(tmp_path / "scoreboard.md", [tmp_path / "study", tmp_path / "book"])
+    text = page.read_text()
+    rlr = text.split("## RLR")[1]
+    first = [line for line in rlr.splitlines() if line.startswith("| 1 |")][0]
+    assert "83.5" in first and "study" in first and "not comparable here" in first
+    assert "71" not in first
+    # every claim of claims.md gets a row, checked or not
+    assert text.count("not run yet") >= 30
+    assert "Run records read: 2" in text
+
+
+def test_scoreboard_ignores_json_that_is_not_a_run_record(tmp_path):
+    (tmp_path / "junk.json").write_text(json.dumps({"hello": 1}))
+    text = book.write_scoreboard(tmp_path / "s.md", [tmp_path]).read_text()
+    assert "Run records read: 0" in text
+
+
+def test_status_page_lists_times_versions_and_revision(tmp_path):
+    timings = [{"notebook": "00_data_and_metrics.ipynb", "profile": "cpu", "seconds": 61.2}]
+    text = book.write_status(tmp_path / "status.md", timings).read_text()
+    assert "| 00_data_and_metrics.ipynb | cpu | 61.2 |" in text
+    assert "| torch |" in text and "revision" in text
+
+
+def test_toc_lists_chapters_in_order(tmp_path):
+    toc = book.write_toc(tmp_path, ["00_a.ipynb", "01_b.ipynb"]).read_text()
+    assert toc.index("chapters/00_a") < toc.index("chapters/01_b") < toc.index("scoreboard")
