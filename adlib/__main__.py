@@ -3,6 +3,7 @@
     python -m adlib data embedded --out DIR --seed S   write the embedded default data set
     python -m adlib bench metrics                      pixel AUROC speed vs scikit-learn
     python -m adlib bench baseline                     kNN baseline per embedded category
+    python -m adlib bench patchsvdd-nn                 Patch SVDD NN scoring vs scikit-learn
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def _bench_baseline(args: argparse.Namespace) -> None:
     bench_baseline(data_root=args.data_root, image_size=args.image_size, seed=args.seed)
 
 
+def _bench_patchsvdd_nn(args: argparse.Namespace) -> None:
+    from adlib.bench import bench_patchsvdd_nn
+
+    bench_patchsvdd_nn(image_size=args.image_size, category=args.category, seed=args.seed)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m adlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,6 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     bb.add_argument("--image-size", type=int, default=256)
     bb.add_argument("--seed", type=int, default=0)
     bb.set_defaults(func=_bench_baseline)
+    bp = bench.add_parser("patchsvdd-nn", help="Patch SVDD nearest-neighbour scoring vs scikit-learn")
+    bp.add_argument("--image-size", type=int, default=128)
+    bp.add_argument("--category", default="brick")
+    bp.add_argument("--seed", type=int, default=0)
+    bp.set_defaults(func=_bench_patchsvdd_nn)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -47,6 +47,18 @@ PAPER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "study": {"image_size": 256},
         "paper": {"image_size": 256},
     },
+    # Patch SVDD + C-SE. Below 128 px a 64-px patch covers (almost) the whole image, so the
+    # small profiles train and score K=32 only; strides are in pixels of the resized image.
+    "cse_patch_svdd": {
+        "smoke": {"image_size": 64, "epochs": 1, "batch_size": 16, "max_categories": 1,
+                  "patch_sizes": "32", "stride32": 16, "samples_per_image": 1, "lam": 1e-3},
+        "cpu": {"image_size": 64, "epochs": 1, "batch_size": 16, "max_categories": 2,
+                "patch_sizes": "32", "stride32": 8, "samples_per_image": 1, "lam": 1e-3},
+        "study": {"image_size": 64, "epochs": 1, "batch_size": 16, "n_seeds": 3,
+                  "patch_sizes": "32", "stride32": 8, "samples_per_image": 2, "lam": 1e-3},
+        "paper": {"image_size": 256, "epochs": 300, "batch_size": 64, "patch_sizes": "64,32",
+                  "stride64": 16, "stride32": 4, "samples_per_image": 100, "lam": 1e-3},
+    },
 }
 
 #: The paper-protocol data sets each loader understands; ``embedded`` is the built-in default.

@@ -96,6 +96,7 @@ def test_categories_cover_the_required_kinds():
         info = E.CATEGORY_INFO[c]
         assert info["description"] and "skimage.data." in info["source"]
         assert len(info["defects"]) >= 2
+        assert all(E.DEFECT_INFO[d] and d in E.DEFECT_RANGES for d in info["defects"])
         if info["kind"] == "colour":
             assert set(info["defects"]) <= {"hue_stain", "saturation_stain"}
         else:  # the four structural families
@@ -147,7 +148,7 @@ def test_texture_train_and_test_crops_come_from_disjoint_bands():
     for split, bands in (("train", E._TRAIN_BANDS), ("test", E._TEST_BANDS)):
         for i in range(30):
             rng = np.random.default_rng([0, i])
-            seen = E._band_crop(rows, rng, split, quarter_turns=bool(i % 2))
+            seen = E._band_crop(rows, rng, split, "dihedral" if i % 2 else "hflip")
             inside = [(seen.min() >= r0) and (seen.max() <= r1 - 1) for r0, r1 in bands]
             assert any(inside), (split, i, seen.min(), seen.max())
 
@@ -216,6 +217,10 @@ def test_refuses_to_overwrite_a_tree_without_stamp(tmp_path):
         E.synthesise("bottle", "good", 0)
     with pytest.raises(DataError, match="no defect type"):
         E.synthesise("ihc", "scratch", 0)
+    with pytest.raises(DataError, match="no defect type"):
+        E.synthesise("brick", "hole", 0, split="train")
+    with pytest.raises(DataError, match="split must be"):
+        E.synthesise("brick", "good", 0, split="val")
 
 
 def test_cli_entry_point_in_process(tmp_path, tiny_defaults, capsys):

@@ -15,16 +15,32 @@ them) and, for LEA-Net-style supervised use, the labelled-folder layout::
     <out>/EMBEDDED.json                                              (version, seed, counts,
                                                                       each defect's severity)
 
-How the defects are made (one rule for all of them): a defect function returns the
+How the defects are made (one rule for all of them): a defect painter returns the
 defective image and a blending weight ``alpha`` in [0, 1]; weights below ``ALPHA_CUT``
-are set to zero, the image keeps its clean value wherever ``alpha == 0``, and the mask is
-``alpha > 0``. So the mask marks exactly the changed pixels: a soft-edged stain is masked
-where its weight is at least 0.25, and nothing outside the mask differs from the clean
-image (camera noise is the same field on both).
+(0.25) are set to zero, the image keeps its clean value wherever ``alpha == 0``, and the
+mask is ``alpha > 0``. So a soft-edged stain is masked where its weight is at least 0.25
+(its faint rim below that is not painted at all), a warp where pixels moved by half a
+pixel or more, and no pixel outside the mask differs from the clean image (the camera
+noise is one field added to both). Inside the mask a pixel may still round to its old
+value where the change is below one grey level (e.g. a hue turn on a near-grey pixel).
+:func:`synthesise` returns the clean twin with every image, so this can be checked.
+
+Defect types (``DEFECT_INFO``; sizes and contrasts in ``DEFECT_RANGES``): scratch, hole,
+stain (colour and a little darkening), deformed (a local swirl, textures), missing (a bite
+out of a coin's rim showing the cloth; on the retina a patch whose vessels are smoothed
+away), and, for the colour-only category, hue_stain and saturation_stain, which keep
+CIELAB L* and change only a*b* (LEA-Net's case).
 
 Severity: within each defect type, even indices are *subtle* (severity s in [0, 0.5)),
-odd ones *obvious* (s in [0.5, 1]); size and contrast grow with s. ``EMBEDDED.json``
-records s for every defective image.
+odd ones *obvious* (s in [0.5, 1]); sizes and contrasts grow linearly with s, and busy
+categories (grass, gravel, ihc) scale defect sizes by their ``defect_scale``.
+``EMBEDDED.json`` records s for every defective image.
+
+Difficulty (tuned on generator ranges only, never per image): the kNN baseline
+(``python -m adlib bench baseline``, EfficientNet-Lite0 patch features) reaches image
+AUROC 0.71-0.92 at 128 px and 0.83-0.97 at 256 px on all categories except ihc at 256 px
+(about 0.6): ImageNet features, trained with colour augmentation, are nearly blind to
+hue-only changes, which is the gap LEA-Net's colour anomaly map is built for.
 
 Train and test never share pixels of a texture photo: texture crops for training come
 from the top and bottom bands of the photo (rows 0-175 and 336-511), test crops from the
@@ -118,6 +134,16 @@ CATEGORY_INFO: dict[str, dict] = {
 }
 EMBEDDED_CATEGORIES: tuple[str, ...] = tuple(CATEGORY_INFO)
 
+DEFECT_INFO: dict[str, str] = {
+    "scratch": "a thin curve, dark on bright surfaces and bright on dark ones",
+    "hole": "an irregular dark pit, darkest in its middle",
+    "stain": "a soft-edged colour blotch (a*b* shift) with slight darkening",
+    "deformed": "a local swirl: the texture inside a disc is twisted about its centre",
+    "missing": "a piece gone: a bite out of a coin's rim, or a retina patch without vessels",
+    "hue_stain": "hue turned inside a soft blob; CIELAB L* and chroma kept",
+    "saturation_stain": "chroma faded or boosted inside a soft blob; CIELAB L* and hue kept",
+}
+
 # Texture bands (rows of the 512-px photo): train from the outer bands, test from the middle.
 _TRAIN_BANDS = ((0, 176), (336, 512))
 _TEST_BANDS = ((176, 336),)
@@ -138,7 +164,7 @@ def _photo(name: str) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _retina_source() -> np.ndarray:
     """The fundus photo shrunk (Lanczos) so that the eye is ~250 px wide: 256x256x3."""
-    img = Image.fromarray(skimage_uint8(_photo("retina")))
+    img = Image.fromarray(_to_uint8(_photo("retina")))
     return np.asarray(img.resize((256, 256), Image.LANCZOS), dtype=np.float32) / 255.0
 
 
@@ -165,7 +191,7 @@ def _coin_sources() -> tuple[tuple[np.ndarray, np.ndarray, float], ...]:
     return tuple(coins)
 
 
-def skimage_uint8(img: np.ndarray) -> np.ndarray:
+def _to_uint8(img: np.ndarray) -> np.ndarray:
     """float [0, 1] -> uint8 with rounding (the one quantiser of this module)."""
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
@@ -238,7 +264,8 @@ def _render_texture(category: str, rng: np.random.Generator, split: str) -> Scen
 
 
 def _render_ihc(rng: np.random.Generator, split: str) -> Scene:
-    image = np.clip(_band_crop(_photo("immunohistochemistry"), rng, split, _FLIPS["immunohistochemistry"]), 0, 1)
+    name = "immunohistochemistry"
+    image = np.clip(_band_crop(_photo(name), rng, split, _FLIPS[name]), 0, 1)
     # Colour defects land on stained tissue (where there is colour to change).
     chroma = np.hypot(*np.moveaxis(_lab(image)[..., 1:], -1, 0))
     support = ndi.uniform_filter(chroma, 15) > 12
@@ -287,7 +314,6 @@ def _render_coins(rng: np.random.Generator) -> Scene:
     radii = [c[2] * s for c, s in zip(coins, scales)]
     order = rng.permutation(len(coins))
     centres = _place(rng, [radii[i] for i in order])
-    grey = cloth.copy()
     shadow = np.zeros_like(cloth)
     parts = []
     layers = []
@@ -295,13 +321,13 @@ def _render_coins(rng: np.random.Generator) -> Scene:
         src, alpha_src, _ = coins[i]
         mid = ((src.shape[0] - 1) / 2, (src.shape[1] - 1) / 2)
         angle = rng.uniform(0, 2 * np.pi)
-        # _sample maps output x to centre' + R(angle) (x - 127.5) / scale: put the crop's
-        # middle on ``centre``.
+        # _sample looks at look_at + R(angle) (x - 127.5) / scale for output pixel x: choose
+        # look_at so that the crop's middle lands on ``centre``.
         ca, sa = np.cos(angle), np.sin(angle)
         v, u = 127.5 - centre[0], 127.5 - centre[1]
-        shift = (mid[0] + (ca * v - sa * u) / scales[i], mid[1] + (sa * v + ca * u) / scales[i])
-        coin = _sample(src, shift, 1 / scales[i], angle, mode="nearest") * rng.uniform(0.9, 1.1)
-        alpha = np.clip(_sample(alpha_src, shift, 1 / scales[i], angle, mode="constant"), 0, 1)
+        look_at = (mid[0] + (ca * v - sa * u) / scales[i], mid[1] + (sa * v + ca * u) / scales[i])
+        coin = _sample(src, look_at, 1 / scales[i], angle, mode="nearest") * rng.uniform(0.9, 1.1)
+        alpha = np.clip(_sample(alpha_src, look_at, 1 / scales[i], angle, mode="constant"), 0, 1)
         shadow = np.maximum(shadow, ndi.shift(ndi.gaussian_filter(alpha, 4), (3, 2), order=1))
         layers.append((coin, alpha))
         parts.append((centre[0], centre[1], radii[i], alpha))
@@ -355,12 +381,14 @@ def _rgb(lab: np.ndarray) -> np.ndarray:
 def _spot(rng: np.random.Generator, support: np.ndarray, margin: float) -> tuple[float, float]:
     """A random point where ``support`` is > 0.5, at least ``margin`` px from the border."""
     ok = support > 0.5
-    m = int(np.ceil(margin))
+    m = min(max(int(np.ceil(margin)), 1), IMAGE_SIZE // 2 - 1)
     ok[:m] = ok[-m:] = False
     ok[:, :m] = ok[:, -m:] = False
     idx = np.flatnonzero(ok)
-    if idx.size == 0:
+    if idx.size == 0:  # a big defect or a small support: relax the margin, then the support
         idx = np.flatnonzero(support > 0.5)
+    if idx.size == 0:
+        idx = np.arange(IMAGE_SIZE * IMAGE_SIZE)
     k = idx[rng.integers(idx.size)]
     return float(k // IMAGE_SIZE) + rng.uniform(-0.5, 0.5), float(k % IMAGE_SIZE) + rng.uniform(-0.5, 0.5)
 
@@ -559,6 +587,9 @@ def synthesise(category: str, defect_type: str, index: int, seed: int = 0,
         msg = (f"no defect type {defect_type!r} in the {split} split of {category!r}; "
                f"expected 'good' or (test only) one of {defects}")
         raise DataError(msg)
+    if split not in ("train", "test"):
+        msg = f"split must be 'train' or 'test', got {split!r}"
+        raise DataError(msg)
     if seed < 0 or index < 0:
         msg = f"seed and index must be >= 0, got seed={seed}, index={index}"
         raise DataError(msg)
@@ -581,7 +612,7 @@ def synthesise(category: str, defect_type: str, index: int, seed: int = 0,
             if (alpha > 0).sum() >= 4:
                 break
     noise = rng.normal(0, rng.uniform(0.003, 0.01), clean.shape).astype(np.float32)
-    return skimage_uint8(clean + noise), skimage_uint8(image + noise), alpha > 0, s
+    return _to_uint8(clean + noise), _to_uint8(image + noise), alpha > 0, s
 
 
 # ----------------------------------------------------------------------------- writing
@@ -608,7 +639,8 @@ def _write_category(args) -> dict:
     lab = Path(tmp) / "labelled" / category
     for sub in (cat / "train" / "good", cat / "test" / "good", lab / "normal", lab / "anomalous"):
         sub.mkdir(parents=True, exist_ok=True)
-    record = {"kind": CATEGORY_INFO[category]["kind"], "train_good": n_train,
+    record = {"kind": CATEGORY_INFO[category]["kind"], "source": CATEGORY_INFO[category]["source"],
+              "defect_scale": CATEGORY_INFO[category].get("defect_scale", 1.0), "train_good": n_train,
               "test_good": n_test_good, "defects": {}, "severity": {}}
     for split, n in (("train", n_train), ("test", n_test_good)):
         for i in range(n):
@@ -675,6 +707,7 @@ def generate_embedded(out_dir, seed: int = 0, *, categories=None, n_train: int |
             "image_size": IMAGE_SIZE,
             "alpha_cut": ALPHA_CUT,
             "severity_rule": "even index subtle (s < 0.5), odd index obvious (s >= 0.5)",
+            "defect_ranges": {d: {k: list(v) for k, v in r.items()} for d, r in DEFECT_RANGES.items()},
             "categories": dict(zip(categories, records)),
         }
         _install(tmp, out_dir)
@@ -769,7 +802,8 @@ def tree_digest(root) -> str:
 # ----------------------------------------------------------------------------- contact sheet
 def contact_sheet(root, out_png, n_good: int = 3) -> Path:
     """Draw every category: ``n_good`` train goods, a test good, and per defect type its
-    first subtle and first obvious test image with the mask outlined in red. Returns out_png.
+    first subtle and first obvious test image with the mask outlined in red (3 px outside
+    the mask, so thin defects stay visible). Returns out_png.
 
     root: the folder that holds ``mvtec/`` (or the ``mvtec`` folder itself).
     """
@@ -814,14 +848,15 @@ def contact_sheet(root, out_png, n_good: int = 3) -> Path:
             ax.imshow(np.asarray(Image.open(img_path)))
             if mask_path is not None and mask_path.exists():
                 mask = np.asarray(Image.open(mask_path)) > 127
-                if mask.any():
-                    ax.contour(mask, levels=[0.5], colors="red", linewidths=0.6)
+                if mask.any():  # outline 3 px outside the mask, so the defect stays visible
+                    ring = ndi.binary_dilation(mask, iterations=3)
+                    ax.contour(ring, levels=[0.5], colors="red", linewidths=0.6)
             ax.set_title(label, fontsize=6)
             if k == 0:
                 kind = CATEGORY_INFO.get(c, {}).get("kind", "")
                 ax.set_ylabel(f"{c}\n({kind})", fontsize=8)
     fig.suptitle("Embedded default: train goods, a test good, and each defect type "
-                 "(subtle / obvious; mask outlined in red)", fontsize=9)
+                 "(subtle / obvious; red: mask outline, 3 px outside)", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
