@@ -67,22 +67,33 @@ def execute_notebooks(out_dir: Path | str, *, profile: str = "cpu",
     records_dir.mkdir(parents=True, exist_ok=True)
     timings = []
     # Kernels inherit the environment: inline figures (not a headless Agg backend) and
-    # progress bars that print one summary line each.
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    os.environ["ADLIB_PROGRESS"] = "summary"
-    for path in notebook_paths(notebooks_dir):
-        if only and path.stem not in only:
-            continue
-        params = {"profile": profile, "output_dir": str(records_dir.resolve())}
-        params.update(parameters or {})
-        start = time.perf_counter()
-        print(f"[book] executing {path.name} (profile {profile}) ...", flush=True)
-        papermill.execute_notebook(str(path), str(out_dir / path.name), parameters=params,
-                                   cwd=str(path.parent), kernel_name=kernel_name,
-                                   progress_bar=False, log_output=False)
-        seconds = time.perf_counter() - start
-        print(f"[book] {path.name}: {seconds:.1f} s", flush=True)
-        timings.append({"notebook": path.name, "profile": profile, "seconds": round(seconds, 1)})
+    # progress bars that print one summary line each. Restored afterwards, so a caller
+    # (e.g. pytest) keeps its own settings.
+    kernel_env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                  "ADLIB_PROGRESS": "summary"}
+    saved = {k: os.environ.get(k) for k in kernel_env}
+    os.environ.update(kernel_env)
+    try:
+        for path in notebook_paths(notebooks_dir):
+            if only and path.stem not in only:
+                continue
+            params = {"profile": profile, "output_dir": str(records_dir.resolve())}
+            params.update(parameters or {})
+            start = time.perf_counter()
+            print(f"[book] executing {path.name} (profile {profile}) ...", flush=True)
+            papermill.execute_notebook(str(path), str(out_dir / path.name), parameters=params,
+                                       cwd=str(path.parent), kernel_name=kernel_name,
+                                       progress_bar=False, log_output=False)
+            seconds = time.perf_counter() - start
+            print(f"[book] {path.name}: {seconds:.1f} s", flush=True)
+            timings.append({"notebook": path.name, "profile": profile,
+                            "seconds": round(seconds, 1)})
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     (out_dir / "timings.json").write_text(json.dumps(timings, indent=2))
     return timings
 

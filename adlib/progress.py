@@ -28,8 +28,9 @@ class _SummaryBar(_text_tqdm):
             postfix = f" ({self.postfix})" if self.postfix else ""
             print(f"{self.desc or 'progress'}: {self.n}{total} in {elapsed}{postfix}", flush=True)
         super().close()
-        if not self.fp.closed:
-            self.fp.close()
+        sink = getattr(self, "fp", None)
+        if sink is not None and not sink.closed:
+            sink.close()
 
 
 def progress(*args, **kwargs):

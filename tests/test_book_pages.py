@@ -46,3 +46,21 @@ def test_status_page_lists_times_versions_and_revision(tmp_path):
 def test_toc_lists_chapters_in_order(tmp_path):
     toc = book.write_toc(tmp_path, ["00_a.ipynb", "01_b.ipynb"]).read_text()
     assert toc.index("chapters/00_a") < toc.index("chapters/01_b") < toc.index("scoreboard")
+
+
+def test_executing_notebooks_leaves_the_callers_environment_alone(tmp_path, monkeypatch):
+    import os
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("profile = 'cpu'\noutput_dir = '.'")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "nbs").mkdir()
+    nbformat.write(nb, tmp_path / "nbs" / "00_tiny.ipynb")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("ADLIB_PROGRESS", raising=False)
+    timings = book.execute_notebooks(tmp_path / "out", profile="smoke", notebooks_dir=tmp_path / "nbs")
+    assert [t["notebook"] for t in timings] == ["00_tiny.ipynb"]
+    assert os.environ["MPLBACKEND"] == "Agg" and "ADLIB_PROGRESS" not in os.environ
