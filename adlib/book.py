@@ -176,8 +176,7 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
             row = rows.get(claim.label)
             summary = claim.summary
             if row is None:
-                cells = [claim.number, summary, "see claim", "—", "—", "—", "—", "—",
-                         "not run yet (no chapter has checked it)"]
+                cells = [claim.number, summary, "—", "—", "—", "—", "—", "—", "not run yet"]
             else:
                 cells = [claim.number, summary, row.get("paper"), row.get("ours"),
                          row.get("dataset"), row.get("profile"), row.get("seeds"),
