@@ -151,7 +151,8 @@ def bench_patchsvdd_nn(image_size: int = 128, category: str = "brick", seed: int
     Realistic data: the K-px patch embeddings (D=64) of an embedded category's 64 training
     and 48 test images at ``image_size``, on Patch SVDD's dense grid (K=32, stride 4: 25x25
     positions per image at 128 px, 57x57 at 256 px), from a seeded, untrained plain encoder
-    (computed fully convolutionally, which equals per-patch encoding without attention).
+    (computed fully convolutionally, which equals per-patch encoding without attention), on
+    mean-subtracted images.
     scikit-learn ``NearestNeighbors(algorithm="brute")`` and
     :func:`adlib.nn.knn.nearest_neighbour_distance` run in the same process on the same
     float32 arrays, each timed best of 2. The last line printed is
@@ -172,13 +173,19 @@ def bench_patchsvdd_nn(image_size: int = 128, category: str = "brick", seed: int
     torch.manual_seed(seed)
     net = PatchSVDDNet(attention="none", patch_sizes=(32,)).eval()
 
-    def embed(split: str) -> np.ndarray:
+    def load(split: str) -> torch.Tensor:
         ds = open_split("embedded", root, category, split, image_size)
-        images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+        return torch.stack([ds[i]["image"] for i in range(len(ds))])
+
+    train_images = load("train")
+    mean_image = train_images.mean(0, keepdim=True)  # Patch SVDD's preprocessing
+
+    def embed(split: str) -> np.ndarray:
+        images = (train_images if split == "train" else load(split)) - mean_image
         g = grid_size(image_size, patch_size, stride)
         step = stride // 2  # the dense map has stride 2 (conv1)
         with torch.no_grad():
-            maps = torch.cat([net.encoder32(images[i:i + 8] - 0.5) for i in range(0, len(images), 8)])
+            maps = torch.cat([net.encoder32(images[i:i + 8]) for i in range(0, len(images), 8)])
         maps = maps[:, :, ::step, ::step][:, :, :g, :g]
         return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).contiguous().numpy()
 

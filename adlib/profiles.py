@@ -52,12 +52,33 @@ PAPER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "cse_patch_svdd": {
         "smoke": {"image_size": 64, "epochs": 1, "batch_size": 16, "max_categories": 1,
                   "patch_sizes": "32", "stride32": 16, "samples_per_image": 1, "lam": 1e-3},
-        "cpu": {"image_size": 64, "epochs": 1, "batch_size": 16, "max_categories": 2,
-                "patch_sizes": "32", "stride32": 8, "samples_per_image": 1, "lam": 1e-3},
+        "cpu": {"image_size": 64, "epochs": 2, "batch_size": 16, "max_categories": 2,
+                "patch_sizes": "32", "stride32": 16, "samples_per_image": 1, "lam": 1e-3},
         "study": {"image_size": 64, "epochs": 1, "batch_size": 16, "n_seeds": 3,
                   "patch_sizes": "32", "stride32": 8, "samples_per_image": 2, "lam": 1e-3},
         "paper": {"image_size": 256, "epochs": 300, "batch_size": 64, "patch_sizes": "64,32",
                   "stride64": 16, "stride32": 4, "samples_per_image": 100, "lam": 1e-3},
+    },
+    # RLR (chapter 5). hidden / windows are per backbone stage 1, 2, 3 (strides 4/8/16).
+    # CPU profiles reconstruct Lite0 stages 2-3 only: stage 1 at 128 px is a 32x32 grid whose
+    # 1024x1024 attention costs ~10x the other two levels together.
+    "rlr": {
+        "smoke": {"image_size": 64, "epochs": 1, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
+                  "stages": (2, 3), "hidden": (8, 16, 32), "windows": (5, 3, 3), "blocks": 1,
+                  "heads": 4, "alpha": 2.0, "lr": 1e-3, "standardize": True, "map_sigma": 1.0,
+                  "perturbation": "jitter"},
+        "cpu": {"image_size": 128, "epochs": 6, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
+                "stages": (2, 3), "hidden": (8, 32, 64), "windows": (7, 5, 3), "blocks": 1,
+                "heads": 4, "alpha": 2.0, "lr": 1e-3, "standardize": True, "map_sigma": 2.0,
+                "perturbation": "jitter"},
+        "study": {"image_size": 128, "epochs": 8, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
+                  "stages": (2, 3), "hidden": (8, 32, 64), "windows": (7, 5, 3), "blocks": 1,
+                  "heads": 4, "alpha": 2.0, "lr": 1e-3, "standardize": True, "map_sigma": 2.0,
+                  "perturbation": "jitter"},
+        "paper": {"dataset": "mvtec_ad", "image_size": 256, "epochs": 200, "batch_size": 16,
+                  "backbone": "tf_efficientnet_b6", "stages": (1, 2, 3), "hidden": (128, 256, 512),
+                  "windows": (11, 7, 5), "blocks": 4, "heads": 8, "alpha": 2.0, "lr": 1e-4,
+                  "standardize": False, "map_sigma": 4.0, "perturbation": "jitter"},
     },
 }
 

@@ -21,3 +21,13 @@ def test_interactive_mode_is_tqdm(monkeypatch):
     bar = progress(range(2), disable=True)
     assert type(bar).__name__ == "tqdm" or "tqdm" in type(bar).__module__
     bar.close()
+
+
+def test_disabled_bars_stay_silent_and_close_cleanly_in_summary_mode(monkeypatch, capsys):
+    monkeypatch.setenv("ADLIB_PROGRESS", "summary")
+    bar = progress(total=3, disable=True)
+    bar.update(3)
+    bar.close()
+    for _ in progress(range(2), disable=True):
+        pass
+    assert capsys.readouterr().out == ""

@@ -25,9 +25,7 @@ so :func:`adlib.evaluation.evaluate_categories` runs it like any other model.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -349,18 +347,6 @@ def nearest_distances(test_embeddings: torch.Tensor, train_embeddings: torch.Ten
 # the model a chapter uses
 # --------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _quiet_summary(active: bool):
-    """Unset ``ADLIB_PROGRESS`` while a *disabled* bar is made: adlib.progress's summary bar
-    fails on ``disable=True`` (no ``fp``; reported to the lead), tqdm's own does not."""
-    saved = os.environ.pop("ADLIB_PROGRESS", None) if active else None
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ["ADLIB_PROGRESS"] = saved
-
-
 def _images_of(dataset: Any) -> torch.Tensor:
     return torch.stack([dataset[i]["image"] for i in range(len(dataset))]).float()
 
@@ -422,12 +408,11 @@ class PatchSVDD:
         images = images - self.mean_image
         pairs = PatchPairs(images, self.patch_sizes, self.samples_per_image)
         if self.epochs > 0:
-            with _quiet_summary(not self.progress):
-                result = fit(self.net, lambda m, b: patch_svdd_loss(m, b, self.lam), pairs,
-                             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                             device=self.device, seed=self.seed, amp=False,
-                             drop_last=len(pairs) > self.batch_size, desc=self.desc,
-                             progress=self.progress)
+            result = fit(self.net, lambda m, b: patch_svdd_loss(m, b, self.lam), pairs,
+                         epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                         device=self.device, seed=self.seed, amp=False,
+                         drop_last=len(pairs) > self.batch_size, desc=self.desc,
+                         progress=self.progress)
             self.history = result.history
         else:  # epochs=0: the randomly initialised encoder (a reference point)
             import pandas as pd

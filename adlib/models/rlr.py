@@ -182,9 +182,10 @@ class RLR(nn.Module):
     """All levels: ``forward(list of (B, C_j, h_j, w_j)) -> list of reconstructions``.
 
     Args:
-        shapes: ``(C_j, h_j, w_j)`` per level; hidden: ``d_j`` per level; windows: the odd
-        window side per level (MLKA neighbourhood and LCA window alike). The other
-        arguments go to every :class:`LevelReconstructor`.
+        shapes: ``(C_j, h_j, w_j)`` per level.
+        hidden: ``d_j`` per level.
+        windows: the odd window side per level (MLKA neighbourhood and LCA window alike).
+            The other arguments go to every :class:`LevelReconstructor`.
     """
 
     def __init__(self, shapes: Sequence[tuple[int, int, int]], hidden: Sequence[int],
@@ -482,3 +483,78 @@ def evaluate_unified(detector: RLRDetector, dataset: str, root, categories: Sequ
         results.append(CategoryResult(category, metrics, np.asarray(scores), labels, maps, masks, test,
                                       share + time.perf_counter() - t0))
     return results
+
+
+# ------------------------------------------------------------------------------- ablations
+
+#: The ablation grids of the notebook / study, by profile grid name. ``stages`` and
+#: ``alpha`` list the values besides the default; ``separate`` adds per-category training.
+ABLATION_GRIDS: dict[str, dict[str, Any]] = {
+    "tiny": {"variants": ["Residual+Self Att.", "MLKA+LCA"], "stages": [], "alpha": [],
+             "perturbation": [], "separate": False},
+    "reduced": {"variants": ["Residual+Self Att.", "Cross Att.", "MLKA+LCA"], "stages": [],
+                "alpha": [], "perturbation": ["none"], "separate": False},
+    "full": {"variants": list(VARIANTS), "stages": [(1, 2), (2, 3), (1, 2, 3)], "alpha": [1.0, 2.0, 3.0],
+             "perturbation": ["none"], "separate": True},
+}
+
+
+def _stage_label(stages: Sequence[int]) -> str:
+    return "stages=" + "-".join(str(s) for s in stages)
+
+
+def ablation_configs(grid: str | Mapping[str, Any], base: Mapping[str, Any]) -> list[tuple[str, str, dict]]:
+    """``(ablation, label, overrides)`` triples for one grid; ``base`` is the default config
+    (its own row appears once per ablation so every table has its reference row)."""
+    spec = ABLATION_GRIDS[grid] if isinstance(grid, str) else grid
+    out = [("Table 3", v, {"variant": v}) for v in spec["variants"]]
+    for stages in spec["stages"]:
+        out.append(("Table 4", _stage_label(stages), {"stages": tuple(stages)}))
+    for alpha in spec["alpha"]:
+        out.append(("Table 5", f"alpha={alpha:g}", {"alpha": float(alpha)}))
+    if spec["perturbation"]:
+        out.append(("perturbation", f"perturbation={base['perturbation']}", {}))
+        out += [("perturbation", f"perturbation={p}", {"perturbation": p}) for p in spec["perturbation"]]
+    if spec["separate"]:
+        out += [("training", "unified", {}), ("training", "separate", {"separate": True})]
+    return out
+
+
+def run_ablations(configs, seeds: Sequence[int], cache: FeatureCache, dataset: str, root,
+                  categories: Sequence[str], image_size: int, base: Mapping[str, Any], *,
+                  device: str = "auto", reuse: Mapping[tuple, Any] | None = None,
+                  show_progress: bool = True) -> tuple[list[dict], dict]:
+    """Train and evaluate every ``(ablation, label, overrides)`` for every seed.
+
+    Returns ``(rows, results)``: one flat row per config x seed (category means in %, plus
+    seconds), and ``{config_key(...): [CategoryResult]}``; identical
+    configurations (e.g. the default that appears in several tables) run once. ``reuse``
+    passes results already computed under the same key (the notebook's main run)."""
+    from adlib.evaluation import evaluate_categories, results_frame
+
+    done: dict = dict(reuse or {})
+    rows = []
+    jobs = [(a, lab, o, s) for a, lab, o in configs for s in seeds]
+    for ablation, label, overrides, seed in progress(jobs, desc="ablations", disable=not show_progress):
+        params = {**base, **{k: v for k, v in overrides.items() if k != "separate"}, "seed": seed}
+        key = config_key(params, seed, bool(overrides.get("separate")))
+        start = time.perf_counter()
+        if key not in done:
+            if overrides.get("separate"):
+                done[key] = evaluate_categories(
+                    lambda: RLRDetector(cache, device=device, progress=False, **params),
+                    dataset, root, categories, image_size, show_progress=False)
+            else:
+                det = RLRDetector(cache, device=device, progress=False, **params)
+                done[key] = evaluate_unified(det, dataset, root, categories, image_size, show_progress=False)
+        mean = results_frame(done[key]).loc["mean"]
+        rows.append({"ablation": ablation, "config": label, "seed": seed,
+                     **{m: float(mean[m]) for m in ("image_auroc", "pixel_auroc", "aupro") if m in mean},
+                     "seconds": round(time.perf_counter() - start, 1)})
+    return rows, done
+
+
+def config_key(params: Mapping[str, Any], seed: int, separate: bool = False) -> tuple:
+    """The ``run_ablations`` key of one full configuration (to pass a finished run as
+    ``reuse``): the same settings reached from two tables share one key."""
+    return (tuple(sorted((k, str(v)) for k, v in params.items() if k != "seed")), separate, seed)

@@ -108,3 +108,57 @@ def channel_attention(kind: str, channels: int, reduction: int = 16) -> nn.Modul
         return cse_block(channels, reduction)
     msg = f"unknown channel attention {kind!r}; expected one of {ATTENTION_KINDS}."
     raise ValueError(msg)
+
+
+def block_diagram():
+    """Draw SE (left) and C-SE (right) side by side as box-and-arrow charts; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 5.2), layout="constrained")
+
+    def box(ax, x, y, text, colour="#e8f0fa"):
+        ax.text(x, y, text, ha="center", va="center", fontsize=9,
+                bbox={"boxstyle": "round,pad=0.35", "fc": colour, "ec": "#4d4d4d"})
+
+    def arrow(ax, start, end, style="-|>"):
+        ax.annotate("", end, start, arrowprops={"arrowstyle": style, "color": "#4d4d4d",
+                                                 "shrinkA": 11, "shrinkB": 11})
+
+    # SE: one column
+    ax = axes[0]
+    steps = ["U (B,C,H,W)", "global avg pool", "FC C->C/r, ReLU", "FC C/r->C, sigmoid",
+             "scale: w * U", "output"]
+    ys = [5.5 - i for i in range(len(steps))]
+    for text, y in zip(steps, ys):
+        box(ax, 1.0, y, text)
+    for y0, y1 in zip(ys, ys[1:]):
+        arrow(ax, (1.0, y0), (1.0, y1))
+    # U also feeds the scale: a line beside the column
+    ax.plot([1.45, 1.75, 1.75, 1.45], [ys[0], ys[0], ys[4], ys[4]], color="#4d4d4d", lw=1.2)
+    ax.text(1.79, (ys[0] + ys[4]) / 2, "U", fontsize=10)
+    ax.set_title("SE")
+    # C-SE: two branches, aggregation, scale, long connection
+    ax = axes[1]
+    box(ax, 1.0, 5.5, "U (B,C,H,W)")
+    box(ax, 0.45, 4.5, "global avg pool")
+    box(ax, 1.55, 4.5, "global max pool", "#fdeede")
+    box(ax, 0.45, 3.5, "FC-ReLU-FC-sigmoid")
+    box(ax, 1.55, 3.5, "FC-ReLU-FC-sigmoid", "#fdeede")
+    box(ax, 1.0, 2.5, "aggregate weights w")
+    box(ax, 1.0, 1.5, "scale: w * U")
+    box(ax, 1.0, 0.5, "w * U + U  (long connection)", "#e3f4ea")
+    for x in (0.45, 1.55):
+        arrow(ax, (1.0, 5.5), (x, 4.5))
+        arrow(ax, (x, 4.5), (x, 3.5))
+        arrow(ax, (x, 3.5), (1.0, 2.5))
+    arrow(ax, (1.0, 2.5), (1.0, 1.5))
+    arrow(ax, (1.0, 1.5), (1.0, 0.5))
+    ax.annotate("", (1.95, 0.5), (1.95, 5.5), arrowprops={"arrowstyle": "-|>", "color": "#009E73",
+                                                         "connectionstyle": "arc3,rad=0"})
+    ax.text(1.99, 3.0, "U", color="#009E73", fontsize=10)
+    ax.set_title("C-SE")
+    for ax in axes:
+        ax.set_xlim(-0.1, 2.15)
+        ax.set_ylim(0.0, 6.0)
+        ax.axis("off")
+    return fig

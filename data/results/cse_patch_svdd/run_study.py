@@ -102,5 +102,86 @@ def summarise(out: str = "data/results/cse_patch_svdd", grid: str = "full") -> p
     return pd.DataFrame(table)
 
 
+def per_seed(rows: pd.DataFrame, settings: dict, metric: str) -> list[float]:
+    """One value per seed: ``metric`` averaged over the categories, for a configuration."""
+    mask = np.ones(len(rows), dtype=bool)
+    for k, v in settings.items():
+        mask &= (rows[k] == v).to_numpy()
+    return rows[mask].groupby("seed")[metric].mean().tolist()
+
+
+def write_record(out: str = "data/results/cse_patch_svdd", wall_time_s: float | None = None) -> Path:
+    """``study_table.csv`` and a RunRecord with metrics, ablation rows and direction claims."""
+    from adlib.results import RunRecord, get_claim, hardware_info, verdict_for_direction
+
+    cfg = resolve("cse_patch_svdd", "study", patch_sizes=None, stride32=None, stride64=None,
+                  samples_per_image=None, lam=None)
+    table = summarise(out, cfg.grid)
+    table.round(2).to_csv(Path(out) / "study_table.csv", index=False)
+    rows = pd.DataFrame([json.loads(x) for x in (Path(out) / "study_rows.jsonl").read_text().splitlines()])
+    cells = {(a, v): s for a, v, s in ablation_configs(cfg.grid, cfg.extra["lam"])}
+    cats = sorted(rows["category"].unique())
+    seeds = sorted(rows["seed"].unique())
+    default = cells[("variant", "+C-SE+LBR")]
+    metrics = {}
+    for cat in cats:
+        sub = rows[rows.category == cat]
+        metrics[cat] = {m: per_seed(sub, default, m) for m in ("image_auroc", "pixel_auroc", "aupro")}
+    metrics["mean"] = {m: per_seed(rows, default, m) for m in ("image_auroc", "pixel_auroc", "aupro")}
+    ctx = dict(dataset="embedded", profile="study", seeds=[int(s) for s in seeds],
+               hardware=hardware_info("cpu"))
+    where = f"image AUROC, mean of {', '.join(cats)} per seed"
+
+    def v(axis, value, metric="image_auroc"):
+        return per_seed(rows, cells[(axis, value)], metric)
+
+    def best(axis, values, metric="image_auroc"):
+        means = {x: np.mean(v(axis, x, metric)) for x in values}
+        return v(axis, max(means, key=means.get), metric)
+
+    claims = []
+    for metric in ("image_auroc", "pixel_auroc"):
+        claims.append(verdict_for_direction(get_claim("cse_patchsvdd", 1),
+            {"+C-SE+LBR": v("variant", "+C-SE+LBR", metric), "Patch SVDD": v("variant", "Patch SVDD", metric)},
+            "+C-SE+LBR > Patch SVDD", reason=f"{metric}, mean of {', '.join(cats)} per seed", **ctx))
+    claims.append(verdict_for_direction(get_claim("cse_patchsvdd", 2),
+        {k: v("variant", k) for k in ("+C-SE", "Patch SVDD", "+SE")}, "+C-SE > Patch SVDD > +SE",
+        reason=where, **ctx))
+    claims.append(verdict_for_direction(get_claim("cse_patchsvdd", 3),
+        {k: v("variant", k) for k in ("+C-SE+LBR", "+C-SE", "+SE")}, "+C-SE+LBR > +C-SE > +SE",
+        reason=where, **ctx))
+    claims.append(verdict_for_direction(get_claim("cse_patchsvdd", 5),
+        {"last 6": v("layers", 6), "best other": best("layers", (2, 4, 8))}, "last 6 > best other",
+        reason=f"layers 2/4/6/8, {where}", **ctx))
+    claims.append(verdict_for_direction(get_claim("cse_patchsvdd", 5),
+        {"r=16": v("r", 16), "best other r": best("r", (4, 8, 32))}, "r=16 > best other r",
+        reason=f"r 4/8/16/32, {where}", **ctx))
+    claims.append(verdict_for_direction(get_claim("cse_patchsvdd", 6),
+        {"best of 1, 0.001": best("lam", (0.001, 1.0)), "best of 0.01, 0.1": best("lam", (0.01, 0.1))},
+        "best of 1, 0.001 > best of 0.01, 0.1", reason=where, **ctx))
+    claims.append(verdict_for_direction(get_claim("cse_patchsvdd", 7),
+        {"no noise": v("noise_var", 0.0), "var 0.05": v("noise_var", 0.05)}, "no noise > var 0.05",
+        reason=where, **ctx))
+    claims.append(verdict_for_direction(get_claim("cse_patchsvdd", 7),
+        {"+C-SE+LBR": v("variant", "+C-SE+LBR", "final_loss"), "+C-SE": v("variant", "+C-SE", "final_loss")},
+        "+C-SE+LBR > +C-SE", higher_is_better=False,
+        reason=f"final training loss after {cfg.epochs} epoch(s), lower is better", **ctx))
+    record = RunRecord(paper="cse_patch_svdd", notebook="data/results/cse_patch_svdd/run_study.py",
+                       profile="study", dataset="embedded", data_root=None, categories=cats,
+                       params=cfg.as_dict(), seeds=[int(s) for s in seeds], metrics=metrics,
+                       ablations=rows.drop(columns="key").to_dict("records"), claims=claims,
+                       hardware=hardware_info("cpu"),
+                       wall_time_s=wall_time_s if wall_time_s is not None else float(rows["seconds"].sum()),
+                       notes="study grid: every ablation cell x seeds x categories; metrics = "
+                             "C-SE+LBR (default) per seed")
+    return record.save(out)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--summarise" in sys.argv:
+        print(write_record())
+        print(summarise().round(2).to_string(index=False))
+    else:
+        main()
