@@ -117,17 +117,18 @@ def _md_cell(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def claim_rows(records: list[dict]) -> dict[str, dict]:
-    """Each claim's measured row, preferring ``study`` records over the book's own runs.
+def claim_rows(records: list[dict]) -> dict[str, list[dict]]:
+    """Each claim's measured rows from the best profile that checked it (``study`` first).
 
     A record lists its checked claims under ``"claims"``: rows from
     :func:`adlib.results.compare` / :func:`adlib.results.verdict_for_direction`, keyed by
-    their ``claim`` label (``"rlr #3"``).
+    their ``claim`` label (``"rlr #3"``). A claim may have several rows (image and pixel
+    level, several study runs); all rows of the best-ranked profile are kept.
     """
     from adlib.results import hardware_label
 
     rank = {"study": 0, "paper": 1, "cpu": 2, "smoke": 3}
-    best: dict[str, dict] = {}
+    best: dict[str, list[dict]] = {}
     for rec in records:
         for row in rec.get("claims", []) or []:
             key = row.get("claim")
@@ -138,8 +139,10 @@ def claim_rows(records: list[dict]) -> dict[str, dict]:
                    "seeds": row.get("seeds") or rec.get("seeds"),
                    "hardware": row.get("hardware") or hardware_label(rec.get("hardware"))}
             old = best.get(key)
-            if old is None or rank.get(row["profile"], 9) < rank.get(old["profile"], 9):
-                best[key] = row
+            if old is None or rank.get(row["profile"], 9) < rank.get(old[0]["profile"], 9):
+                best[key] = [row]
+            elif rank.get(row["profile"], 9) == rank.get(old[0]["profile"], 9):
+                old.append(row)
     return best
 
 
@@ -173,15 +176,18 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
                   "| # | claim | paper | ours | data set | profile | seeds | hardware | verdict |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for claim in paper_claims:
-            row = rows.get(claim.label)
             summary = claim.summary
-            if row is None:
+            measured = rows.get(claim.label)
+            if not measured:
                 cells = [claim.number, summary, "—", "—", "—", "—", "—", "—", "not run yet"]
-            else:
-                cells = [claim.number, summary, row.get("paper"), row.get("ours"),
+                lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+                continue
+            for i, row in enumerate(measured):
+                what = summary if i == 0 else f"(same claim) {row.get('note', '')}"
+                cells = [claim.number, what, row.get("paper"), row.get("ours"),
                          row.get("dataset"), row.get("profile"), row.get("seeds"),
                          row.get("hardware"), row.get("verdict")]
-            lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+                lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
         lines.append("")
     out_md = Path(out_md)
     out_md.write_text("\n".join(lines))
