@@ -95,51 +95,38 @@ def bench_baseline(data_root=None, image_size: int = 256, seed: int = 0, *,
     (``ensure_embedded(seed=seed) / "mvtec"``, generated on first use). Returns a DataFrame
     with one row per category: image AUROC, pixel AUROC, image counts, bank size, seconds.
     """
-    import time
     from pathlib import Path
 
-    import numpy as np
     import pandas as pd
 
-    from adlib.data import MVTecDataset, list_categories
+    from adlib.data import list_categories
+    from adlib.evaluation import evaluate_categories
     from adlib.models.knn_baseline import KNNBaseline
-
-    try:
-        from adlib.metrics import image_auroc, pixel_auroc
-    except ImportError:  # metrics not there yet: the same numbers from scikit-learn
-        from sklearn.metrics import roc_auc_score
-
-        def image_auroc(scores, labels):
-            return roc_auc_score(labels, scores)
-
-        def pixel_auroc(maps, masks):
-            return roc_auc_score(np.asarray(masks).ravel() > 0.5, np.asarray(maps).ravel())
 
     if data_root is None:
         from adlib.data.embedded import ensure_embedded
 
         data_root = ensure_embedded(seed=seed) / "mvtec"
     root = Path(data_root)
-    rows = []
-    for category in categories or list_categories(root):
-        start = time.perf_counter()
-        train = MVTecDataset(root, category, "train", image_size=image_size)
-        test = MVTecDataset(root, category, "test", image_size=image_size)
-        model = KNNBaseline(max_bank_size=max_bank_size, seed=seed, progress=progress).fit(train)
-        scores, maps = model.predict(test)
-        labels = np.asarray(test.labels)
-        masks = np.stack([test[i]["mask"].numpy() for i in range(len(test))])
-        pixel = pixel_auroc(maps, masks) if masks.any() and not masks.all() else float("nan")
-        rows.append({"category": category, "image_auroc": image_auroc(scores, labels),
-                     "pixel_auroc": pixel, "n_train": len(train), "n_test": len(test),
-                     "n_anomalous": int(labels.sum()), "bank": len(model.memory_bank),
-                     "seconds": time.perf_counter() - start})
+    banks = []
+
+    def make_model():
+        banks.append(KNNBaseline(max_bank_size=max_bank_size, seed=seed, progress=progress))
+        return banks[-1]
+
+    results = evaluate_categories(make_model, "mvtec_ad", root, categories or list_categories(root),
+                                  image_size, show_progress=progress)
+    rows = [{"category": r.category, "image_auroc": r.metrics["image_auroc"],
+             "pixel_auroc": r.metrics.get("pixel_auroc", float("nan")), "n_train": r.n_train,
+             "n_test": len(r.labels), "n_anomalous": int(r.labels.sum()),
+             "bank": len(model.memory_bank), "seconds": r.seconds}
+            for r, model in zip(results, banks)]
     table = pd.DataFrame(rows).set_index("category")
     shown = table.copy()
     shown.loc["mean"] = table[["image_auroc", "pixel_auroc", "seconds"]].mean()
     print(f"kNN baseline (EfficientNet-Lite0 stages 2+3, {image_size}px, bank <= {max_bank_size}) on {root}")
     print(shown.to_string(na_rep="", float_format=lambda v: f"{v:.3f}",
-                          formatters={c: lambda v: "" if v != v else f"{v:.0f}"
+                          formatters={c: lambda v: "" if pd.isna(v) else f"{v:.0f}"
                                       for c in ("n_train", "n_test", "n_anomalous", "bank")}))
     return table
 

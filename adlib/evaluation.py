@@ -36,6 +36,7 @@ class CategoryResult:
     masks: np.ndarray
     test: Any = field(repr=False)
     seconds: float = 0.0
+    n_train: int = 0
 
     def roc(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Image-level ROC points and AUROC, for :func:`adlib.viz.roc_curves`."""
@@ -74,7 +75,7 @@ def evaluate_categories(make_model: Callable[[], Any], dataset: str, root, categ
                                                    align_corners=False)[:, 0].numpy()
         metrics = evaluate(scores, labels, maps, masks)
         results.append(CategoryResult(category, metrics, np.asarray(scores), labels, maps,
-                                      masks, test, time.perf_counter() - start))
+                                      masks, test, time.perf_counter() - start, len(train)))
     return results
 
 
