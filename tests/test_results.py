@@ -312,3 +312,14 @@ def test_comparison_table():
     with pytest.raises(ValueError, match="unknown verdicts"):
         R.comparison_table([{**rows[0], "verdict": "maybe"}])
     assert isinstance(table, pd.DataFrame)
+
+
+def test_paper_order_and_ablation_values():
+    # RLR Table 4 (image AUROC): 2-3 98.9 > 1-2-3 98.6 > 1-2 97.6
+    assert R.paper_order("rlr", 4, ["stages=1-2", "stages=1-2-3", "stages=2-3"]) == [
+        "stages=2-3", "stages=1-2-3", "stages=1-2"]
+    with pytest.raises(KeyError, match="stages=9"):
+        R.paper_order("rlr", 4, ["stages=9"])
+    rows = pd.DataFrame({"ablation": ["T", "T", "T", "U"], "config": ["a", "a", "b", "a"],
+                         "seed": [0, 1, 0, 0], "image_auroc": [1.0, 2.0, 3.0, 9.0]})
+    assert R.ablation_values(rows, "T") == {"a": [1.0, 2.0], "b": [3.0]}

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from adlib.models.rlr import (VARIANTS, FeatureCache, LevelReconstructor, RLRDetector,
-                              ReconstructionBlock, anomaly_map)
+from adlib.models.rlr import (VARIANTS, FeatureCache, LevelReconstructor, RLRConfig, RLRDetector,
+                              ReconstructionBlock, anomaly_map, build_rlr)
+from adlib.nn import count_parameters
 from adlib.nn.reference_attention import (LocalCrossAttention, MaskedLearnableKeyAttention,
                                           attention_weights,
                                           neighbourhood_mask, sincos_position_encoding_2d,
@@ -166,6 +167,21 @@ def test_variants_are_configurations_of_one_block():
         x = torch.randn(2, *shapes[0])
         assert det_model(x).shape == x.shape
     assert params["MLKA+LCA"] > params["LCA"]  # two branches, two sets of projections
+
+
+def test_build_rlr_follows_the_config_and_its_overrides():
+    shapes = {1: (8, 16, 16), 2: (16, 8, 8), 3: (24, 4, 4)}
+    small = RLRConfig(stages=(2, 3), hidden=(4, 8, 16), windows=(5, 3, 3), blocks=1, heads=2)
+    model = build_rlr(shapes, small)
+    assert len(model.levels) == 2
+    feats = [torch.randn(2, *shapes[s]) for s in (2, 3)]
+    assert [r.shape for r in model(feats)] == [f.shape for f in feats]
+    # an override changes only what it names: a residual self-attention block has no reference
+    # branch pair, so fewer parameters than MLKA + LCA at the same sizes
+    assert count_parameters(build_rlr(shapes, small, variant="Residual+Self Att.")) < count_parameters(model)
+    assert len(build_rlr(shapes, small, stages=(1, 2, 3)).levels) == 3
+    with pytest.raises(ValueError, match="no feature shape for stages"):
+        build_rlr({2: shapes[2]}, small)
 
 
 def test_loss_and_map_are_zero_for_a_perfect_reconstruction():

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adlib.nn import count_parameters  # noqa: F401  (re-exported for chapter 1)
 from adlib.nn.knn import nearest_neighbour_distance
 from adlib.nn.squeeze_excite import ATTENTION_KINDS, channel_attention
 
@@ -168,11 +169,6 @@ class PatchSVDDNet(nn.Module):
     def encode(self, patches: torch.Tensor) -> torch.Tensor:
         """``(B, 3, K, K) -> (B, D)`` for K in {32, 64}."""
         return self.encoder(patches.shape[-1])(patches).flatten(1)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Trainable parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -347,6 +347,27 @@ class RLRConfig:
     seed: int = 0
 
 
+def build_rlr(shapes_by_stage: Mapping[int, tuple[int, int, int]], config: RLRConfig | None = None,
+              **overrides: Any) -> RLR:
+    """An (untrained) :class:`RLR` for ``config``'s stages, variant and sizes.
+
+    ``shapes_by_stage`` maps backbone stage -> feature shape ``(C, H, W)`` (e.g. from
+    :meth:`FeatureCache.shapes` or ``timm``'s ``feature_info``); keyword arguments override
+    :class:`RLRConfig` fields, so ``build_rlr(shapes, variant="Cross Att.")`` gives the
+    Table-3 row with everything else at its default.
+    """
+    c = replace(config or RLRConfig(), **overrides)
+    missing = [s for s in c.stages if s not in shapes_by_stage]
+    if missing:
+        msg = f"no feature shape for stages {missing}; shapes_by_stage has {sorted(shapes_by_stage)}"
+        raise ValueError(msg)
+    residual, attention = VARIANTS[c.variant]
+    return RLR([shapes_by_stage[s] for s in c.stages], [c.hidden[s - 1] for s in c.stages],
+               [c.windows[s - 1] for s in c.stages], blocks=c.blocks, heads=c.heads, alpha=c.alpha,
+               residual=residual, attention=attention, perturbation=c.perturbation, sigma=c.sigma,
+               jitter_scale=c.jitter_scale, jitter_prob=c.jitter_prob)
+
+
 class RLRDetector:
     """fit / predict wrapper: cached backbone features + :class:`RLR` trained with
     :func:`adlib.train.fit` (Adam, AMP on CUDA).
@@ -386,13 +407,8 @@ class RLRDetector:
         return levels
 
     def build(self, shapes: Sequence[tuple[int, int, int]]) -> RLR:
-        c = self.config
-        residual, attention = VARIANTS[c.variant]
-        torch.manual_seed(c.seed)
-        return RLR(shapes, [c.hidden[s - 1] for s in c.stages], [c.windows[s - 1] for s in c.stages],
-                   blocks=c.blocks, heads=c.heads, alpha=c.alpha, residual=residual,
-                   attention=attention, perturbation=c.perturbation, sigma=c.sigma,
-                   jitter_scale=c.jitter_scale, jitter_prob=c.jitter_prob)
+        torch.manual_seed(self.config.seed)
+        return build_rlr(dict(zip(self.config.stages, shapes)), self.config)
 
     def fit(self, train: Any, val: Any = None) -> "RLRDetector":
         from adlib.train import fit as train_fit

@@ -22,9 +22,11 @@ import torch
 from adlib.data.sources import choose_categories, open_split, resolve_root
 from adlib.models.rlr import ABLATION_GRIDS, FeatureCache, ablation_configs, run_ablations
 from adlib.profiles import resolve
-from adlib.results import (RunRecord, comparison_table, get_claim, hardware_info, paper_numbers,
-                           verdict_for_direction)
+from adlib.results import (RunRecord, ablation_values, comparison_table, get_claim, hardware_info,
+                           paper_order, verdict_for_direction)
 
+GRID_NAMES = {"full": "full without Table 4", "core": "core: Residual+Self Att. vs MLKA+LCA",
+              "stages": "Table 4: stages 1-2 / 2-3 / 1-2-3"}
 KNOBS = ("backbone", "stages", "hidden", "windows", "blocks", "heads", "alpha", "lr",
          "standardize", "map_sigma", "perturbation")
 
@@ -34,8 +36,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="data/results/rlr")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--grid", choices=("full", "core"), default="full",
-                        help="core: only Residual+Self Att. vs MLKA+LCA (e.g. with more --epochs)")
+    parser.add_argument("--grid", choices=("full", "core", "stages"), default="full",
+                        help="core: only Residual+Self Att. vs MLKA+LCA (e.g. with more --epochs); "
+                             "stages: Table 4 (stages 1-2 / 2-3 / 1-2-3) only")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is faster than 2 on a shared 2-core machine)")
     args = parser.parse_args()
@@ -49,7 +52,10 @@ def main() -> None:
     grid = dict(ABLATION_GRIDS["full"], stages=[])
     if args.grid == "core":
         grid = dict(ABLATION_GRIDS["tiny"])
-    cache = FeatureCache(cfg.extra["backbone"], stages=base["stages"], image_size=cfg.image_size)
+    elif args.grid == "stages":
+        grid = dict(ABLATION_GRIDS["full"], variants=[], alpha=[], perturbation=[], separate=False)
+    stages = (1, 2, 3) if args.grid == "stages" else base["stages"]
+    cache = FeatureCache(cfg.extra["backbone"], stages=stages, image_size=cfg.image_size)
     for c in cats:
         for split in ("train", "test"):
             cache.get(open_split(cfg.dataset, root, c, split, cfg.image_size))
@@ -62,14 +68,6 @@ def main() -> None:
 
     ctx = dict(dataset=cfg.dataset, profile="study", seeds=args.seeds, hardware=hardware_info("cpu"))
 
-    def values(ablation, metric):
-        part = abl[abl.ablation == ablation]
-        return {c: part[part.config == c][metric].tolist() for c in part.config.unique()}
-
-    def paper_order(table, names, metric):
-        ref = paper_numbers("rlr", table=table, metric=metric).set_index("setting")["value"]
-        return sorted(names, key=lambda n: -ref[n])
-
     claims = []
     checks = (
             (3, 3, "Table 3", ["Residual+Self Att.", "Cross Att.", "MLKA+LCA"]),
@@ -78,21 +76,23 @@ def main() -> None:
             (6, 5, "Table 5", ["alpha=1", "alpha=2", "alpha=3"]))
     if args.grid == "core":
         checks = ((3, 3, "Table 3", ["Residual+Self Att.", "MLKA+LCA"]),)
+    elif args.grid == "stages":
+        checks = ((5, 4, "Table 4", ["stages=1-2", "stages=2-3", "stages=1-2-3"]),)
     for number, table, ablation, names in checks:
         for metric in ("image_auroc", "pixel_auroc"):
             claims.append(verdict_for_direction(
-                get_claim("rlr", number), values(ablation, metric), paper_order(table, names, metric),
+                get_claim("rlr", number), ablation_values(abl, ablation, metric),
+                paper_order("rlr", table, names, metric),
                 reason=f"{metric}; direction on the embedded default (paper: MVTec AD)", **ctx))
     for metric in ("image_auroc", "pixel_auroc") if args.grid == "full" else ():
         claims.append(verdict_for_direction(
-            get_claim("rlr", 7), values("perturbation", metric),
+            get_claim("rlr", 7), ablation_values(abl, "perturbation", metric),
             [f"perturbation={base['perturbation']}", "perturbation=none"],
             reason=f"{metric}; direction on the embedded default", **ctx))
     print(comparison_table(claims)[["claim", "paper", "ours", "verdict", "note"]].to_string())
-    record = RunRecord(paper="rlr", notebook="05_rlr", profile="study", dataset=cfg.dataset,
+    record = RunRecord(paper="rlr", notebook="05_rlr.ipynb", profile="study", dataset=cfg.dataset,
                        data_root=None, categories=cats,
-                       params={**cfg.as_dict(), "model": base,
-                               "grid": "full without Table 4" if args.grid == "full" else "core: Residual+Self Att. vs MLKA+LCA"},
+                       params={**cfg.as_dict(), "model": base, "grid": GRID_NAMES[args.grid]},
                        seeds=args.seeds, metrics={"mean": {}}, ablations=rows, claims=claims,
                        hardware=hardware_info("cpu"), wall_time_s=time.perf_counter() - started,
                        notes="data/results/rlr/run_study.py; unified unless config 'separate'")
