@@ -26,6 +26,7 @@ so :func:`adlib.evaluation.evaluate_categories` runs it like any other model.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -403,10 +404,16 @@ class PatchSVDD:
         self.mean_image = images.mean(0, keepdim=True)
         images = images - self.mean_image
         pairs = PatchPairs(images, self.patch_sizes, self.samples_per_image)
+        self.device_ = pick_device(self.device)
+        on_gpu = self.device_.type == "cuda"
         if self.epochs > 0:
+            # On a GPU: fp16 autocast (the SVDD' norm runs in fp32 under autocast) and worker
+            # processes cropping the patch pairs, so that sampling keeps up with the small
+            # encoder; on CPU both are off (autocast is slow there, workers compete for cores).
             result = fit(self.net, lambda m, b: patch_svdd_loss(m, b, self.lam), pairs,
                          epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                         device=self.device, seed=self.seed, amp=False,
+                         device=self.device_, seed=self.seed, amp=on_gpu,
+                         num_workers=min(4, os.cpu_count() or 1) if on_gpu else 0,
                          drop_last=len(pairs) > self.batch_size, desc=self.desc,
                          progress=self.progress)
             self.history = result.history
@@ -414,7 +421,6 @@ class PatchSVDD:
             import pandas as pd
 
             self.history = pd.DataFrame(columns=["epoch", "train_loss"])
-        self.device_ = pick_device(self.device)
         self.net.to(self.device_).eval()
         self.train_embeddings = {k: dense_embeddings(self.net, images, k, self.strides[k])
                                  for k in self.patch_sizes}

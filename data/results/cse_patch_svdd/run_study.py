@@ -28,17 +28,20 @@ from adlib.models.patch_svdd import PatchSVDD, ablation_configs
 from adlib.profiles import resolve
 
 
-def key_of(settings: dict, category: str, seed: int) -> str:
-    return json.dumps({**settings, "category": category, "seed": seed}, sort_keys=True)
+def key_of(settings: dict, category: str, seed: int, protocol: dict) -> str:
+    return json.dumps({**settings, **protocol, "category": category, "seed": seed}, sort_keys=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--categories", default="brick,gravel")
+    parser.add_argument("--categories", default="brick,coins,grass,gravel,ihc,retina",
+                        help="comma-separated; split them over processes to use several cores")
     parser.add_argument("--out", default="data/results/cse_patch_svdd")
     parser.add_argument("--grid", default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (1 per process is fastest on a shared machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cfg = resolve("cse_patch_svdd", "study", patch_sizes=None, stride32=None, stride64=None,
                   samples_per_image=None, lam=None, grid=args.grid)
     out = Path(args.out)
@@ -53,11 +56,14 @@ def main() -> None:
     sizes = tuple(int(k) for k in str(cfg.extra["patch_sizes"]).split(","))
     strides = {32: cfg.extra["stride32"], 64: cfg.extra.get("stride64") or 16}
     cells = ablation_configs(cfg.grid, cfg.extra["lam"])
+    # what the key must also pin: rows of another image size or training length are not reused
+    protocol = {"image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                "samples_per_image": cfg.extra["samples_per_image"], "stride32": strides[32]}
     started = time.perf_counter()
     for seed in cfg.seeds:
         for axis, value, settings in cells:
             for cat in cats:
-                key = key_of(settings, cat, seed)
+                key = key_of(settings, cat, seed, protocol)
                 if key in done:
                     row = dict(done[key])
                 else:
