@@ -34,7 +34,8 @@ def _bench_baseline(args: argparse.Namespace) -> None:
 def _bench_patchsvdd_nn(args: argparse.Namespace) -> None:
     from adlib.bench import bench_patchsvdd_nn
 
-    bench_patchsvdd_nn(image_size=args.image_size, category=args.category, seed=args.seed)
+    bench_patchsvdd_nn(image_size=args.image_size, category=args.category, seed=args.seed,
+                       device=args.device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     bp.add_argument("--image-size", type=int, default=128)
     bp.add_argument("--category", default="brick")
     bp.add_argument("--seed", type=int, default=0)
+    bp.add_argument("--device", default="auto",
+                    help="where adlib's search runs: auto (CUDA if present), cpu, cuda")
     bp.set_defaults(func=_bench_patchsvdd_nn)
 
     args = parser.parse_args(argv)
