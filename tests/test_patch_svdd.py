@@ -164,6 +164,24 @@ def test_loss_sums_both_patch_sizes():
     assert net.encoder32.layers[0].weight.grad.abs().sum() > 0
 
 
+def test_position_task_is_learnable_where_colour_gives_position_away():
+    """Wiring check of sampling + labels + classifier + loss: on a colour ramp (the position of
+    a patch is its colour, shifts of 24-31 px change it by ~0.3, far above the 0.02 jitter)
+    the 8-way position loss must fall well below chance (ln 8 = 2.08) in 48 steps.
+    A label that disagreed with the crop's direction would keep it at chance."""
+    from adlib.train import fit
+
+    size = 96
+    y, x = torch.meshgrid(torch.linspace(-0.5, 0.5, size), torch.linspace(-0.5, 0.5, size), indexing="ij")
+    ramp = torch.stack([x, y, torch.zeros_like(x)]).expand(8, 3, size, size).contiguous()
+    torch.manual_seed(0)
+    net = PatchSVDDNet(attention="none", lbr=False, patch_sizes=(32,))
+    history = fit(net, lambda m, b: patch_svdd_loss(m, b, lam=1e-3), PatchPairs(ramp, (32,), 32),
+                  epochs=6, batch_size=32, lr=1e-3, device="cpu", seed=0, progress=False).history
+    assert history["train_loss"].iloc[0] > 1.8
+    assert history["train_loss"].iloc[-1] < 1.3
+
+
 # ---------------------------------------------------------------------------- inference
 
 def test_dense_embeddings_and_spread():

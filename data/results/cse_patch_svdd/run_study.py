@@ -38,12 +38,14 @@ def main() -> None:
                         help="comma-separated; split them over processes to use several cores")
     parser.add_argument("--out", default="data/results/cse_patch_svdd")
     parser.add_argument("--grid", default=None)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the profile's epochs (0: the randomly initialised encoders)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (1 per process is fastest on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = resolve("cse_patch_svdd", "study", patch_sizes=None, stride32=None, stride64=None,
-                  samples_per_image=None, lam=None, grid=args.grid)
+                  samples_per_image=None, lam=None, grid=args.grid, epochs=args.epochs)
     out = Path(args.out)
     rows_path = out / "study_rows.jsonl"
     done = {}
