@@ -8,8 +8,9 @@ import torch
 
 from adlib.models.patch_svdd import (
     HierarchicalEncoder64, PatchEncoder32, PatchPairs, PatchSVDD, PatchSVDDNet,
-    PositionClassifier, count_parameters, dense_embeddings, grid_size, nearest_distances,
-    patch_svdd_loss, position_pair_coords, spread_patch_scores, svdd_pair_coords, svdd_pair_loss,
+    PositionClassifier, colour_ramp_images, count_parameters, dense_embeddings, grid_size,
+    nearest_distances, patch_svdd_loss, position_pair_coords, spread_patch_scores,
+    svdd_pair_coords, svdd_pair_loss,
 )
 from adlib.nn.squeeze_excite import SqueezeExcitation, cse_block, se_block
 
@@ -171,9 +172,8 @@ def test_position_task_is_learnable_where_colour_gives_position_away():
     A label that disagreed with the crop's direction would keep it at chance."""
     from adlib.train import fit
 
-    size = 96
-    y, x = torch.meshgrid(torch.linspace(-0.5, 0.5, size), torch.linspace(-0.5, 0.5, size), indexing="ij")
-    ramp = torch.stack([x, y, torch.zeros_like(x)]).expand(8, 3, size, size).contiguous()
+    ramp = colour_ramp_images(8, 96)
+    assert ramp.shape == (8, 3, 96, 96) and torch.equal(ramp[0, 0, 5], ramp[0, 0, 50])  # red = column
     torch.manual_seed(0)
     net = PatchSVDDNet(attention="none", lbr=False, patch_sizes=(32,))
     history = fit(net, lambda m, b: patch_svdd_loss(m, b, lam=1e-3), PatchPairs(ramp, (32,), 32),

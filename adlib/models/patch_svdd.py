@@ -258,6 +258,20 @@ class PatchPairs(torch.utils.data.Dataset):
         return item
 
 
+def colour_ramp_images(n: int = 8, size: int = 96) -> torch.Tensor:
+    """``(n, 3, size, size)`` copies of one image whose colour encodes position (red: column,
+    green: row, from -0.5 to 0.5).
+
+    A patch's position is readable from its colour (a 24-31 px shift changes it by ~0.3, far
+    above the 0.02 jitter of :class:`PatchPairs`), so the position task must be learnt here
+    within a few dozen steps: a wiring check of the self-supervision, and the easy end of
+    chapter 1's "is the position task learning?" plot.
+    """
+    y, x = torch.meshgrid(torch.linspace(-0.5, 0.5, size), torch.linspace(-0.5, 0.5, size),
+                          indexing="ij")
+    return torch.stack([x, y, torch.zeros_like(x)]).expand(n, 3, size, size).contiguous()
+
+
 def svdd_pair_loss(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
     """SVDD' (Patch SVDD Eq. 3): mean over pairs of the *unsquared* L2 distance ``||h1 - h2||``."""
     return (h1 - h2).flatten(1).norm(dim=1).mean()
