@@ -1,7 +1,12 @@
 """The cse_patch_svdd study: every cell of the ablation grid x seeds x categories.
 
     ADLIB_PROGRESS=summary nohup python data/results/cse_patch_svdd/run_study.py \
-        --categories brick,gravel --out data/results/cse_patch_svdd > study.log &
+        --categories brick,coins,grass --out data/results/cse_patch_svdd > study_a.log &
+    ADLIB_PROGRESS=summary nohup python data/results/cse_patch_svdd/run_study.py \
+        --categories gravel,ihc,retina --out data/results/cse_patch_svdd > study_b.log &
+    python data/results/cse_patch_svdd/run_study.py --summarise
+
+(one process per core; the README in this folder has the timing and a reading of the table).
 
 Settings come from ``resolve("cse_patch_svdd", "study")`` (see adlib/profiles.py). Each
 trained model appends one row per (config, category, seed) to ``study_rows.jsonl`` (so an
@@ -26,6 +31,7 @@ from adlib.data.sources import open_split, resolve_root
 from adlib.metrics import evaluate
 from adlib.models.patch_svdd import PatchSVDD, ablation_configs
 from adlib.profiles import resolve
+from adlib.results import adlib_revision
 
 
 def key_of(settings: dict, category: str, seed: int, protocol: dict) -> str:
@@ -62,6 +68,7 @@ def main() -> None:
     protocol = {"image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
                 "samples_per_image": cfg.extra["samples_per_image"], "stride32": strides[32]}
     started = time.perf_counter()
+    revision = adlib_revision()  # the code that runs, not whatever is checked out when it ends
     for seed in cfg.seeds:
         for axis, value, settings in cells:
             for cat in cats:
@@ -81,7 +88,9 @@ def main() -> None:
                     metrics = evaluate(scores, np.asarray(test.labels), maps, masks)
                     row = {"key": key, "category": cat, "seed": seed, **settings,
                            **{k: 100 * v for k, v in metrics.items()},
-                           "final_loss": float(model.history["train_loss"].iloc[-1]),
+                           "final_loss": float(model.history["train_loss"].iloc[-1])
+                           if len(model.history) else float("nan"),
+                           "adlib_revision": revision,
                            "seconds": time.perf_counter() - t0}
                     done[key] = row
                     with rows_path.open("a") as fh:
@@ -118,7 +127,8 @@ def per_seed(rows: pd.DataFrame, settings: dict, metric: str) -> list[float]:
     return rows[mask].groupby("seed")[metric].mean().tolist()
 
 
-def write_record(out: str = "data/results/cse_patch_svdd", wall_time_s: float | None = None) -> Path:
+def write_record(out: str = "data/results/cse_patch_svdd", wall_time_s: float | None = None,
+                 revision: str | None = None) -> Path:
     """``study_table.csv`` and a RunRecord with metrics, ablation rows and direction claims."""
     from adlib.results import RunRecord, get_claim, hardware_info, verdict_for_direction
 
@@ -128,6 +138,9 @@ def write_record(out: str = "data/results/cse_patch_svdd", wall_time_s: float | 
     table.round(2).to_csv(Path(out) / "study_table.csv", index=False)
     rows = pd.DataFrame([json.loads(x) for x in (Path(out) / "study_rows.jsonl").read_text().splitlines()])
     cells = {(a, v): s for a, v, s in ablation_configs(cfg.grid, cfg.extra["lam"])}
+    if revision is None:  # the rows name the code that made them (older rows do not)
+        made_by = rows["adlib_revision"].dropna().unique() if "adlib_revision" in rows else []
+        revision = ",".join(sorted(made_by)) if len(made_by) else adlib_revision()
     cats = sorted(rows["category"].unique())
     seeds = sorted(rows["seed"].unique())
     default = cells[("variant", "+C-SE+LBR")]
@@ -177,9 +190,11 @@ def write_record(out: str = "data/results/cse_patch_svdd", wall_time_s: float | 
     record = RunRecord(paper="cse_patch_svdd", notebook="data/results/cse_patch_svdd/run_study.py",
                        profile="study", dataset="embedded", data_root=None, categories=cats,
                        params=cfg.as_dict(), seeds=[int(s) for s in seeds], metrics=metrics,
-                       ablations=rows.drop(columns="key").to_dict("records"), claims=claims,
+                       ablations=rows.drop(columns=["key", "adlib_revision"], errors="ignore").to_dict("records"),
+                       claims=claims,
                        hardware=hardware_info("cpu"),
                        wall_time_s=wall_time_s if wall_time_s is not None else float(rows["seconds"].sum()),
+                       adlib_revision=revision,
                        notes="study grid: every ablation cell x seeds x categories; metrics = "
                              "C-SE+LBR (default) per seed")
     return record.save(out)

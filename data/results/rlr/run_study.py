@@ -1,14 +1,16 @@
 """RLR study (chapter 5): the ablation grid over several seeds on the embedded default.
 
-Run from the repository root (about 30-40 min on 2 busy CPU cores)::
+Run from the repository root, one grid per call (times on 2 shared CPU cores, one thread)::
 
+    # Table 3, alpha, perturbation, unified vs separate (14 min)
     ADLIB_PROGRESS=summary python data/results/rlr/run_study.py --seeds 0 1 2 --out data/results/rlr
+    # Table 4: stages 1-2 / 2-3 / 1-2-3 (38 min: stage 1 is a 32x32 token grid at 128 px)
+    ADLIB_PROGRESS=summary python data/results/rlr/run_study.py --grid stages --out data/results/rlr
+    # Residual+Self Att. vs MLKA+LCA trained longer (6 min)
+    ADLIB_PROGRESS=summary python data/results/rlr/run_study.py --grid core --epochs 30 --out data/results/rlr
 
-Writes one RunRecord JSON (profile "study") with one ablation row per config x seed
-(category means in %) and the claims rows, and prints the summary table. The grid is the
-notebook's "full" grid WITHOUT the stage ablation (Table 4): Lite0's stage 1 at 128 px is a
-32x32 token grid, ~10x the cost of stages 2-3 together, which does not fit a CPU study; run
-the notebook with ``-p profile study`` (or paper) for it.
+Each call writes one RunRecord JSON (profile "study") with one ablation row per config x seed
+(category means in %) and the claims rows, and prints the summary table.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import torch
 from adlib.data.sources import choose_categories, open_split, resolve_root
 from adlib.models.rlr import ABLATION_GRIDS, FeatureCache, ablation_configs, run_ablations
 from adlib.profiles import resolve
-from adlib.results import (RunRecord, ablation_values, comparison_table, get_claim, hardware_info,
-                           paper_order, verdict_for_direction)
+from adlib.results import (RunRecord, ablation_values, adlib_revision, comparison_table, get_claim,
+                           hardware_info, paper_order, verdict_for_direction)
 
 GRID_NAMES = {"full": "full without Table 4", "core": "core: Residual+Self Att. vs MLKA+LCA",
               "stages": "Table 4: stages 1-2 / 2-3 / 1-2-3"}
@@ -44,6 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    revision = adlib_revision()  # the code that runs, not whatever is checked out when it ends
     cfg = resolve("rlr", "study", epochs=args.epochs, **{k: None for k in KNOBS})
     root = resolve_root(cfg.dataset, cfg.data_root, seed=0)
     cats = choose_categories(cfg.dataset, root, None)
@@ -95,6 +98,7 @@ def main() -> None:
                        params={**cfg.as_dict(), "model": base, "grid": GRID_NAMES[args.grid]},
                        seeds=args.seeds, metrics={"mean": {}}, ablations=rows, claims=claims,
                        hardware=hardware_info("cpu"), wall_time_s=time.perf_counter() - started,
+                       adlib_revision=revision,
                        notes="data/results/rlr/run_study.py; unified unless config 'separate'")
     print("saved", record.save(args.out), f"after {record.wall_time_s / 60:.1f} min")
 
