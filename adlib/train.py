@@ -16,7 +16,8 @@ and why each piece is there:
   ``torch.load(path, weights_only=True)`` reads them; they are written atomically (temp file +
   ``os.replace``) so a crash during a save never leaves a torn ``last.pt``; and they carry the
   model's signature, so resuming a different architecture's run fails loudly
-  (:class:`CheckpointMismatchError`) instead of silently mixing two experiments.
+  (:class:`CheckpointMismatchError`) instead of silently mixing two experiments. The
+  checkpoint code lives in :mod:`adlib.checkpoint`.
 * **Honest model selection.** Early stopping and "best weights" use the *validation* loss only;
   there is no parameter for the test split, and a data set whose ``split`` is ``"test"`` is
   refused as ``val_data``.
@@ -36,12 +37,9 @@ Explained in the book's introduction, section "Training".
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +51,25 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from adlib.checkpoint import (  # noqa: F401  (public names re-exported from adlib.train)
+    BEST_CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    LAST_CHECKPOINT,
+    CheckpointMismatchError,
+    _check_signature,
+    _extra_states,
+    _load_extra_state,
+    _loader_generators,
+    _mps_available,
+    _plain,
+    _read_checkpoint,
+    _restore_rng,
+    _rng_state,
+    _save_atomic,
+    load_checkpoint,
+    model_signature,
+)
 
 __all__ = [
     "CheckpointMismatchError",
@@ -66,16 +83,7 @@ __all__ = [
     "seed_worker",
 ]
 
-#: Bumped when the layout of ``last.pt`` changes in a way older code cannot read.
-CHECKPOINT_FORMAT = 1
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
-
 LossFn = Callable[[nn.Module, Any], Union[torch.Tensor, Mapping[str, torch.Tensor]]]
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint belongs to another model or another run than the one asked for."""
 
 
 @dataclass
@@ -148,11 +156,6 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return chosen
 
 
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
 def seed_everything(seed: int, deterministic: bool = False) -> int:
     """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device).
 
@@ -196,261 +199,6 @@ def seed_worker(worker_id: int) -> None:
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
-
-
-# --------------------------------------------------------------------------- model identity
-
-
-def model_signature(model: nn.Module) -> dict[str, Any]:
-    """What a checkpoint records about the model it holds: class, tensor names and shapes, hash.
-
-    Two models share a signature when they are the same class with the same state-dict entries
-    (parameters and buffers) of the same shapes, i.e. when one's weights load into the other.
-    """
-    tensors = sorted([name, list(t.shape)] for name, t in model.state_dict().items())
-    digest = hashlib.sha256(json.dumps(tensors).encode()).hexdigest()[:16]
-    kind = type(model)
-    return {
-        "class": f"{kind.__module__}.{kind.__qualname__}",
-        "hash": digest,
-        "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "tensors": tensors,
-    }
-
-
-def _describe(signature: Mapping[str, Any]) -> str:
-    n = signature["n_parameters"]
-    return f"{signature['class']} ({n:,} parameters, signature {signature['hash']})"
-
-
-def _check_signature(found: Mapping[str, Any], model: nn.Module, where: str, fix: str) -> None:
-    """Raise :class:`CheckpointMismatchError` unless the checkpoint's model is ``model``'s kind."""
-    expected = model_signature(model)
-    if found["class"] == expected["class"] and found["hash"] == expected["hash"]:
-        return
-    ckpt_shapes = {name: shape for name, shape in found["tensors"]}
-    model_shapes = {name: shape for name, shape in expected["tensors"]}
-    details = []
-    missing = sorted(set(model_shapes) - set(ckpt_shapes))
-    unexpected = sorted(set(ckpt_shapes) - set(model_shapes))
-    reshaped = sorted(
-        n for n in set(ckpt_shapes) & set(model_shapes) if ckpt_shapes[n] != model_shapes[n]
-    )
-    if missing:
-        details.append(
-            f"missing from the checkpoint: {', '.join(missing[:3])}"
-            + (" ..." if len(missing) > 3 else "")
-        )
-    if unexpected:
-        details.append(
-            f"not in the model: {', '.join(unexpected[:3])}"
-            + (" ..." if len(unexpected) > 3 else "")
-        )
-    for name in reshaped[:3]:
-        details.append(f"{name}: checkpoint {ckpt_shapes[name]}, model {model_shapes[name]}")
-    msg = (
-        f"{where} holds a {_describe(found)}, but the model given is a {_describe(expected)}"
-        + (f" ({'; '.join(details)})" if details else "")
-        + f". {fix}"
-    )
-    raise CheckpointMismatchError(msg)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``.
-
-    ``os.replace`` is atomic within one file system, so a reader (or a resumed run) sees either
-    the old checkpoint or the new one, never half a file; the temp file is removed on failure.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def _plain(obj: Any, where: str = "checkpoint") -> Any:
-    """``obj`` with NumPy values turned into tensors / Python numbers, or a clear error.
-
-    ``torch.load(weights_only=True)`` refuses arbitrary pickled objects, so everything saved
-    must be tensors, dicts, lists, tuples, strings, numbers, bools or None.
-    """
-    if isinstance(obj, (torch.Tensor, str, int, float, bool, type(None), torch.Size)):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(obj.copy())
-    if isinstance(obj, Mapping):
-        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-        return items if isinstance(obj, list) else tuple(items)
-    msg = (
-        f"Cannot checkpoint {where}: a {type(obj).__name__}. Checkpoints hold only tensors and "
-        "plain Python values so that torch.load(weights_only=True) can read them; keep such "
-        "objects out of state_dict() or extra_state."
-    )
-    raise TypeError(msg)
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        msg = (
-            f"Could not read the checkpoint {path} ({type(err).__name__}: {err}). Delete it, or "
-            "pass resume=False to start over."
-        )
-        raise CheckpointMismatchError(msg) from err
-    if not isinstance(ckpt, dict) or "model_signature" not in ckpt:
-        msg = (
-            f"{path} is not a checkpoint written by adlib.train.fit (no model_signature). Use "
-            "another checkpoint_dir."
-        )
-        raise CheckpointMismatchError(msg)
-    return ckpt
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module,
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    extra_state: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Load a ``last.pt`` or ``best.pt`` written by :func:`fit` into ``model`` (and friends).
-
-    Reads with ``weights_only=True`` and refuses a checkpoint of another architecture
-    (:class:`CheckpointMismatchError`). ``best.pt`` holds the best-validation weights,
-    ``last.pt`` the weights after the last epoch trained. Returns the checkpoint dict (its
-    ``"epoch"``, ``"history"`` (a dict of lists: ``pd.DataFrame(ckpt["history"])``), ...).
-    """
-    path = Path(path)
-    ckpt = _read_checkpoint(path)
-    fix = (
-        "Load a checkpoint of this model (another checkpoint_dir), or build the model that was "
-        "trained."
-    )
-    _check_signature(ckpt["model_signature"], model, str(path), fix)
-    model.load_state_dict(ckpt["model"])
-    if optimizer is not None and ckpt.get("optimizer") is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt.get("scheduler") is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if extra_state:
-        _load_extra_state(extra_state, ckpt.get("extra_state") or {}, path)
-    return ckpt
-
-
-def _extra_states(extra_state: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for name, obj in extra_state.items():
-        if isinstance(obj, torch.Generator):
-            out[name] = {"generator_state": obj.get_state()}
-        else:
-            out[name] = {"state_dict": obj.state_dict()}
-            if isinstance(obj, nn.Module):
-                out[name]["signature"] = model_signature(obj)
-    return out
-
-
-def _load_extra_state(extra_state: Mapping[str, Any], saved: Mapping[str, Any], path: Path) -> None:
-    missing = sorted(set(extra_state) - set(saved))
-    if missing:
-        msg = (
-            f"{path} has no extra_state entries {missing} (it holds {sorted(saved)}). "
-            "Pass the same extra_state names as the run that wrote it, or resume=False."
-        )
-        raise CheckpointMismatchError(msg)
-    for name, obj in extra_state.items():
-        entry = saved[name]
-        if isinstance(obj, torch.Generator):
-            obj.set_state(entry["generator_state"])
-            continue
-        if isinstance(obj, nn.Module):
-            fix = (
-                f"extra_state[{name!r}] must be the same kind of module as in the run that wrote "
-                "the checkpoint."
-            )
-            _check_signature(entry["signature"], obj, f"{path} (extra_state[{name!r}])", fix)
-        obj.load_state_dict(entry["state_dict"])
-
-
-# --------------------------------------------------------------------------- RNG states
-
-
-def _rng_state(generators: Iterable[torch.Generator] = ()) -> dict[str, Any]:
-    """Every RNG the loop draws from, as tensors and plain values (weights_only-safe)."""
-    version, internal, gauss_next = random.getstate()
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss_next],
-        "numpy": {
-            "name": str(name),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "torch": torch.get_rng_state(),
-        "generators": [g.get_state() for g in generators],
-    }
-    # Reading CUDA states would initialise CUDA in a CPU-only run; skip it when unused.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if _mps_available():
-        state["mps"] = torch.mps.get_rng_state()
-    return state
-
-
-def _restore_rng(state: Mapping[str, Any], generators: Iterable[torch.Generator] = ()) -> None:
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["name"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    for generator, saved in zip(generators, state.get("generators", [])):
-        generator.set_state(saved)
-    cuda_states = state.get("cuda")
-    if (
-        cuda_states is not None
-        and torch.cuda.is_available()
-        and len(cuda_states) == torch.cuda.device_count()
-    ):
-        torch.cuda.set_rng_state_all(cuda_states)
-    if "mps" in state and _mps_available():
-        torch.mps.set_rng_state(state["mps"])
-
-
-def _loader_generators(data: Any) -> list[torch.Generator]:
-    """Generators inside a user's DataLoader: their state must be checkpointed too."""
-    if not isinstance(data, DataLoader):
-        return []
-    found = []
-    for candidate in (data.generator, getattr(data.sampler, "generator", None)):
-        if isinstance(candidate, torch.Generator) and all(candidate is not g for g in found):
-            found.append(candidate)
-    return found
 
 
 # --------------------------------------------------------------------------- data
