@@ -30,6 +30,16 @@ def _as_tensor(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tens
     return x if x.is_floating_point() else x.float()
 
 
+def _merge_top_k(best_val: torch.Tensor | None, best_idx: torch.Tensor | None,
+                 val: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-k (smallest) per row after one more bank chunk's candidates."""
+    if best_val is None:
+        return val, idx
+    val = torch.cat([best_val, val], 1)
+    val, pos = val.topk(min(k, val.shape[1]), 1, largest=False)
+    return val, torch.cat([best_idx, idx], 1).gather(1, pos)
+
+
 def _exact_top_k(q: torch.Tensor, bank: torch.Tensor, k: int, bank_chunk: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Brute-force float64 top-k (direct differences, no expansion); the fallback."""
@@ -37,12 +47,7 @@ def _exact_top_k(q: torch.Tensor, bank: torch.Tensor, k: int, bank_chunk: int
     for b0 in range(0, bank.shape[0], bank_chunk):
         dist = torch.cdist(q, bank[b0:b0 + bank_chunk], compute_mode="donot_use_mm_for_euclid_dist")
         val, idx = dist.topk(min(k, dist.shape[1]), dim=1, largest=False)
-        idx += b0
-        if best_val is not None:
-            val = torch.cat([best_val, val], 1)
-            val, pos = val.topk(min(k, val.shape[1]), 1, largest=False)
-            idx = torch.cat([best_idx, idx], 1).gather(1, pos)
-        best_val, best_idx = val, idx
+        best_val, best_idx = _merge_top_k(best_val, best_idx, val, idx + b0, k)
     return best_val, best_idx
 
 
@@ -135,12 +140,7 @@ def nearest_neighbour_distance(queries: torch.Tensor | np.ndarray, bank: torch.T
             # ||b||^2 - 2 q.b: ||q||^2 is constant per row and does not change the ranking.
             torch.addmm(bank_sq[b0:b0 + bank_chunk], q_c, b_c.T, beta=1.0, alpha=-2.0, out=score)
             val, idx = _smallest_in_tile(score, n_candidates)
-            idx += b0
-            if best_val is not None:
-                val = torch.cat([best_val, val], 1)
-                val, pos = val.topk(min(n_candidates, val.shape[1]), 1, largest=False)
-                idx = torch.cat([best_idx, idx], 1).gather(1, pos)
-            best_val, best_idx = val, idx
+            best_val, best_idx = _merge_top_k(best_val, best_idx, val, idx + b0, n_candidates)
         exact = (q_exact[:, None, :] - bank_gather[best_idx]).pow(2).sum(-1).sqrt()
         exact, order = exact.topk(k, dim=1, largest=False)
         top_idx = best_idx.gather(1, order)
