@@ -8,10 +8,11 @@ import torch
 
 from adlib.models.patch_svdd import (
     HierarchicalEncoder64, PatchEncoder32, PatchPairs, PatchSVDD, PatchSVDDNet,
-    PositionClassifier, colour_ramp_images, count_parameters, dense_embeddings, grid_size,
+    PositionClassifier, colour_ramp_images, dense_embeddings, grid_size,
     nearest_distances, patch_svdd_loss, position_pair_coords, spread_patch_scores,
     svdd_pair_coords, svdd_pair_loss,
 )
+from adlib.nn import count_parameters
 from adlib.nn.squeeze_excite import SqueezeExcitation, cse_block, se_block
 
 torch.set_num_threads(2)
@@ -140,6 +141,11 @@ def test_position_pairs_follow_the_direction_and_offset():
             assert np.sign(dh) == sh and 48 <= abs(dh) <= 63
         if sh == 0:
             assert dh == 0
+        unclipped_w = 0 < w1 + sw * 48 and w1 + sw * 63 < 192
+        if unclipped_w and sw:
+            assert np.sign(dw) == sw and 48 <= abs(dw) <= 63
+        if sw == 0:
+            assert dw == 0
     for _ in range(100):
         (h1, w1), (h2, w2) = svdd_pair_coords(256, 64, gen)
         assert max(abs(h2 - h1), abs(w2 - w1)) <= 2

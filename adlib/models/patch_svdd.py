@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adlib.nn import count_parameters  # noqa: F401  (re-exported for chapter 1)
 from adlib.nn.knn import nearest_neighbour_distance
 from adlib.nn.squeeze_excite import ATTENTION_KINDS, channel_attention
 
