@@ -4,6 +4,7 @@
     python -m adlib bench metrics                      pixel AUROC speed vs scikit-learn
     python -m adlib bench baseline                     kNN baseline per embedded category
     python -m adlib bench patchsvdd-nn                 Patch SVDD NN scoring vs scikit-learn
+    python -m adlib study <paper> --grid study ...     run / resume a paper's ablation grid
 """
 
 from __future__ import annotations
@@ -38,6 +39,49 @@ def _bench_patchsvdd_nn(args: argparse.Namespace) -> None:
                        device=args.device)
 
 
+def _study(args: argparse.Namespace) -> None:
+    import shlex
+
+    from adlib.data.sources import choose_categories, resolve_root
+    from adlib.profiles import resolve
+    from adlib.study import load_study, parse_value, run_study, write_outputs
+
+    study = load_study(args.paper)
+    cfg = resolve(study.paper, args.profile, dataset=args.dataset, data_root=args.data_root,
+                  epochs=args.epochs)
+    protocol = study.protocol(cfg)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in protocol:
+            msg = f"--set {key}: not a setting of {study.paper} ({', '.join(sorted(protocol))})"
+            raise SystemExit(msg)
+        protocol[key] = parse_value(value)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else cfg.seeds
+    root = resolve_root(cfg.dataset, cfg.data_root, seed=args.data_seed)
+    wanted = [c.strip() for c in args.categories.split(",")] if args.categories else None
+    categories = choose_categories(cfg.dataset, root, wanted)
+    grid = args.grid or cfg.grid
+    out = args.out or f"runs/study/{study.paper}"
+    command = "python -m adlib " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_study(study.paper, grid, protocol=protocol, seeds=seeds, categories=categories,
+                       dataset=cfg.dataset, data_root=root, out=out, executor=args.executor,
+                       workers=args.workers, device=args.device, profile=args.profile,
+                       run=not args.summarise, include_stale=args.include_stale,
+                       slurm={"cluster": args.slurm_cluster, "partition": args.partition,
+                              "time_min": args.time_min, "gpus": args.gpus, "cpus": args.cpus})
+    result = write_outputs(result, paper=study.paper, grid=grid, out=out, protocol=protocol,
+                           seeds=seeds, categories=categories, dataset=cfg.dataset,
+                           command=command, profile=args.profile)
+    print(result.summary_path.read_text())
+    if result.stale:
+        revisions = sorted({r.get("revision", "?") for r in result.stale})
+        print(f"stale: {len(result.stale)} rows of these settings were made by other code "
+              f"(revisions {', '.join(revisions)}; model hash differs) and were "
+              f"{'included' if args.include_stale else 'not reused'}.")
+    print(f"run record: {result.record_path}")
+    print(result.summary_path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m adlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +110,33 @@ def main(argv: list[str] | None = None) -> None:
     bp.add_argument("--device", default="auto",
                     help="where adlib's search runs: auto (CUDA if present), cpu, cuda")
     bp.set_defaults(func=_bench_patchsvdd_nn)
+
+    st = sub.add_parser("study", help="run / resume a paper's ablation grid, then summarise it")
+    st.add_argument("paper", help="paper key (see adlib/papers.py)")
+    st.add_argument("--grid", default=None, help="grid name (default: the profile's grid)")
+    st.add_argument("--profile", default="study", help="profile giving the defaults (study)")
+    st.add_argument("--seeds", default=None, help="comma-separated (default: the profile's)")
+    st.add_argument("--categories", default=None, help="comma-separated (default: all)")
+    st.add_argument("--dataset", default=None)
+    st.add_argument("--data-root", default=None)
+    st.add_argument("--data-seed", type=int, default=0, help="seed of the embedded data set")
+    st.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one protocol setting (repeatable), e.g. --set lr=1e-3")
+    st.add_argument("--executor", choices=("serial", "local", "slurm"), default="serial")
+    st.add_argument("--workers", type=int, default=1, help="processes (local) / array jobs at once (slurm)")
+    st.add_argument("--device", default="auto")
+    st.add_argument("--out", default=None, help="study folder (default runs/study/<paper>)")
+    st.add_argument("--summarise", action="store_true", help="only summarise the rows there")
+    st.add_argument("--include-stale", action="store_true",
+                    help="summarise rows made by other code too (said so in the claims)")
+    st.add_argument("--partition", default=None, help="slurm partition")
+    st.add_argument("--time-min", type=int, default=120, help="slurm time limit per task")
+    st.add_argument("--gpus", type=int, default=0, help="slurm GPUs per task")
+    st.add_argument("--cpus", type=int, default=2, help="slurm CPUs per task")
+    st.add_argument("--slurm-cluster", default="slurm",
+                    help="submitit cluster: slurm, or local to try the path on this machine")
+    st.set_defaults(func=_study)
 
     args = parser.parse_args(argv)
     args.func(args)

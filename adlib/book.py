@@ -26,14 +26,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: Claims files name the papers by these keys; notebooks name themselves by file stem.
-CLAIM_PAPERS = {
-    "cse_patchsvdd": "C-SE on Patch SVDD",
-    "maae": "MAAE",
-    "noise_to_norm": "Noise-to-norm M-net",
-    "leanet": "LEA-Net",
-    "rlr": "RLR",
-}
 
 #: Packages whose versions the status page lists.
 STATUS_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "scikit-image",
@@ -118,37 +110,46 @@ def _md_cell(value) -> str:
 
 
 def claim_rows(records: list[dict]) -> dict[str, list[dict]]:
-    """Each claim's measured rows from the best profile that checked it (``study`` first).
+    """Each claim's rows, one per check and level, from the best record that checked it.
 
-    A record lists its checked claims under ``"claims"``: rows from
-    :func:`adlib.results.compare` / :func:`adlib.results.verdict_for_direction`, keyed by
-    their ``claim`` label (``"rlr #3"``). A claim may have several rows (image and pixel
-    level, several study runs); all rows of the best-ranked profile are kept.
+    A record lists its checked claims under ``"claims"`` (rows of
+    :func:`adlib.claims.check_claims`). For each (claim, check, level) the row kept is the
+    one of the best-ranked profile (``study`` first), then the one with most (seed,
+    category) pairs, then the newest; rows that could not run (``not run yet``) lose to
+    any measured one.
     """
+    from adlib.claims import NOT_RUN
     from adlib.results import hardware_label
 
     rank = {"study": 0, "paper": 1, "cpu": 2, "smoke": 3}
-    best: dict[str, list[dict]] = {}
+    best: dict[tuple, tuple] = {}
     for rec in records:
         for row in rec.get("claims", []) or []:
-            key = row.get("claim")
-            if not key:
+            if not row.get("claim"):
                 continue
             row = {**row, "profile": row.get("profile") or rec.get("profile"),
                    "dataset": row.get("dataset") or rec.get("dataset"),
-                   "seeds": row.get("seeds") or rec.get("seeds"),
-                   "hardware": row.get("hardware") or hardware_label(rec.get("hardware"))}
-            old = best.get(key)
-            if old is None or rank.get(row["profile"], 9) < rank.get(old[0]["profile"], 9):
-                best[key] = [row]
-            elif rank.get(row["profile"], 9) == rank.get(old[0]["profile"], 9):
-                old.append(row)
-    return best
+                   "hardware": row.get("hardware") or hardware_label(rec.get("hardware")),
+                   "revision": row.get("revision") or rec.get("adlib_revision")}
+            score = (row.get("verdict") == NOT_RUN, rank.get(row["profile"], 9),
+                     -(row.get("n_pairs") or 0), _negated(rec.get("created", "")))
+            key = (row["claim"], row.get("check", ""), row.get("level", ""))
+            if key not in best or score < best[key][0]:
+                best[key] = (score, row)
+    out: dict[str, list[dict]] = {}
+    for (claim, *_), (_, row) in best.items():
+        out.setdefault(claim, []).append(row)
+    return out
+
+
+def _negated(text: str) -> tuple:
+    return tuple(-ord(c) for c in text)  # newest first when sorting ascending
 
 
 def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
                      claims_path: Path | str | None = None) -> Path:
     """Write the scoreboard page: every claim of ``claims.md`` with our measurement or why not."""
+    from adlib.papers import PAPERS
     from adlib.results import load_claims
 
     claims = load_claims(claims_path)
@@ -159,34 +160,39 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
         "# Reproduction scoreboard",
         "",
         "Each headline claim of the five papers (from `data/paper_tables/claims.md`), the "
-        "paper's number, ours, and a verdict. Ours come from run records: committed `study` "
-        "records (`data/results/<paper>/`) where they exist, otherwise the book's own runs "
-        "made while building this page. The data set, profile, seeds and hardware of every "
-        "number of ours are in its row; a claim about MVTec AD checked on the embedded "
-        "default is at best *not comparable here*, and says so.",
+        "paper's number or direction, ours, and a verdict. Ours come from run records: committed "
+        "`study` records (`data/results/<paper>/`) where they exist, otherwise the book's own "
+        "runs made while building this page. A direction (`A > B`) is judged on the paired "
+        "differences A − B over (seed, category) pairs: *ours* is their mean with a 95 % "
+        "bootstrap interval; **reproduced** when the interval lies above 0, **contradicted** "
+        "below 0, **inconclusive** when it spans 0; *inconclusive: the model did not learn* when "
+        "the trained model does not beat its untrained self. A number measured on MVTec AD "
+        "checked on the embedded default is *not comparable here*.",
         "",
         f"Run records read: {len(records)} (profiles: {', '.join(sources) or 'none'}).",
         "",
     ]
-    for paper, title in CLAIM_PAPERS.items():
-        paper_claims = [c for c in claims if c.paper == paper]
+    for paper in PAPERS.values():
+        paper_claims = [c for c in claims if c.paper == paper.key]
         if not paper_claims:
             continue
-        lines += [f"## {title}", "",
-                  "| # | claim | paper | ours | data set | profile | seeds | hardware | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {paper.title}", "",
+                  "| # | claim | check | paper | ours | pairs | data set | profile | hardware "
+                  "| revision | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for claim in paper_claims:
-            summary = claim.summary
             measured = rows.get(claim.label)
             if not measured:
-                cells = [claim.number, summary, "—", "—", "—", "—", "—", "—", "not run yet"]
+                cells = [claim.number, claim.summary, "", "—", "—", "—", "—", "—", "—", "—",
+                         "not run yet"]
                 lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
                 continue
             for i, row in enumerate(measured):
-                what = summary if i == 0 else f"(same claim) {row.get('note', '')}"
-                cells = [claim.number, what, row.get("paper"), row.get("ours"),
-                         row.get("dataset"), row.get("profile"), row.get("seeds"),
-                         row.get("hardware"), row.get("verdict")]
+                check = " · ".join(x for x in (row.get("check"), row.get("level")) if x)
+                cells = [claim.number if i == 0 else "", claim.summary if i == 0 else "",
+                         check, row.get("paper"), row.get("ours"), row.get("n_pairs"),
+                         row.get("dataset"), row.get("profile"), row.get("hardware"),
+                         row.get("revision"), row.get("verdict")]
                 lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
         lines.append("")
     out_md = Path(out_md)

@@ -1,12 +1,15 @@
-"""Evaluate a one-class model per category: fit on train/good, score the test split.
+"""Evaluate a one-class model: fit on train/good, score the test split, per category.
 
-Every chapter does the same loop, so it lives here once::
+Every chapter does the same loops, so they live here once::
 
     results = evaluate_categories(lambda: KNNBaseline(image_size=cfg.image_size),
-                                  cfg.dataset, root, categories, cfg.image_size)
+                                  cfg.dataset, root, categories, cfg.image_size)   # separate
+    results = evaluate_unified(detector, cfg.dataset, root, categories, cfg.image_size)  # unified
     results_frame(results)          # one row per category, plus the mean
 
-A model only needs ``fit(train_dataset)`` and ``predict(test_dataset) -> (scores, maps)``.
+A model only needs ``fit(train_dataset)`` (unified: ``fit({category: train_dataset})``) and
+``predict(test_dataset) -> (scores, maps)``; a ``history`` attribute (loss per epoch), when it
+has one, is kept in the :class:`CategoryResult`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from adlib.progress import progress
 
 from adlib.data.sources import open_split
+from adlib.maps import resize_maps
 from adlib.metrics import evaluate, roc_points
 
 
@@ -37,6 +41,8 @@ class CategoryResult:
     test: Any = field(repr=False)
     seconds: float = 0.0
     n_train: int = 0
+    history: pd.DataFrame | None = field(default=None, repr=False)  # the model's loss per epoch
+    train_seconds: float = 0.0   # fitting only (unified: the category's share)
 
     def roc(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Image-level ROC points and AUROC, for :func:`adlib.viz.roc_curves`."""
@@ -56,6 +62,17 @@ def masks_of(dataset) -> np.ndarray:
     return np.stack([dataset[i]["mask"].numpy() > 0.5 for i in range(len(dataset))])
 
 
+def _score(model, test, category: str, seconds_before: float, n_train: int, start: float,
+           train_seconds: float) -> CategoryResult:
+    scores, maps = model.predict(test)
+    labels, masks = np.asarray(test.labels), masks_of(test)
+    maps = resize_maps(maps, masks.shape[-2:])
+    metrics = evaluate(scores, labels, maps, masks)
+    return CategoryResult(category, metrics, np.asarray(scores), labels, maps, masks, test,
+                          seconds_before + time.perf_counter() - start, n_train,
+                          getattr(model, "history", None), train_seconds)
+
+
 def evaluate_categories(make_model: Callable[[], Any], dataset: str, root, categories,
                         image_size: int, *, show_progress: bool = True) -> list[CategoryResult]:
     """Fit a fresh model per category and evaluate it on that category's test split."""
@@ -66,16 +83,25 @@ def evaluate_categories(make_model: Callable[[], Any], dataset: str, root, categ
         test = open_split(dataset, root, category, "test", image_size)
         model = make_model()
         model.fit(train)
-        scores, maps = model.predict(test)
-        labels = np.asarray(test.labels)
-        masks = masks_of(test)
-        if maps.shape[-2:] != masks.shape[-2:]:
-            maps = torch.nn.functional.interpolate(torch.as_tensor(maps)[:, None],
-                                                   size=masks.shape[-2:], mode="bilinear",
-                                                   align_corners=False)[:, 0].numpy()
-        metrics = evaluate(scores, labels, maps, masks)
-        results.append(CategoryResult(category, metrics, np.asarray(scores), labels, maps,
-                                      masks, test, time.perf_counter() - start, len(train)))
+        fitted = time.perf_counter() - start
+        results.append(_score(model, test, category, 0.0, len(train), start, fitted))
+    return results
+
+
+def evaluate_unified(model: Any, dataset: str, root, categories, image_size: int, *,
+                     show_progress: bool = True) -> list[CategoryResult]:
+    """Train ONE model on the train splits of all ``categories`` (``model.fit({category:
+    train})``), then evaluate it on each category's test split; ``seconds`` is the
+    category's share of the training time plus its test time."""
+    trains = {c: open_split(dataset, root, c, "train", image_size) for c in categories}
+    start = time.perf_counter()
+    model.fit(trains)
+    share = (time.perf_counter() - start) / max(len(categories), 1)
+    results = []
+    for category in progress(categories, desc="test categories", disable=not show_progress):
+        t0 = time.perf_counter()
+        test = open_split(dataset, root, category, "test", image_size)
+        results.append(_score(model, test, category, share, len(trains[category]), t0, share))
     return results
 
 
@@ -94,3 +120,17 @@ def metrics_for_record(results: list[CategoryResult]) -> dict[str, dict[str, flo
     frame = results_frame(results).drop(columns="seconds")
     return {cat: {k: float(v) for k, v in row.items() if pd.notna(v)}
             for cat, row in frame.iterrows()}
+
+
+def study_results(results: list[CategoryResult], **labels) -> list[dict]:
+    """Per-category results in the study engine's form (metrics in %, training seconds, final
+    loss); ``labels`` (seed, overrides, ablation, config) are added to each, so a notebook
+    can hand its main run to :func:`adlib.study.run_study` as ``known`` results."""
+    out = []
+    for r in results:
+        history = r.history if r.history is not None and len(r.history) else None
+        final = float(history["train_loss"].iloc[-1]) if history is not None else None
+        out.append({**labels, "category": r.category,
+                    "metrics": {k: 100.0 * v for k, v in r.metrics.items() if v is not None},
+                    "train_seconds": round(r.train_seconds, 3), "final_loss": final})
+    return out

@@ -31,13 +31,13 @@ PROFILE_NAMES = ("smoke", "cpu", "study", "paper")
 #: Defaults shared by every notebook.
 COMMON: dict[str, dict[str, Any]] = {
     "smoke": {"dataset": "embedded", "categories": None, "image_size": 64, "epochs": 1,
-              "batch_size": 8, "n_seeds": 1, "grid": "tiny", "max_categories": 2},
+              "batch_size": 8, "n_seeds": 1, "grid": "smoke", "max_categories": 2},
     "cpu": {"dataset": "embedded", "categories": None, "image_size": 128, "epochs": 5,
-            "batch_size": 16, "n_seeds": 1, "grid": "reduced", "max_categories": None},
+            "batch_size": 16, "n_seeds": 1, "grid": "cpu", "max_categories": None},
     "study": {"dataset": "embedded", "categories": None, "image_size": 128, "epochs": 10,
-              "batch_size": 16, "n_seeds": 3, "grid": "full", "max_categories": None},
+              "batch_size": 16, "n_seeds": 3, "grid": "study", "max_categories": None},
     "paper": {"dataset": "mvtec_ad", "categories": None, "image_size": 256, "epochs": 100,
-              "batch_size": 32, "n_seeds": 1, "grid": "full", "max_categories": None},
+              "batch_size": 32, "n_seeds": 1, "grid": "study", "max_categories": None},
 }
 
 #: Per-notebook overrides, keyed by the paper's short name (the notebook's ``PAPER``).
@@ -80,7 +80,7 @@ PAPER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": {"dataset": "mvtec_ad", "image_size": 256, "epochs": 200, "batch_size": 16,
                   "backbone": "tf_efficientnet_b6", "stages": (1, 2, 3), "hidden": (128, 256, 512),
                   "windows": (11, 7, 5), "blocks": 4, "heads": 8, "alpha": 2.0, "lr": 1e-4,
-                  "standardize": False, "map_sigma": 4.0, "perturbation": "jitter"},
+                  "standardize": False, "map_sigma": 4.0, "perturbation": "jitter", "grid": "paper"},
     },
 }
 
@@ -134,8 +134,9 @@ def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
     """Fill every ``None`` parameter from ``profile``; explicit values win.
 
     ``categories`` may be a list or a comma-separated string (convenient with papermill's
-    ``-p categories carpet,grid``). Extra keyword arguments that are ``None`` take the
-    profile's value of the same name when it has one (e.g. ``grid``), else stay ``None``.
+    ``-p categories carpet,grid``). The paper's own settings (``PAPER_DEFAULTS``: backbone,
+    strides, ...) land in ``extra``; an extra keyword argument overrides one of them (``None``
+    keeps the profile's value).
     """
     defaults = profile_defaults(paper, profile)
     if isinstance(categories, str):
@@ -156,9 +157,9 @@ def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
     n_seeds = int(extra.pop("n_seeds", None) or defaults["n_seeds"])
     grid = extra.pop("grid", None) or defaults["grid"]
     max_categories = extra.pop("max_categories", None) or defaults["max_categories"]
-    for key, value in list(extra.items()):
-        if value is None and key in defaults:
-            extra[key] = defaults[key]
+    for key, value in defaults.items():
+        if key not in COMMON[profile] and extra.get(key) is None:
+            extra[key] = value
     return RunConfig(paper=paper, profile=profile, dataset=values["dataset"],
                      data_root=None if data_root is None else str(data_root),
                      categories=values["categories"], image_size=int(values["image_size"]),
@@ -166,3 +167,46 @@ def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
                      device=device, seed=int(seed), seeds=[int(seed) + i for i in range(n_seeds)],
                      output_dir=str(output_dir), grid=grid, max_categories=max_categories,
                      extra=extra)
+
+
+@dataclass
+class Setup:
+    """What a chapter's first cell needs: the resolved config, the data and the device."""
+
+    cfg: RunConfig
+    root: Any
+    categories: list[str]
+    device: str
+    started: float
+
+    def describe(self) -> str:
+        c = self.cfg
+        return (f"profile {c.profile}: {c.dataset} at {c.image_size} px, {len(self.categories)} "
+                f"categories ({', '.join(self.categories)}), {c.epochs} epochs, batch "
+                f"{c.batch_size}, seeds {c.seeds}, grid {c.grid}, device {self.device}")
+
+
+def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int | None = None,
+          **params: Any) -> Setup:
+    """One call for a notebook's first cell: profile resolved (:func:`resolve`), data root
+    found (the embedded default generated on first use), categories chosen, device chosen.
+
+    ``data_seed`` makes the embedded data set; it is separate from the training ``seed``, so
+    changing the seed never regenerates the data. ``threads`` sets torch's CPU threads (one
+    is fastest for small models on a shared machine).
+    """
+    import time
+
+    from adlib.data.sources import choose_categories, resolve_root
+    from adlib.train import pick_device
+
+    started = time.perf_counter()
+    cfg = resolve(paper, profile, **params)
+    root = resolve_root(cfg.dataset, cfg.data_root, seed=data_seed)
+    categories = choose_categories(cfg.dataset, root, cfg.categories, cfg.max_categories)
+    device = str(pick_device(cfg.device))
+    if threads and device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
+    return Setup(cfg, root, categories, device, started)

@@ -6,9 +6,8 @@ scoreboard collects them with :func:`load_run_records` and :func:`records_frame`
 The papers' printed numbers live only in ``data/paper_tables/paper_results.csv`` and the claims
 to test in ``data/paper_tables/claims.md``. Code reads them with :func:`load_paper_tables`,
 :func:`paper_numbers` / :func:`paper_value` and :func:`load_claims`; no paper number is typed
-into this package. :func:`compare` and :func:`verdict_for_direction` turn a paper number (or an
-expected ordering) and our measurements into one row of the claims table, with the data set,
-profile, seeds and hardware named and a verdict in :data:`VERDICTS`.
+into this package. The claims are checked by :mod:`adlib.claims` (declared checks, paired
+confidence intervals).
 """
 
 from __future__ import annotations
@@ -32,16 +31,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from adlib.papers import PAPERS as _REGISTRY
+from adlib.papers import get_paper
+
 PAPER_TABLES_DIR = Path(__file__).resolve().parent.parent / "data" / "paper_tables"
 """Where ``paper_results.csv`` and ``claims.md`` live in a checkout (``adlib/../data``)."""
 
-PAPERS = ("cse_patchsvdd", "maae", "noise_to_norm", "leanet", "rlr")
-"""Paper keys used in ``data/paper_tables`` (CSV column ``paper``; ``## <key>`` in claims.md)."""
-
-REPRODUCED = "reproduced"
-NOT_REPRODUCED = "not reproduced"
-NOT_COMPARABLE = "not comparable here"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE)
+PAPERS = tuple(_REGISTRY)
+"""Paper keys (:mod:`adlib.papers`), also those of ``data/paper_tables`` (CSV column ``paper``;
+``## <key>`` in claims.md)."""
 
 PAPER_TABLE_COLUMNS = (
     "paper", "table", "caption_short", "dataset", "category",
@@ -282,7 +280,7 @@ class RunRecord:
             isinstance(row, dict) and row.get("claim") for row in self.claims
         ):
             msg = ("RunRecord.claims must be a list of claims-check rows with a 'claim' label, "
-                   "as returned by adlib.results.compare(...).")
+                   "as returned by adlib.claims.check_claims(...).")
             raise RunRecordError(msg)
 
     # -- JSON ----------------------------------------------------------------------------------
@@ -333,11 +331,16 @@ class RunRecord:
             raise RunRecordError(msg) from err
         return cls.from_json(text, source=str(path))
 
-    def save(self, output_dir: str | os.PathLike) -> Path:
+    def save(self, output_dir: str | os.PathLike, name: str | None = None) -> Path:
         """Write ``<paper>__<profile>__<YYYYmmddTHHMMSSZ>.json`` into ``output_dir`` atomically
-        (temporary file + rename, so a crash never leaves half a record) and return its path."""
+        (temporary file + rename, so a crash never leaves half a record) and return its path.
+
+        With ``name`` the file is ``<name>.json`` and replaces an earlier one of that name (a
+        study's record is named by its grid and protocol: rerunning it updates the record)."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        if name is not None:
+            return self._write(output_dir, output_dir / f"{name}.json")
         try:
             stamp = _dt.datetime.fromisoformat(self.created).astimezone(_dt.timezone.utc)
         except ValueError:
@@ -351,6 +354,9 @@ class RunRecord:
         while target.exists():  # two runs in the same second must not overwrite each other
             target = output_dir / f"{stem}-{suffix}.json"
             suffix += 1
+        return self._write(output_dir, target)
+
+    def _write(self, output_dir: Path, target: Path) -> Path:
         fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -429,18 +435,8 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 def paper_key(name: str) -> str:
-    """Map a paper name to its key in ``data/paper_tables``.
-
-    Accepts the key itself or any longer spelling that starts with it once ``_``/``-`` are
-    ignored, e.g. ``cse_patch_svdd`` -> ``cse_patchsvdd``, ``lea_net`` -> ``leanet``,
-    ``rlr_learnable_reference`` -> ``rlr``.
-    """
-    squashed = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    for key in PAPERS:
-        if squashed.startswith(key.replace("_", "")):
-            return key
-    msg = f"unknown paper {name!r}; expected one of {PAPERS} (the keys in data/paper_tables)."
-    raise KeyError(msg)
+    """``name`` if it is a paper key (:mod:`adlib.papers`), else a ``KeyError`` listing them."""
+    return get_paper(name).key
 
 
 def _tables_file(path: str | os.PathLike | None, name: str) -> Path:
@@ -552,14 +548,6 @@ def paper_order(paper: str, table: int | str, settings: Iterable[str],
     return sorted(settings, key=lambda name: -float(ref[name]))
 
 
-def ablation_values(rows: pd.DataFrame, ablation: str, metric: str = "image_auroc"
-                    ) -> dict[str, list[float]]:
-    """``{config: [value per seed]}`` of one ablation from flat rows with columns
-    ``ablation``, ``config``, ``seed`` and ``metric`` (the rows ablation runners return)."""
-    part = rows[rows["ablation"] == ablation]
-    return {c: part.loc[part["config"] == c, metric].tolist() for c in part["config"].unique()}
-
-
 @dataclass(frozen=True)
 class Claim:
     """One numbered claim from ``data/paper_tables/claims.md``."""
@@ -592,7 +580,7 @@ def load_claims(path: str | os.PathLike | None = None, paper: str | None = None)
 
     ``## <key> ...`` opens a paper's section; ``N. text`` opens claim N and every following
     line up to the next claim or section (sub-bullets, tables) belongs to its text.
-    ``paper`` keeps one paper's claims (any spelling :func:`paper_key` accepts).
+    ``paper`` keeps one paper's claims (a key of :mod:`adlib.papers`).
     """
     md = _tables_file(path, "claims.md")
     claims: list[Claim] = []
@@ -632,7 +620,7 @@ def get_claim(paper: str, number: int, path: str | os.PathLike | None = None) ->
 
 
 # --------------------------------------------------------------------------------------------
-# paper vs. us
+# values
 # --------------------------------------------------------------------------------------------
 
 def _values(value: Any) -> np.ndarray:
@@ -642,254 +630,3 @@ def _values(value: Any) -> np.ndarray:
         value = value.detach().cpu().numpy()
     arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
     return arr[np.isfinite(arr)]
-
-
-def _mean_std(arr: np.ndarray) -> tuple[float, float]:
-    if arr.size == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
-
-
-def _decimals(value: float) -> int:
-    return 3 if abs(value) < 1.5 else 2
-
-
-def format_mean_std(mean: float, std: float = math.nan) -> str:
-    """``97.35 ± 0.41`` (3 decimals for values below 1.5, i.e. F1/AUROC fractions)."""
-    if not math.isfinite(mean):
-        return "—"
-    d = _decimals(mean)
-    return f"{mean:.{d}f} ± {std:.{d}f}" if math.isfinite(std) else f"{mean:.{d}f}"
-
-
-def _claim_fields(claim_or_label: Claim | str) -> tuple[str, str]:
-    if isinstance(claim_or_label, Claim):
-        return claim_or_label.label, claim_or_label.summary
-    return str(claim_or_label), ""
-
-
-def _context(dataset: str, profile: str, seeds: Any, hardware: Any) -> dict[str, str]:
-    seeds = [seeds] if _is_number(seeds) else list(seeds or [])
-    return {
-        "dataset": str(dataset),
-        "profile": str(profile),
-        "seeds": ",".join(str(int(s)) for s in seeds),
-        "hardware": hardware_label(hardware),
-    }
-
-
-def compare(
-    claim_or_label: Claim | str,
-    paper_value: float | None,
-    ours_value: float | Sequence[float] | None,
-    *,
-    dataset: str,
-    profile: str,
-    seeds: Sequence[int] | int,
-    hardware: Mapping[str, Any] | str | None,
-    higher_is_better: bool | None = True,
-    tolerance: float | None = None,
-    comparable: bool = True,
-    reason: str = "",
-) -> dict[str, Any]:
-    """One claims-table row: the paper's number beside ours, with a verdict.
-
-    ``ours_value`` is one number or one per seed (reported as mean ± sample std).
-    Verdict rule, with ``tol = tolerance`` (default: our seed std, 0 for one seed):
-
-    - ``higher_is_better=True``: reproduced when ``mean(ours) >= paper - tol``;
-    - ``higher_is_better=False``: reproduced when ``mean(ours) <= paper + tol``;
-    - ``higher_is_better=None``: reproduced when ``|mean(ours) - paper| <= tol``.
-
-    It is "not comparable here" when ``comparable=False`` (e.g. a cpu-profile run on the
-    embedded default against a number measured on MVTec AD; say why in ``reason``), or when
-    either number is missing. Units must match: a paper AUROC in % against ours in 0..1
-    raises ``ValueError``.
-    """
-    label, summary = _claim_fields(claim_or_label)
-    ours = _values(ours_value)
-    mean, std = _mean_std(ours)
-    paper = math.nan if paper_value is None else float(paper_value)
-    if tolerance is None:
-        tolerance = std if math.isfinite(std) else 0.0
-    if math.isfinite(paper) and ours.size and paper > 1.5 and np.all(np.abs(ours) <= 1.0):
-        msg = (f"{label}: the paper value {paper:g} looks like a percentage but ours "
-               f"{mean:.4f} looks like a fraction; multiply ours by 100 (AUROC in the paper "
-               "tables is in %).")
-        raise ValueError(msg)
-
-    note = reason
-    if not comparable:
-        verdict = NOT_COMPARABLE
-    elif not math.isfinite(paper):
-        verdict, note = NOT_COMPARABLE, reason or "no paper number"
-    elif ours.size == 0:
-        verdict, note = NOT_COMPARABLE, reason or "no measurement of ours"
-    else:
-        delta = mean - paper
-        if higher_is_better is None:
-            ok = abs(delta) <= tolerance
-            rule = f"|ours − paper| = {abs(delta):.3g} {'≤' if ok else '>'} tol {tolerance:.3g}"
-        elif higher_is_better:
-            ok = mean >= paper - tolerance
-            rule = f"ours − paper = {delta:+.3g} {'≥' if ok else '<'} −tol ({tolerance:.3g})"
-        else:
-            ok = mean <= paper + tolerance
-            rule = f"ours − paper = {delta:+.3g} {'≤' if ok else '>'} tol ({tolerance:.3g})"
-        verdict = REPRODUCED if ok else NOT_REPRODUCED
-        note = f"{rule}; {reason}" if reason else rule
-    return {
-        "claim": label,
-        "claim_text": summary,
-        "paper": f"{paper:g}" if math.isfinite(paper) else "—",
-        "ours": format_mean_std(mean, std),
-        "verdict": verdict,
-        **_context(dataset, profile, seeds, hardware),
-        "note": note,
-        "paper_value": paper,
-        "ours_mean": mean,
-        "ours_std": std,
-        "n_runs": int(ours.size),
-        "delta": mean - paper if math.isfinite(paper) and ours.size else math.nan,
-        "tolerance": float(tolerance),
-    }
-
-
-_RELATION = re.compile(r"\s*(>=|<=|≥|≤|>|<)\s*")
-
-
-def _parse_order(expected: str | Sequence[str]) -> list[tuple[str, str, bool]]:
-    """Expected order -> pairs (better, worse, strict). A list is read best first (strict)."""
-    if not isinstance(expected, str):
-        names = [str(n) for n in expected]
-        return [(a, b, True) for a, b in zip(names, names[1:])]
-    parts = _RELATION.split(expected.strip())
-    names, relations = parts[0::2], parts[1::2]
-    pairs = []
-    for left, rel, right in zip(names, relations, names[1:]):
-        strict = rel in (">", "<")
-        pairs.append((left, right, strict) if rel in (">", ">=", "≥") else (right, left, strict))
-    return pairs
-
-
-def verdict_for_direction(
-    claim_or_label: Claim | str,
-    values: Mapping[str, float | Sequence[float]],
-    expected_order: str | Sequence[str],
-    *,
-    dataset: str,
-    profile: str,
-    seeds: Sequence[int] | int,
-    hardware: Mapping[str, Any] | str | None,
-    higher_is_better: bool = True,
-    require_separation: bool = True,
-    comparable: bool = True,
-    reason: str = "",
-) -> dict[str, Any]:
-    """A claims-table row for a claim about an ORDER, e.g. "C-SE > SE > none".
-
-    ``values`` maps a config name to its values (one per seed). ``expected_order`` is a
-    string with ``>``, ``<``, ``>=``/``≥``, ``<=``/``≤`` between config names, or a list read
-    best first. ``>`` means "better than" in the metric's sense (with
-    ``higher_is_better=False``, lower is better).
-
-    The order holds when every stated relation holds between the means. A strict relation is
-    also *separated* when its gap exceeds the larger of the two seed stds; with
-    ``require_separation`` (default) the verdict is "reproduced" only if the order holds and
-    every strict gap is separated (a gap inside seed noise is no evidence). With one seed no
-    std exists and only the order is judged (the note says so).
-    """
-    label, summary = _claim_fields(claim_or_label)
-    pairs = _parse_order(expected_order)
-    wanted = {name for pair in pairs for name in pair[:2]}
-    missing = sorted(wanted - set(values))
-    if missing:
-        msg = (f"{label}: no values for {missing} named in the expected order "
-               f"{expected_order!r}; values has {sorted(values)}.")
-        raise KeyError(msg)
-    stats = {name: _mean_std(_values(values[name])) for name in values}
-    sign = 1.0 if higher_is_better else -1.0
-
-    order_holds, separated, problems = True, True, []
-    single_seed = all(not math.isfinite(stats[n][1]) for n in wanted)
-    for better, worse, strict in pairs:
-        (m_b, s_b), (m_w, s_w) = stats[better], stats[worse]
-        gap = sign * (m_b - m_w)
-        holds = gap > 0 if strict else gap >= 0
-        if not holds:
-            order_holds = False
-            problems.append(f"{better} {'>' if strict else '≥'} {worse} fails (gap {gap:+.3g})")
-            continue
-        noise = max((s for s in (s_b, s_w) if math.isfinite(s)), default=math.nan)
-        if strict and math.isfinite(noise) and gap <= noise:
-            separated = False
-            problems.append(f"{better} > {worse}: gap {gap:.3g} within seed std {noise:.3g}")
-
-    ranked = sorted(values, key=lambda n: sign * stats[n][0], reverse=True)
-    ours = " > ".join(f"{n} {format_mean_std(*stats[n])}" for n in ranked)
-    if not comparable:
-        verdict = NOT_COMPARABLE
-    elif any(not math.isfinite(stats[n][0]) for n in wanted):
-        verdict = NOT_COMPARABLE
-        problems.append("a config has no measurement")
-    elif order_holds and (separated or not require_separation):
-        verdict = REPRODUCED
-    else:
-        verdict = NOT_REPRODUCED
-    notes = problems or ["order of means holds" + ("" if single_seed else ", gaps exceed seed std")]
-    if single_seed and verdict != NOT_COMPARABLE:
-        notes.append("single seed: no std, order of means only")
-    if reason:
-        notes.append(reason)
-    return {
-        "claim": label,
-        "claim_text": summary,
-        "paper": expected_order if isinstance(expected_order, str) else " > ".join(expected_order),
-        "ours": ours,
-        "verdict": verdict,
-        **_context(dataset, profile, seeds, hardware),
-        "note": "; ".join(notes),
-        "paper_value": math.nan,
-        "ours_mean": math.nan,
-        "ours_std": math.nan,
-        "n_runs": max((_values(values[n]).size for n in wanted), default=0),
-        "delta": math.nan,
-        "tolerance": math.nan,
-        "order_holds": order_holds,
-        "separated": separated if not single_seed else None,
-    }
-
-
-DISPLAY_COLUMNS = ("claim", "claim_text", "paper", "ours", "verdict", "dataset", "profile",
-                   "seeds", "hardware", "note")
-NUMERIC_COLUMNS = ("paper_value", "ours_mean", "ours_std", "n_runs", "delta")
-_VERDICT_COLOURS = {REPRODUCED: "#d9f0d3", NOT_REPRODUCED: "#f8d5d0", NOT_COMPARABLE: "#e8e8e8"}
-
-
-def comparison_table(
-    rows: Iterable[Mapping[str, Any]], *, numeric: bool = False, style: bool = False,
-) -> pd.DataFrame | Any:
-    """The claims table from :func:`compare` / :func:`verdict_for_direction` rows.
-
-    Columns claim, claim_text, paper, ours, verdict, dataset, profile, seeds, hardware,
-    note (strings, ready to read); ``numeric=True`` appends paper_value, ours_mean, ours_std,
-    n_runs, delta. ``style=True`` returns a pandas ``Styler`` with the verdict cells coloured
-    (green reproduced, red not reproduced, grey not comparable) for notebook display.
-    """
-    frame = pd.DataFrame(list(rows))
-    columns = list(DISPLAY_COLUMNS) + (list(NUMERIC_COLUMNS) if numeric else [])
-    for column in columns:
-        if column not in frame:
-            frame[column] = "" if column in DISPLAY_COLUMNS else np.nan
-    frame = frame[columns]
-    bad = sorted(set(frame["verdict"]) - set(VERDICTS))
-    if bad:
-        msg = f"unknown verdicts {bad}; expected {VERDICTS} (build rows with compare())."
-        raise ValueError(msg)
-    if not style:
-        return frame
-    styler = frame.style.hide(axis="index").set_properties(**{"text-align": "left"})
-    # Styler.map is pandas >= 2.1; applymap is its older name.
-    cell_map = getattr(styler, "map", None) or styler.applymap
-    return cell_map(lambda v: f"background-color: {_VERDICT_COLOURS.get(v, '')}",
-                    subset=["verdict"])

@@ -28,23 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from adlib.progress import progress
 
 from adlib.nn.backbones import FeatureExtractor
+from adlib.maps import gaussian_smooth
 from adlib.nn.knn import nearest_neighbour_distance
-
-
-def gaussian_smooth(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, H, W)`` maps; kernel radius 4 sigma, reflect padding."""
-    if sigma <= 0:
-        return maps
-    radius = int(4 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = maps[:, None]
-    # reflect padding needs pad < size; tiny maps fall back to edge replication
-    mode = "reflect" if min(maps.shape[-2:]) > radius else "replicate"
-    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
-    return out[:, 0]
 
 
 def _images_of(batch) -> torch.Tensor:

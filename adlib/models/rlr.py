@@ -38,12 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from adlib.models.knn_baseline import gaussian_smooth
-from adlib.nn.backbones import LITE0, FeatureExtractor
+from adlib.features import CachedFeatures, FeatureCache
+from adlib.maps import gaussian_smooth
 from adlib.nn.reference_attention import ReferenceAttention, sincos_position_encoding_2d
-from adlib.progress import progress
 
 #: Table 3 of the paper: name -> (residual, attention branches).
 VARIANTS: dict[str, tuple[bool, tuple[str, ...]]] = {
@@ -233,95 +231,6 @@ def anomaly_map(recons, targets, size: int | tuple[int, int], sigma: float = 4.0
     return gaussian_smooth(torch.stack(ups).mean(0), sigma)
 
 
-# ---------------------------------------------------------------------- feature caching
-
-def _dataset_key(data: Any) -> tuple:
-    if isinstance(data, torch.Tensor):
-        return ("tensor", id(data), tuple(data.shape))
-    parts = tuple(str(getattr(data, a, "")) for a in ("root", "category", "split", "image_size"))
-    if all(p == "" for p in parts[:3]):
-        return ("object", id(data))
-    return (type(data).__name__, *parts, len(data))
-
-
-class FeatureCache:
-    """Frozen-backbone features, computed once per image and kept in memory.
-
-    ``cache.get(dataset)`` returns a list (one per backbone stage in ``stages``) of
-    ``(N, C, h, w)`` tensors on the CPU, after 3x3 local aggregation (Eq. 2). The same
-    data set object (or one with the same root/category/split/image size) is never
-    extracted twice, so every ablation and epoch reuses the features.
-
-    Args:
-        backbone: timm name (``tf_efficientnet_lite0`` offline; ``tf_efficientnet_b6`` for
-            the paper profile, needs the hub); stages: timm feature indices (1-3 = strides
-            4/8/16 for EfficientNets); image_size: resize to this square first; pool_size:
-            local aggregation window; dtype: storage type (float16 halves memory for
-            full-size data sets); device: where the backbone runs.
-    """
-
-    def __init__(self, backbone: str = LITE0, stages: Sequence[int] = (1, 2, 3), image_size: int | None = None,
-                 pool_size: int = 3, batch_size: int = 32, device: str | torch.device | None = None,
-                 dtype: torch.dtype = torch.float32, pretrained: bool = True, show_progress: bool = True):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.stages = tuple(stages)
-        self.extractor = FeatureExtractor(backbone, out_indices=self.stages, pretrained=pretrained).to(self.device)
-        self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2)
-        self.image_size, self.batch_size, self.dtype = image_size, batch_size, dtype
-        self.show_progress = show_progress
-        self._store: dict[tuple, list[torch.Tensor]] = {}
-        self.seconds = 0.0
-        self.images_extracted = 0
-
-    def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        if self.image_size is None or tuple(images.shape[-2:]) == (self.image_size,) * 2:
-            return images
-        return F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear",
-                             align_corners=False, antialias=True)
-
-    @torch.no_grad()
-    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Aggregated features of one batch of images ``(B, 3, H, W)`` in [0, 1]."""
-        feats = self.extractor(self._resize(images.to(self.device, torch.float32)))
-        return [self.pool(f).contiguous().to("cpu", self.dtype) for f in feats]
-
-    def get(self, data: Any, desc: str = "backbone features") -> list[torch.Tensor]:
-        key = _dataset_key(data)
-        if key in self._store:
-            return self._store[key]
-        start = time.perf_counter()
-        self.extractor.eval()
-        if isinstance(data, torch.Tensor):
-            batches = data.split(self.batch_size)
-        else:
-            batches = DataLoader(data, batch_size=self.batch_size, shuffle=False)
-        parts: list[list[torch.Tensor]] = []
-        total = math.ceil(len(data) / self.batch_size)
-        for batch in progress(batches, total=total, desc=desc, disable=not self.show_progress, leave=False):
-            parts.append(self.extract(batch["image"] if isinstance(batch, dict) else batch))
-        out = [torch.cat(level) for level in zip(*parts)]
-        self._store[key] = out
-        self.seconds += time.perf_counter() - start
-        self.images_extracted += len(data)
-        return out
-
-    def shapes(self, data: Any) -> list[tuple[int, int, int]]:
-        return [tuple(f.shape[1:]) for f in self.get(data)]
-
-
-class CachedFeatures(Dataset):
-    """Map-style view of cached features: item ``i`` is a tuple of per-level tensors."""
-
-    def __init__(self, levels: Sequence[torch.Tensor]):
-        self.levels = list(levels)
-
-    def __len__(self) -> int:
-        return len(self.levels[0])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        return tuple(level[i] for level in self.levels)
-
-
 # -------------------------------------------------------------------------------- detector
 
 @dataclass
@@ -412,6 +321,7 @@ class RLRDetector:
 
     def fit(self, train: Any, val: Any = None) -> "RLRDetector":
         from adlib.train import fit as train_fit
+        from adlib.train import pick_device
 
         sets = list(train.values()) if isinstance(train, Mapping) else (
             list(train) if isinstance(train, (list, tuple)) else [train])
@@ -427,6 +337,12 @@ class RLRDetector:
         val_data = None
         if val is not None:
             val_data = CachedFeatures(self._levels(self.cache.get(val, "backbone features (val)")))
+        if self.config.epochs == 0:  # the untrained model: a sanity reference for the claims
+            import pandas as pd
+
+            self.model, self.history = self.model.to(pick_device(self.device)).eval(), pd.DataFrame(
+                columns=["epoch", "train_loss"])
+            return self
         start = time.perf_counter()
         result = train_fit(self.model, rlr_loss, CachedFeatures(levels), val_data=val_data,
                            epochs=self.config.epochs, batch_size=self.config.batch_size,
@@ -468,109 +384,3 @@ class RLRDetector:
 def _chunks(recons, feats, n):
     for i in range(0, len(feats[0]), n):
         yield [r[i:i + n] for r in recons], [f[i:i + n] for f in feats]
-
-
-# ------------------------------------------------------------------------------ evaluation
-
-def evaluate_unified(detector: RLRDetector, dataset: str, root, categories: Sequence[str],
-                     image_size: int, *, show_progress: bool = True):
-    """Train ONE detector on the train splits of all ``categories``, then evaluate it on each
-    category's test split. Returns :class:`adlib.evaluation.CategoryResult` objects (so
-    :func:`adlib.evaluation.results_frame` works); ``seconds`` is the category's share of
-    the training time plus its test time."""
-    from adlib.data.sources import open_split
-    from adlib.evaluation import CategoryResult, masks_of
-    from adlib.metrics import evaluate
-
-    trains = {c: open_split(dataset, root, c, "train", image_size) for c in categories}
-    start = time.perf_counter()
-    detector.fit(trains)
-    share = (time.perf_counter() - start) / max(len(categories), 1)
-    results = []
-    for category in progress(categories, desc="RLR: test categories", disable=not show_progress):
-        t0 = time.perf_counter()
-        test = open_split(dataset, root, category, "test", image_size)
-        scores, maps = detector.predict(test)
-        labels, masks = np.asarray(test.labels), masks_of(test)
-        if maps.shape[-2:] != masks.shape[-2:]:
-            maps = F.interpolate(torch.as_tensor(maps)[:, None], size=masks.shape[-2:], mode="bilinear",
-                                 align_corners=False)[:, 0].numpy()
-        metrics = evaluate(scores, labels, maps, masks)
-        results.append(CategoryResult(category, metrics, np.asarray(scores), labels, maps, masks, test,
-                                      share + time.perf_counter() - t0))
-    return results
-
-
-# ------------------------------------------------------------------------------- ablations
-
-#: The ablation grids of the notebook / study, by profile grid name. ``stages`` and
-#: ``alpha`` list the values besides the default; ``separate`` adds per-category training.
-ABLATION_GRIDS: dict[str, dict[str, Any]] = {
-    "tiny": {"variants": ["Residual+Self Att.", "MLKA+LCA"], "stages": [], "alpha": [],
-             "perturbation": [], "separate": False},
-    "reduced": {"variants": ["Residual+Self Att.", "Cross Att.", "MLKA+LCA"], "stages": [],
-                "alpha": [], "perturbation": ["none"], "separate": False},
-    "full": {"variants": list(VARIANTS), "stages": [(1, 2), (2, 3), (1, 2, 3)], "alpha": [1.0, 2.0, 3.0],
-             "perturbation": ["none"], "separate": True},
-}
-
-
-def _stage_label(stages: Sequence[int]) -> str:
-    return "stages=" + "-".join(str(s) for s in stages)
-
-
-def ablation_configs(grid: str | Mapping[str, Any], base: Mapping[str, Any]) -> list[tuple[str, str, dict]]:
-    """``(ablation, label, overrides)`` triples for one grid; ``base`` is the default config
-    (its own row appears once per ablation so every table has its reference row)."""
-    spec = ABLATION_GRIDS[grid] if isinstance(grid, str) else grid
-    out = [("Table 3", v, {"variant": v}) for v in spec["variants"]]
-    for stages in spec["stages"]:
-        out.append(("Table 4", _stage_label(stages), {"stages": tuple(stages)}))
-    for alpha in spec["alpha"]:
-        out.append(("Table 5", f"alpha={alpha:g}", {"alpha": float(alpha)}))
-    if spec["perturbation"]:
-        out.append(("perturbation", f"perturbation={base['perturbation']}", {}))
-        out += [("perturbation", f"perturbation={p}", {"perturbation": p}) for p in spec["perturbation"]]
-    if spec["separate"]:
-        out += [("training", "unified", {}), ("training", "separate", {"separate": True})]
-    return out
-
-
-def run_ablations(configs, seeds: Sequence[int], cache: FeatureCache, dataset: str, root,
-                  categories: Sequence[str], image_size: int, base: Mapping[str, Any], *,
-                  device: str = "auto", reuse: Mapping[tuple, Any] | None = None,
-                  show_progress: bool = True) -> tuple[list[dict], dict]:
-    """Train and evaluate every ``(ablation, label, overrides)`` for every seed.
-
-    Returns ``(rows, results)``: one flat row per config x seed (category means in %, plus
-    seconds), and ``{config_key(...): [CategoryResult]}``; identical
-    configurations (e.g. the default that appears in several tables) run once. ``reuse``
-    passes results already computed under the same key (the notebook's main run)."""
-    from adlib.evaluation import evaluate_categories, results_frame
-
-    done: dict = dict(reuse or {})
-    rows = []
-    jobs = [(a, lab, o, s) for a, lab, o in configs for s in seeds]
-    for ablation, label, overrides, seed in progress(jobs, desc="ablations", disable=not show_progress):
-        params = {**base, **{k: v for k, v in overrides.items() if k != "separate"}, "seed": seed}
-        key = config_key(params, seed, bool(overrides.get("separate")))
-        start = time.perf_counter()
-        if key not in done:
-            if overrides.get("separate"):
-                done[key] = evaluate_categories(
-                    lambda: RLRDetector(cache, device=device, progress=False, **params),
-                    dataset, root, categories, image_size, show_progress=False)
-            else:
-                det = RLRDetector(cache, device=device, progress=False, **params)
-                done[key] = evaluate_unified(det, dataset, root, categories, image_size, show_progress=False)
-        mean = results_frame(done[key]).loc["mean"]
-        rows.append({"ablation": ablation, "config": label, "seed": seed,
-                     **{m: float(mean[m]) for m in ("image_auroc", "pixel_auroc", "aupro") if m in mean},
-                     "seconds": round(time.perf_counter() - start, 1)})
-    return rows, done
-
-
-def config_key(params: Mapping[str, Any], seed: int, separate: bool = False) -> tuple:
-    """The ``run_ablations`` key of one full configuration (to pass a finished run as
-    ``reuse``): the same settings reached from two tables share one key."""
-    return (tuple(sorted((k, str(v)) for k, v in params.items() if k != "seed")), separate, seed)

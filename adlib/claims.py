@@ -1,0 +1,310 @@
+"""Claims, declared once per paper and checked on study rows with paired confidence intervals.
+
+A paper declares its checks as data (:class:`ClaimCheck`) next to its grid; the notebook and
+``python -m adlib study <paper> --summarise`` both call :func:`check_claims` on the same rows
+(one row per ablation cell x seed x category, see :mod:`adlib.study`).
+
+How a direction is judged. For ``A > B`` on a metric, take the difference ``A - B`` for every
+(seed, category) pair that both configs ran, its mean, and a seeded 95 % bootstrap interval of
+that mean:
+
+* ``reproduced``    the interval lies above 0;
+* ``contradicted``  the interval lies below 0;
+* ``inconclusive``  the interval spans 0 (or there are fewer than two pairs);
+* an order of three or more configs is reproduced only when every adjacent pair is, and
+  contradicted when any pair is;
+* ``inconclusive: the model did not learn`` when the check names a sanity reference (e.g. the
+  same model untrained) and the claim's first config does not beat it, whatever the order;
+* ``not comparable here`` for an absolute number measured on another data set;
+* ``not run yet`` when a config the check needs has no rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPRODUCED = "reproduced"
+CONTRADICTED = "contradicted"
+INCONCLUSIVE = "inconclusive"
+DID_NOT_LEARN = "inconclusive: the model did not learn"
+NOT_COMPARABLE = "not comparable here"
+NOT_RUN = "not run yet"
+VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, DID_NOT_LEARN, NOT_COMPARABLE, NOT_RUN)
+
+LEVELS = {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "pixel (AUPRO)",
+          "image_f1_max": "image (F1-max)", "f1": "image (F1)", "final_loss": "training loss"}
+BOOTSTRAP_SAMPLES = 10_000
+PAIR_KEYS = ("seed", "category")
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One testable statement of a paper's claim, as data.
+
+    Args:
+        claim: the claim's number in ``data/paper_tables/claims.md``.
+        order: configs (the grid's config labels) joined by ``>`` / ``<``, best first for
+            ``>``; ``A | B`` is "the better of A and B" per pair; a comma separates
+            relations that must all hold (``"x > a, x > b"``: x beats each). Empty with
+            ``table`` set: the paper table's own order of ``configs`` for each metric.
+        configs: the configs whose order the paper's ``table`` gives (with empty ``order``).
+        table: the paper table that prints these configs' numbers (shown beside ours).
+        absolute: paper-table filters of an absolute number (e.g. ``{"table": 1, "method":
+            "Ours", "category": "mean"}``); ``config`` is then our config to compare, and
+            ``dataset`` the data set the paper measured it on.
+        metrics: one verdict row per metric (the levels: image, pixel, ...).
+        ablation: where to look up config labels first (labels may repeat across ablations).
+        sanity: a config the claim's first config must beat (e.g. the untrained model).
+        higher_is_better: False for losses.
+        label: a short name when a claim has several checks.
+    """
+
+    claim: int
+    order: str = ""
+    configs: tuple[str, ...] = ()
+    table: int | str | None = None
+    absolute: Mapping[str, Any] | None = None
+    config: str | None = None
+    dataset: str = "mvtec_ad"
+    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc")
+    ablation: str | None = None
+    sanity: str | None = None
+    higher_is_better: bool = True
+    label: str = ""
+    note: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def relations(self, paper: str, metric: str) -> list[tuple[str, str]]:
+        """``(better, worse)`` term pairs; a term is a config or ``"A | B"``."""
+        if self.order:
+            return parse_order(self.order)
+        from adlib.results import paper_numbers
+
+        ref = paper_numbers(paper, table=self.table, metric=metric).set_index("setting")["value"]
+        missing = [c for c in self.configs if c not in ref.index]
+        if missing:
+            msg = f"{paper} table {self.table} has no {metric} for {missing}; it lists {list(ref.index)}"
+            raise KeyError(msg)
+        # configs the table ties make no claim between them: compare adjacent value groups
+        groups = [[c for c in self.configs if float(ref[c]) == v]
+                  for v in sorted({float(ref[c]) for c in self.configs}, reverse=True)]
+        return [(a, b) for high, low in zip(groups, groups[1:]) for a in high for b in low]
+
+
+_RELATION = re.compile(r"\s*(>|<)\s*")
+
+
+def parse_order(order: str) -> list[tuple[str, str]]:
+    """``"A > B > C, A > D"`` -> ``[(A, B), (B, C), (A, D)]`` (better first); ``<`` flips."""
+    pairs = []
+    for chain in order.split(","):
+        parts = _RELATION.split(chain.strip())
+        names, rels = parts[0::2], parts[1::2]
+        for left, rel, right in zip(names, rels, names[1:]):
+            pairs.append((left.strip(), right.strip()) if rel == ">" else (right.strip(), left.strip()))
+    if not pairs:
+        msg = f"order {order!r} states no relation; write e.g. 'MLKA+LCA > Cross Att.'"
+        raise ValueError(msg)
+    return pairs
+
+
+def bootstrap_interval(diffs: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``diffs`` and its percentile-bootstrap interval (seeded, so reproducible)."""
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        return math.nan, math.nan, math.nan
+    if d.size == 1:
+        return float(d[0]), math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(samples, d.size))].mean(1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def _direction(lo: float, hi: float) -> str:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return INCONCLUSIVE
+    if lo > 0:
+        return REPRODUCED
+    if hi < 0:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def _term_values(rows: pd.DataFrame, term: str, metric: str, ablation: str | None,
+                 higher_is_better: bool) -> pd.Series | None:
+    """Per (seed, category) values of a config, or of the better of ``A | B``; None if absent."""
+    parts = []
+    for name in (t.strip() for t in term.split("|")):
+        hit = rows[rows["config"] == name]
+        if ablation is not None and (hit["ablation"] == ablation).any():
+            hit = hit[hit["ablation"] == ablation]
+        hit = hit.dropna(subset=[metric])
+        if hit.empty:
+            return None
+        first = hit["ablation"].iloc[0]  # same settings in two tables: one copy of each pair
+        parts.append(hit[hit["ablation"] == first].groupby(list(PAIR_KEYS))[metric].mean())
+    joined = pd.concat(parts, axis=1).dropna()
+    return joined.max(axis=1) if higher_is_better else joined.min(axis=1)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:+.2f}" if math.isfinite(x) else "—"
+
+
+def _interval(mean: float, lo: float, hi: float) -> str:
+    if not math.isfinite(lo):
+        return f"{_fmt(mean)} (one pair, no interval)"
+    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _paper_text(check: ClaimCheck, paper: str, metric: str, pairs: list[tuple[str, str]]) -> str:
+    if check.table is None:
+        return check.order or ""
+    from adlib.results import paper_numbers
+
+    names = list(dict.fromkeys(n.strip() for p in pairs for t in p for n in t.split("|")))
+    try:
+        ref = paper_numbers(paper, table=check.table, metric=metric).set_index("setting")["value"]
+        return " > ".join(f"{n} {float(ref[n]):g}" for n in
+                          sorted(names, key=lambda n: -float(ref[n])))
+    except (LookupError, KeyError):
+        return check.order
+
+
+def _absolute_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str,
+                  context: Mapping[str, Any]) -> dict[str, Any]:
+    from adlib.results import paper_value
+
+    try:
+        number = paper_value(paper, metric=metric, **dict(check.absolute or {}))
+    except LookupError:
+        number = math.nan
+    values = _term_values(rows, check.config or "", metric, check.ablation, check.higher_is_better)
+    out: dict[str, Any] = {"paper": f"{number:g}" if math.isfinite(number) else "—",
+                           "paper_value": number}
+    if values is None:
+        return {**out, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
+                "note": f"no rows for {check.config!r}"}
+    # one number per seed (the category mean), as the paper reports a category mean
+    per_seed = values.groupby(level="seed").mean()
+    mean, lo, hi = bootstrap_interval(per_seed.to_numpy())
+    out.update(ours=(f"{mean:.2f}" if not math.isfinite(lo) else f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"),
+               ours_mean=mean, ours_low=lo, ours_high=hi, n_pairs=int(values.size))
+    if context.get("dataset") != check.dataset:
+        return {**out, "verdict": NOT_COMPARABLE,
+                "note": f"paper: {check.dataset}; ours: {context.get('dataset')}"}
+    top = hi if math.isfinite(hi) else mean
+    ok = top >= number if check.higher_is_better else (lo if math.isfinite(lo) else mean) <= number
+    return {**out, "verdict": REPRODUCED if ok else CONTRADICTED,
+            "note": "paper number inside or below our interval" if ok else "paper number outside our interval"}
+
+
+def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -> dict[str, Any]:
+    pairs = check.relations(paper, metric)
+    sign = 1.0 if check.higher_is_better else -1.0
+    out: dict[str, Any] = {"paper": _paper_text(check, paper, metric, pairs)}
+    terms = {t for p in pairs for t in p} | ({check.sanity} if check.sanity else set())
+    values = {t: _term_values(rows, t, metric, check.ablation, check.higher_is_better) for t in terms}
+    missing = sorted(t for t, v in values.items() if v is None and t != check.sanity)
+    if missing:
+        return {**out, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
+                "note": f"no rows for {', '.join(missing)}"}
+    verdicts, parts, n_pairs = [], [], []
+    for better, worse in pairs:
+        both = pd.concat([values[better], values[worse]], axis=1).dropna()
+        mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
+        verdicts.append(_direction(lo, hi))
+        n_pairs.append(len(both))
+        parts.append(f"{better} − {worse}: {_interval(mean, lo, hi)}")
+    if all(v == REPRODUCED for v in verdicts):
+        verdict = REPRODUCED
+    elif CONTRADICTED in verdicts:
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    notes = [] if len(pairs) == 1 else [f"pairs: {', '.join(verdicts)}"]
+    if check.sanity and values[check.sanity] is None:
+        notes.insert(0, f"sanity reference {check.sanity!r} not run: learning not checked")
+    elif check.sanity:
+        first = pairs[0][0]
+        both = pd.concat([values[first], values[check.sanity]], axis=1).dropna()
+        mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
+        if _direction(lo, hi) != REPRODUCED:
+            verdict = DID_NOT_LEARN
+            notes.insert(0, f"{first} − {check.sanity} (the sanity reference): {_interval(mean, lo, hi)}")
+    if min(n_pairs) < 2:
+        notes.append("fewer than two (seed, category) pairs: no interval")
+    if sign < 0:
+        notes.append("lower is better: differences are worse − better")
+    return {**out, "ours": "; ".join(parts), "verdict": verdict, "n_pairs": min(n_pairs),
+            "note": "; ".join(notes)}
+
+
+def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | Iterable[Mapping],
+                 *, dataset: str, profile: str, hardware: Any = None, revision: str = "",
+                 ) -> list[dict[str, Any]]:
+    """One row per check and metric: the paper's number or direction, ours with its interval,
+    the number of (seed, category) pairs, data set, profile, hardware, revision, verdict.
+
+    ``rows`` has columns ablation, config, seed, category and the metrics (the study rows,
+    :func:`adlib.study.rows_frame`). The rows are what the notebook or the study ran: a
+    check whose configs are not among them says ``not run yet``.
+    """
+    from adlib.results import get_claim, hardware_label
+
+    frame = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
+    for column in ("ablation", "config", *PAIR_KEYS):
+        if column not in frame:
+            frame = frame.assign(**{column: pd.Series(dtype=object)})
+    context = {"dataset": dataset, "profile": profile}
+    out = []
+    for check in checks:
+        claim = get_claim(paper, check.claim)
+        for metric in check.metrics:
+            if metric not in frame:
+                result = {"paper": check.order, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
+                          "note": f"no {metric} in the rows"}
+            elif check.absolute is not None:
+                result = _absolute_row(check, paper, frame, metric, context)
+            else:
+                result = _order_row(check, paper, frame, metric)
+            note = "; ".join(n for n in (result.pop("note", ""), check.note) if n)
+            out.append({"claim": claim.label, "claim_text": claim.summary, "check": check.label,
+                        "level": LEVELS.get(metric, metric), "metric": metric, **result,
+                        "dataset": dataset, "profile": profile,
+                        "hardware": hardware_label(hardware), "revision": revision, "note": note})
+    return out
+
+
+DISPLAY_COLUMNS = ("claim", "check", "level", "paper", "ours", "n_pairs", "verdict", "dataset",
+                   "profile", "hardware", "revision", "note")
+VERDICT_COLOURS = {REPRODUCED: "#d9f0d3", CONTRADICTED: "#f8d5d0", INCONCLUSIVE: "#fff2cc",
+                   DID_NOT_LEARN: "#fde0c5", NOT_COMPARABLE: "#e8e8e8", NOT_RUN: "#ffffff"}
+
+
+def claims_table(rows: Iterable[Mapping[str, Any]], *, style: bool = False) -> pd.DataFrame | Any:
+    """The claims-check rows as a table (``style=True``: verdict cells coloured, for notebooks)."""
+    frame = pd.DataFrame(list(rows))
+    for column in DISPLAY_COLUMNS:
+        if column not in frame:
+            frame[column] = ""
+    frame = frame[list(DISPLAY_COLUMNS)]
+    bad = sorted(set(frame["verdict"]) - set(VERDICTS))
+    if bad:
+        msg = f"unknown verdicts {bad}; expected {VERDICTS} (build rows with check_claims())."
+        raise ValueError(msg)
+    if not style:
+        return frame
+    styler = frame.style.hide(axis="index").set_properties(**{"text-align": "left"})
+    cell_map = getattr(styler, "map", None) or styler.applymap  # pandas < 2.1: applymap
+    return cell_map(lambda v: f"background-color: {VERDICT_COLOURS.get(v, '')}", subset=["verdict"])

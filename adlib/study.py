@@ -1,0 +1,585 @@
+"""One study engine for every chapter: declared grids, one row schema, resumable JSONL rows.
+
+A chapter declares its :class:`Study` once (``adlib/studies/<paper>.py``): named grids of
+:class:`Cell` (ablation, config label, overrides of the chapter's defaults), its claim
+checks, the source modules its model depends on, and a ``run(task)`` that trains and
+evaluates one task. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adlib study``
+(``study`` grid) both go through :func:`run_study`::
+
+    python -m adlib study rlr --grid study --seeds 0,1,2 --executor local --workers 2 \\
+        --out data/results/rlr
+
+Rows. Every finished run appends one row per (cell, seed, category) to ``rows.jsonl`` in
+``out`` (:data:`ROW_FIELDS`): paper, ablation, config, overrides, seed, category (or fold),
+metrics, training seconds, final loss, protocol, hardware, revision, model hash, key. The
+key hashes the paper, the full settings (protocol + overrides), seed and category, so a
+rerun skips rows already present for the same protocol *and* model hash (a study killed at
+any point loses at most the runs in flight); rows whose model hash differs are *stale*:
+never reused silently, and listed in the summary. Identical settings reached from two
+ablations (the default model sits in every table) run once.
+
+Executors: ``serial`` (in this process), ``local`` (a process pool, each worker pinned to
+one torch thread on CPU, or to one GPU through ``CUDA_VISIBLE_DEVICES``), ``slurm``
+(submitit: one array job per grid; ``slurm_cluster="local"`` runs the same path on this
+machine, as the tests do).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from adlib.claims import ClaimCheck, check_claims, claims_table
+
+EXECUTORS = ("serial", "local", "slurm")
+ROWS_FILE = "rows.jsonl"
+ROW_FIELDS = ("paper", "ablation", "config", "overrides", "seed", "category", "fold", "metrics",
+              "train_seconds", "final_loss", "protocol", "hardware", "revision", "model_hash",
+              "key", "created")
+SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1", "final_loss")
+
+
+class StudyError(RuntimeError):
+    """A study could not run as asked (unknown grid, failed tasks, bad options)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a grid: the chapter's defaults with ``overrides`` applied."""
+
+    ablation: str
+    config: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one worker trains and evaluates: one settings x seed x (category or all)."""
+
+    study: str                     # module declaring STUDY, importable in the worker
+    paper: str
+    ablation: str
+    config: str
+    overrides: Mapping[str, Any]
+    settings: Mapping[str, Any]    # protocol + overrides: everything the run depends on
+    seed: int
+    categories: tuple[str, ...]
+    dataset: str
+    data_root: str
+    device: str = "auto"
+
+
+@dataclass
+class Study:
+    """A chapter's declared study.
+
+    Args:
+        paper: the paper key (:mod:`adlib.papers`).
+        grids: grid name -> cells; ``smoke`` / ``cpu`` / ``study`` are the profiles' grids.
+        checks: the claim checks (:class:`adlib.claims.ClaimCheck`).
+        sources: modules whose source defines the results (hashed into ``model_hash``).
+        protocol: ``RunConfig -> dict`` of the chapter's defaults under a profile (image size,
+            epochs, backbone, model settings, ...); a cell's overrides change some of them.
+        run: ``Task -> [{"category", "metrics", "train_seconds", "final_loss"}, ...]``.
+        unit: ``"category"`` (one task per category: separate models) or ``"all"`` (one
+            task trains on every category: unified models; it returns one row per category).
+        default: the config label of the chapter's main model (the record's metrics).
+    """
+
+    paper: str
+    grids: Mapping[str, Sequence[Cell]]
+    checks: Sequence[ClaimCheck]
+    sources: Sequence[str]
+    protocol: Callable[[Any], dict]
+    run: Callable[[Task], list[dict]]
+    unit: str = "category"
+    default: str | None = None
+    module: str = ""
+
+    def grid(self, name: str) -> list[Cell]:
+        if name not in self.grids:
+            msg = f"{self.paper} has no grid {name!r}; its grids are {', '.join(self.grids)}"
+            raise StudyError(msg)
+        return list(self.grids[name])
+
+    def model_hash(self) -> str:
+        """SHA-256 (16 hex digits) of what the results depend on: the ``sources`` modules'
+        files and the code of ``run`` and ``protocol`` (not the grids or the claim checks,
+        so declaring another cell or check never makes finished rows stale)."""
+        import inspect
+
+        digest = hashlib.sha256()
+        for fn in (self.run, self.protocol):
+            digest.update(inspect.getsource(fn).encode())
+        for name in sorted(set(self.sources)):
+            spec = importlib.util.find_spec(name)
+            if spec is None or not spec.origin:
+                msg = f"{self.paper}: source module {name!r} not found"
+                raise StudyError(msg)
+            digest.update(name.encode())
+            digest.update(Path(spec.origin).read_bytes().replace(b"\r\n", b"\n"))
+        return digest.hexdigest()[:16]
+
+    def check(self, rows: pd.DataFrame, **context: Any) -> list[dict]:
+        """The declared claim checks on ``rows`` (see :func:`adlib.claims.check_claims`)."""
+        return check_claims(self.paper, self.checks, rows, **context)
+
+
+def load_study(paper_or_module: str) -> Study:
+    """The :class:`Study` of a paper key (registry) or of a module path declaring ``STUDY``."""
+    from adlib.papers import PAPERS
+
+    module_name = paper_or_module
+    if paper_or_module in PAPERS:
+        module_name = PAPERS[paper_or_module].study
+        if module_name is None:
+            msg = f"{paper_or_module} has no study yet (its chapter is not written)"
+            raise StudyError(msg)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        msg = (f"no study {paper_or_module!r}: not a paper key ({', '.join(PAPERS)}) nor an "
+               f"importable module ({err})")
+        raise StudyError(msg) from err
+    study = module.STUDY
+    study.module = module_name
+    return study
+
+
+# ------------------------------------------------------------------------------- rows
+
+def run_key(paper: str, settings: Mapping[str, Any], seed: int, category: str) -> str:
+    """The identity of one row: paper, full settings, seed, category (16 hex digits)."""
+    text = json.dumps([paper, dict(settings), int(seed), category], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    from adlib.results import _jsonable as plain
+
+    return plain(value)
+
+
+class RowStore:
+    """The append-only ``rows.jsonl`` of a study folder.
+
+    Each line is written and flushed to disk as its run finishes; a line cut short by a kill
+    is skipped on reading (and the next append starts on a fresh line).
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / ROWS_FILE
+
+    def load(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the torn last line of a killed study
+            if isinstance(row, dict) and "key" in row:
+                rows.append(row)
+        return rows
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in rows)
+        with self.path.open("a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell():
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    text = "\n" + text
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def rows_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows as a flat table: the metrics become columns (image_auroc, pixel_auroc, ...)."""
+    flat = []
+    for row in rows:
+        item = {k: v for k, v in row.items() if k not in ("metrics", "hardware", "protocol")}
+        item.update(row.get("metrics") or {})
+        item["final_loss"] = row.get("final_loss")
+        flat.append(item)
+    frame = pd.DataFrame(flat)
+    if "final_loss" in frame:
+        frame["final_loss"] = pd.to_numeric(frame["final_loss"], errors="coerce")
+    return frame
+
+
+# --------------------------------------------------------------------------- executors
+
+def execute(task: Task) -> list[dict]:
+    """Run one task (in whichever process the executor chose); results carry the hardware."""
+    from adlib.results import hardware_info
+
+    study = load_study(task.study)
+    results = study.run(task)
+    hardware = hardware_info(task.device)
+    return [{**r, "hardware": hardware} for r in results]
+
+
+def _init_worker(gpu_ids: Any, threads: int) -> None:
+    if gpu_ids is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get())
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 -- no torch / no driver: CPU
+        return 0
+
+
+def _run_serial(tasks, done):
+    for task in tasks:
+        done(task, execute(task))
+
+
+def _run_local(tasks, done, workers: int):
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # fresh interpreters: no forked OpenMP / CUDA state
+    gpus = _visible_gpus()
+    gpu_ids = None
+    if gpus > 1:
+        gpu_ids = ctx.Manager().Queue()
+        for i in range(workers):
+            gpu_ids.put(i % gpus)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(gpu_ids, 1)) as pool:
+        futures = {pool.submit(execute, t): t for t in tasks}
+        for future in as_completed(futures):
+            done(futures[future], future.result())
+
+
+def _run_slurm(tasks, done, *, folder: Path, cluster: str, partition: str | None,
+               time_min: int, gpus: int, cpus: int, workers: int | None, name: str):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    params: dict[str, Any] = {"timeout_min": time_min, "cpus_per_task": cpus,
+                              "gpus_per_node": gpus, "name": name}
+    if partition:
+        params["slurm_partition"] = partition
+    if workers:
+        params["slurm_array_parallelism"] = workers
+    executor.update_parameters(**params)
+    jobs = executor.map_array(execute, list(tasks))  # one array job for the whole grid
+    task_of = {job.job_id: task for job, task in zip(jobs, tasks)}
+    for job in submitit.helpers.as_completed(jobs):
+        done(task_of[job.job_id], job.result())
+
+
+# ------------------------------------------------------------------------------ engine
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` returns."""
+
+    rows: pd.DataFrame        # one row per cell x seed x category, labelled by the cell
+    summary: pd.DataFrame     # mean ± std over seeds of the per-seed category mean
+    claims: list[dict]
+    stale: list[dict]         # rows of the same settings made by other code (not reused)
+    missing: int              # cell x seed x category rows with no result
+    ran: int                  # tasks run now
+    skipped: int              # tasks whose rows were already there
+    revision: str
+    hardware: dict | None
+    wall_time_s: float
+    summary_path: Path | None = None
+    record_path: Path | None = None
+
+    def claims_table(self, style: bool = False):
+        return claims_table(self.claims, style=style)
+
+
+def _settings(protocol: Mapping[str, Any], cell: Cell) -> dict:
+    unknown = sorted(set(cell.overrides) - set(protocol))
+    if unknown:
+        msg = (f"cell {cell.ablation}/{cell.config} overrides {unknown}, which are not "
+               f"settings of the protocol ({', '.join(sorted(protocol))})")
+        raise StudyError(msg)
+    return _jsonable({**protocol, **cell.overrides})
+
+
+def plan(study: Study, cells: Sequence[Cell], protocol: Mapping[str, Any], seeds: Sequence[int],
+         categories: Sequence[str], *, dataset: str, data_root: str, device: str = "auto"
+         ) -> tuple[list[Task], list[tuple[Cell, int, str, str]]]:
+    """The tasks to run (identical settings once) and every (cell, seed, category, key)."""
+    tasks: dict[tuple, Task] = {}
+    slots = []
+    units = [tuple(categories)] if study.unit == "all" else [(c,) for c in categories]
+    for cell in cells:
+        settings = _settings(protocol, cell)
+        for seed in seeds:
+            for unit in units:
+                ident = (json.dumps(settings, sort_keys=True), int(seed), unit)
+                tasks.setdefault(ident, Task(study.module or study.paper, study.paper,
+                                             cell.ablation, cell.config, dict(cell.overrides),
+                                             settings, int(seed), unit, dataset, str(data_root),
+                                             device))
+                slots += [(cell, int(seed), c, run_key(study.paper, settings, seed, c)) for c in unit]
+    return list(tasks.values()), slots
+
+
+def _summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds of each seed's category mean, per (ablation, config)."""
+    if frame.empty:
+        return pd.DataFrame()
+    metrics = [m for m in SUMMARY_METRICS if m in frame and frame[m].notna().any()]
+    per_seed = frame.groupby(["ablation", "config", "seed"], sort=False)[metrics].mean()
+    grouped = per_seed.groupby(level=["ablation", "config"], sort=False)
+    out = grouped.agg(["mean", "std"])
+    out[("n", "seeds")] = grouped.size()
+    out[("n", "categories")] = frame.groupby(["ablation", "config"], sort=False)["category"].nunique()
+    return out
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table (mean ± std, in the metrics' units)."""
+    if summary.empty:
+        return "(no rows)"
+    metrics = [m for m in summary.columns.get_level_values(0).unique() if m != "n"]
+    lines = ["| ablation | config | " + " | ".join(metrics) + " | seeds | categories |",
+             "|---|---|" + "---|" * len(metrics) + "---|---|"]
+    for (ablation, config), row in summary.iterrows():
+        cells = []
+        for m in metrics:
+            mean, std = row[(m, "mean")], row[(m, "std")]
+            cells.append("—" if not math.isfinite(mean) else
+                         f"{mean:.2f} ± {std:.2f}" if math.isfinite(std) else f"{mean:.2f}")
+        lines.append(f"| {ablation} | {config} | " + " | ".join(cells)
+                     + f" | {int(row[('n', 'seeds')])} | {int(row[('n', 'categories')])} |")
+    return "\n".join(lines)
+
+
+def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, Any],
+              seeds: Sequence[int], categories: Sequence[str], dataset: str, data_root: Any,
+              out: str | os.PathLike, executor: str = "serial", workers: int = 1,
+              device: str = "auto", profile: str = "study", run: bool = True,
+              include_stale: bool = False, known: Iterable[Mapping[str, Any]] = (),
+              slurm: Mapping[str, Any] | None = None, show_progress: bool = True,
+              revision: str | None = None) -> StudyResult:
+    """Run (or resume) ``grid`` over ``seeds`` x ``categories`` and summarise it.
+
+    Args:
+        grid: a grid name of the paper's study, or a list of cells.
+        protocol: the chapter's defaults (``study.protocol(cfg)``, possibly changed).
+        out: the study folder (``rows.jsonl`` lives here; the notebook uses a folder under
+            its ``output_dir``, the committed studies ``data/results/<paper>``).
+        run: False only summarises the rows already there (``--summarise``).
+        include_stale: summarise rows of other code too (said so in the claims' notes).
+        known: finished results to store before running (the notebook's main model), as
+            dicts ``{"overrides", "seed", "category", "metrics", "train_seconds",
+            "final_loss"}``; their settings are not run again.
+        slurm: options of the ``slurm`` executor (cluster, partition, time_min, gpus, cpus).
+    """
+    from adlib.progress import progress
+    from adlib.results import adlib_revision, hardware_info
+
+    started = time.perf_counter()
+    revision = revision or adlib_revision()  # the code that runs, taken when it starts
+    if executor not in EXECUTORS:
+        msg = f"executor {executor!r}; expected one of {', '.join(EXECUTORS)}"
+        raise StudyError(msg)
+    study = load_study(paper)
+    cells = study.grid(grid) if isinstance(grid, str) else list(grid)
+    model_hash = study.model_hash()
+    store = RowStore(out)
+    tasks, slots = plan(study, cells, protocol, seeds, categories, dataset=dataset,
+                        data_root=str(data_root), device=device)
+
+    def provenance(task_like: Mapping[str, Any], result: Mapping[str, Any], seed: int) -> dict:
+        settings = _settings(protocol, Cell("", "", task_like["overrides"]))
+        category = result["category"]
+        return {"paper": study.paper, "ablation": task_like["ablation"],
+                "config": task_like["config"], "overrides": dict(task_like["overrides"]),
+                "seed": int(seed), "category": category, "fold": result.get("fold"),
+                "metrics": result["metrics"], "train_seconds": result.get("train_seconds"),
+                "final_loss": result.get("final_loss"),
+                "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},
+                "hardware": result.get("hardware") or hardware_info(device),
+                "revision": revision, "model_hash": model_hash,
+                "key": run_key(study.paper, settings, seed, category),
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+    existing = store.load()
+    valid = {r["key"] for r in existing if r.get("model_hash") == model_hash}
+    new_known = [provenance({"ablation": k.get("ablation", ""), "config": k.get("config", ""),
+                             "overrides": k.get("overrides", {})}, k, k["seed"]) for k in known]
+    new_known = [r for r in new_known if r["key"] not in valid]
+    if new_known:
+        store.append(new_known)
+        valid |= {r["key"] for r in new_known}
+
+    keys_of = {id(t): [run_key(study.paper, t.settings, t.seed, c) for c in t.categories] for t in tasks}
+    pending = [t for t in tasks if not all(k in valid for k in keys_of[id(t)])]
+    skipped = len(tasks) - len(pending)
+    failures: list[str] = []
+    if run and pending:
+        bar = progress(total=len(tasks), initial=skipped, desc=f"{study.paper} runs",
+                       disable=not show_progress)
+
+        def done(task: Task, results: list[dict]) -> None:
+            meta = {"ablation": task.ablation, "config": task.config, "overrides": task.overrides}
+            store.append(provenance(meta, r, task.seed) for r in results)
+            bar.update(1)
+
+        try:
+            if executor == "serial":
+                _run_serial(pending, done)
+            elif executor == "local":
+                _run_local(pending, done, max(1, int(workers)))
+            else:
+                opts = dict(slurm or {})
+                _run_slurm(pending, done, folder=Path(out) / "slurm",
+                           cluster=opts.get("cluster", "slurm"), partition=opts.get("partition"),
+                           time_min=int(opts.get("time_min", 120)), gpus=int(opts.get("gpus", 0)),
+                           cpus=int(opts.get("cpus", 1)), workers=workers,
+                           name=f"adlib-{study.paper}")
+        except Exception as err:  # noqa: BLE001 -- rows already saved stay; say what failed
+            failures.append(f"{type(err).__name__}: {err}")
+        finally:
+            bar.close()
+    if failures:
+        msg = (f"{study.paper} study stopped: {failures[0]}. The rows that finished are in "
+               f"{store.path}; rerun the same command to continue.")
+        raise StudyError(msg)
+
+    all_rows = store.load()
+    by_key: dict[str, dict] = {}
+    stale_by_key: dict[str, dict] = {}
+    for row in all_rows:
+        if row.get("model_hash") == model_hash:
+            by_key[row["key"]] = row
+        else:
+            stale_by_key[row["key"]] = row
+    wanted = {key for *_, key in slots}
+    stale = [r for k, r in stale_by_key.items() if k in wanted and k not in by_key]
+    if include_stale:
+        for row in stale:
+            by_key.setdefault(row["key"], row)
+    labelled, missing, used = [], 0, []
+    for cell, seed, category, key in slots:
+        row = by_key.get(key)
+        if row is None:
+            missing += 1
+            continue
+        used.append(row)
+        labelled.append({**row, "ablation": cell.ablation, "config": cell.config,
+                         "overrides": dict(cell.overrides)})
+    frame = rows_frame(labelled)
+    hardware = _most_common_hardware(used)
+    revisions = sorted({r.get("revision", "?") for r in used}) or [revision]
+    claims = study.check(frame, dataset=dataset, profile=profile, hardware=hardware,
+                         revision=",".join(revisions)) if not frame.empty else []
+    if include_stale and stale:
+        for row in claims:
+            row["note"] = "; ".join(n for n in (row["note"], "includes rows of older code") if n)
+    return StudyResult(frame, _summary(frame), claims, stale, missing, len(pending) if run else 0,
+                       skipped, revision, hardware, time.perf_counter() - started)
+
+
+def _most_common_hardware(rows: Sequence[Mapping[str, Any]]) -> dict | None:
+    from adlib.results import hardware_label
+
+    if not rows:
+        return None
+    counts = Counter(hardware_label(r.get("hardware")) for r in rows)
+    label = counts.most_common(1)[0][0]
+    return next(r.get("hardware") for r in rows if hardware_label(r.get("hardware")) == label)
+
+
+def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.PathLike,
+                  protocol: Mapping[str, Any], seeds: Sequence[int], categories: Sequence[str],
+                  dataset: str, command: str, profile: str = "study") -> StudyResult:
+    """The summary (Markdown) and the run record (JSON, for the scoreboard) of one grid.
+
+    Both are named by grid and protocol, so rerunning the same command replaces them.
+    """
+    from adlib.papers import get_paper
+    from adlib.results import RunRecord
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{grid}__{hashlib.sha256(json.dumps(_jsonable(protocol), sort_keys=True).encode()).hexdigest()[:8]}"
+    lines = [f"# {paper}: grid {grid}", "", f"Command: `{command}`", "",
+             f"Protocol: `{json.dumps(_jsonable(protocol), sort_keys=True)}`", "",
+             f"Seeds {', '.join(map(str, seeds))}; categories {', '.join(categories)}; "
+             f"revision {result.revision}; {result.ran} tasks run now, {result.skipped} reused; "
+             f"{result.missing} rows missing; {len(result.stale)} stale rows (other code) "
+             "not reused.", "", "Mean ± std over seeds of the per-seed category mean:", "",
+             summary_markdown(result.summary), ""]
+    if result.claims:
+        table = claims_table(result.claims)[["claim", "check", "level", "paper", "ours",
+                                             "n_pairs", "verdict", "note"]]
+        lines += ["## Claims", "", table.to_markdown(index=False) if _has_tabulate()
+                  else table.to_string(index=False), ""]
+    summary_path = out / f"summary__{tag}.md"
+    summary_path.write_text("\n".join(lines), encoding="utf-8")
+    paper_entry = get_paper(paper)
+    study = load_study(paper)
+    default = study.default
+    metrics: dict[str, dict[str, list[float]]] = {}
+    frame = result.rows
+    if default and not frame.empty and (frame["config"] == default).any():
+        part = frame[frame["config"] == default]
+        part = part[part["ablation"] == part["ablation"].iloc[0]]
+        names = [m for m in ("image_auroc", "pixel_auroc", "aupro", "f1") if m in part]
+        for category, sub in part.groupby("category"):
+            metrics[str(category)] = {m: sub.sort_values("seed")[m].tolist() for m in names}
+        means = part.groupby("seed")[names].mean()
+        metrics["mean"] = {m: means[m].tolist() for m in names}
+    ablations = frame.drop(columns=[c for c in ("key", "overrides", "model_hash", "created")
+                                    if c in frame]).to_dict("records") if not frame.empty else []
+    record = RunRecord(paper=paper, notebook=paper_entry.notebook or "", profile=profile,
+                       dataset=dataset, data_root=None, categories=list(categories),
+                       params={"grid": grid, "protocol": _jsonable(protocol), "command": command},
+                       seeds=list(seeds), metrics=metrics, ablations=ablations,
+                       claims=result.claims, hardware=result.hardware or {},
+                       wall_time_s=result.wall_time_s,
+                       adlib_revision=result.revision,
+                       notes=f"python -m adlib study; grid {grid}; rows in {ROWS_FILE}")
+    result.record_path = record.save(out, name=f"{paper}__{profile}__{tag}")
+    result.summary_path = summary_path
+    return result
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set key=value`` value: JSON when it parses (numbers, lists, true), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
