@@ -63,13 +63,13 @@ def _study(args: argparse.Namespace) -> None:
     grid = args.grid or cfg.grid
     out = args.out or f"runs/study/{study.paper}"
     command = "python -m adlib " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = run_study(study.paper, grid, protocol=protocol, seeds=seeds, categories=categories,
+    result = run_study(args.paper, grid, protocol=protocol, seeds=seeds, categories=categories,
                        dataset=cfg.dataset, data_root=root, out=out, executor=args.executor,
                        workers=args.workers, device=args.device, profile=args.profile,
                        run=not args.summarise, include_stale=args.include_stale,
                        slurm={"cluster": args.slurm_cluster, "partition": args.partition,
                               "time_min": args.time_min, "gpus": args.gpus, "cpus": args.cpus})
-    result = write_outputs(result, paper=study.paper, grid=grid, out=out, protocol=protocol,
+    result = write_outputs(result, paper=args.paper, grid=grid, out=out, protocol=protocol,
                            seeds=seeds, categories=categories, dataset=cfg.dataset,
                            command=command, profile=args.profile)
     print(result.summary_path.read_text())
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     bp.set_defaults(func=_bench_patchsvdd_nn)
 
     st = sub.add_parser("study", help="run / resume a paper's ablation grid, then summarise it")
-    st.add_argument("paper", help="paper key (see adlib/papers.py)")
+    st.add_argument("paper", help="paper key (see adlib/papers.py), or a module declaring STUDY")
     st.add_argument("--grid", default=None, help="grid name (default: the profile's grid)")
     st.add_argument("--profile", default="study", help="profile giving the defaults (study)")
     st.add_argument("--seeds", default=None, help="comma-separated (default: the profile's)")

@@ -175,8 +175,12 @@ def _paper_text(check: ClaimCheck, paper: str, metric: str, pairs: list[tuple[st
     names = list(dict.fromkeys(n.strip() for p in pairs for t in p for n in t.split("|")))
     try:
         ref = paper_numbers(paper, table=check.table, metric=metric).set_index("setting")["value"]
-        return " > ".join(f"{n} {float(ref[n]):g}" for n in
-                          sorted(names, key=lambda n: -float(ref[n])))
+        ranked = sorted(names, key=lambda n: -float(ref[n]))
+        text = f"{ranked[0]} {float(ref[ranked[0]]):g}"
+        for prev, name in zip(ranked, ranked[1:]):
+            tie = float(ref[prev]) == float(ref[name])
+            text += f" {'=' if tie else '>'} {name} {float(ref[name]):g}"
+        return text
     except (LookupError, KeyError):
         return check.order
 
@@ -225,7 +229,8 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
         mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
         verdicts.append(_direction(lo, hi))
         n_pairs.append(len(both))
-        parts.append(f"{better} − {worse}: {_interval(mean, lo, hi)}")
+        shown = f"{better} − {worse}" if sign > 0 else f"{worse} − {better}"
+        parts.append(f"{shown}: {_interval(mean, lo, hi)}")
     if all(v == REPRODUCED for v in verdicts):
         verdict = REPRODUCED
     elif CONTRADICTED in verdicts:
@@ -245,7 +250,7 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
     if min(n_pairs) < 2:
         notes.append("fewer than two (seed, category) pairs: no interval")
     if sign < 0:
-        notes.append("lower is better: differences are worse − better")
+        notes.append("lower is better: the differences are worse − better")
     return {**out, "ours": "; ".join(parts), "verdict": verdict, "n_pairs": min(n_pairs),
             "note": "; ".join(notes)}
 

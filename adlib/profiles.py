@@ -23,6 +23,7 @@ the book's introduction ("Profiles").
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +180,27 @@ class Setup:
     device: str
     started: float
 
+    def save_record(self, results: list, study: Any = None, notes: str = "",
+                    notebook: str | None = None, **params: Any):
+        """Write this run's :class:`adlib.results.RunRecord` to ``output_dir``: the main
+        model's metrics per category, the grid's rows and the claims checked on them."""
+        from adlib.evaluation import metrics_for_record
+        from adlib.papers import PAPERS
+        from adlib.results import RunRecord, hardware_info
+
+        c = self.cfg
+        rows = [] if study is None or study.rows.empty else study.rows.drop(
+            columns=["key", "model_hash", "created", "protocol"], errors="ignore").to_dict("records")
+        entry = PAPERS.get(c.paper)
+        record = RunRecord(paper=c.paper, notebook=notebook or (entry.notebook if entry else c.paper),
+                           profile=c.profile, dataset=c.dataset, data_root=c.data_root,
+                           categories=self.categories, params={**c.as_dict(), **params},
+                           seeds=c.seeds, metrics=metrics_for_record(results), ablations=rows,
+                           claims=study.claims if study is not None else [],
+                           hardware=hardware_info(self.device),
+                           wall_time_s=time.perf_counter() - self.started, notes=notes)
+        return record.save(c.output_dir)
+
     def describe(self) -> str:
         c = self.cfg
         return (f"profile {c.profile}: {c.dataset} at {c.image_size} px, {len(self.categories)} "
@@ -195,8 +217,6 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
     changing the seed never regenerates the data. ``threads`` sets torch's CPU threads (one
     is fastest for small models on a shared machine).
     """
-    import time
-
     from adlib.data.sources import choose_categories, resolve_root
     from adlib.train import pick_device
 

@@ -533,21 +533,6 @@ def paper_value(paper: str, **filters: Any) -> float:
     return float(rows["value"].iloc[0])
 
 
-def paper_order(paper: str, table: int | str, settings: Iterable[str],
-                metric: str = "image_auroc") -> list[str]:
-    """``settings`` (ablation rows of one table) sorted best first by the paper's numbers.
-
-    The order a direction claim is checked against (:func:`verdict_for_direction`); a
-    setting the table does not list raises a ``KeyError`` naming the ones it has.
-    """
-    ref = paper_numbers(paper, table=table, metric=metric).set_index("setting")["value"]
-    missing = [s for s in settings if s not in ref.index]
-    if missing:
-        msg = f"{paper} table {table} has no {metric} for {missing}; it lists {list(ref.index)}"
-        raise KeyError(msg)
-    return sorted(settings, key=lambda name: -float(ref[name]))
-
-
 @dataclass(frozen=True)
 class Claim:
     """One numbered claim from ``data/paper_tables/claims.md``."""

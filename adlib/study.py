@@ -96,6 +96,7 @@ class Study:
         unit: ``"category"`` (one task per category: separate models) or ``"all"`` (one
             task trains on every category: unified models; it returns one row per category).
         default: the config label of the chapter's main model (the record's metrics).
+        titles: a title per ablation, for the notebook's tables and plots.
     """
 
     paper: str
@@ -106,6 +107,7 @@ class Study:
     run: Callable[[Task], list[dict]]
     unit: str = "category"
     default: str | None = None
+    titles: Mapping[str, str] = field(default_factory=dict)   # ablation -> table title
     module: str = ""
 
     def grid(self, name: str) -> list[Cell]:
@@ -316,6 +318,10 @@ class StudyResult:
     def claims_table(self, style: bool = False):
         return claims_table(self.claims, style=style)
 
+    def ablation_table(self, ablation: str) -> pd.DataFrame:
+        """One ablation's configs: each metric's mean ± std over seeds (of category means)."""
+        return format_summary(self.summary.loc[ablation]) if not self.summary.empty else pd.DataFrame()
+
 
 def _settings(protocol: Mapping[str, Any], cell: Cell) -> dict:
     unknown = sorted(set(cell.overrides) - set(protocol))
@@ -357,6 +363,49 @@ def _summary(frame: pd.DataFrame) -> pd.DataFrame:
     out[("n", "seeds")] = grouped.size()
     out[("n", "categories")] = frame.groupby(["ablation", "config"], sort=False)["category"].nunique()
     return out
+
+
+def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """A summary's metric columns as ``mean ± std`` strings (one column per metric)."""
+    out = pd.DataFrame(index=summary.index)
+    for metric in [m for m in summary.columns.get_level_values(0).unique() if m != "n"]:
+        mean, std = summary[(metric, "mean")], summary[(metric, "std")]
+        out[metric] = [("—" if not math.isfinite(m) else f"{m:.2f} ± {s:.2f}" if math.isfinite(s)
+                        else f"{m:.2f}") for m, s in zip(mean, std)]
+    out["seeds"] = summary[("n", "seeds")].astype(int)
+    out["categories"] = summary[("n", "categories")].astype(int)
+    return out
+
+
+def _results_dir(paper: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "results" / paper
+
+
+def committed_records(paper: str, folder: str | os.PathLike | None = None) -> list:
+    """The committed study records of ``paper`` (``data/results/<paper>/*.json``)."""
+    from adlib.results import load_run_records
+
+    folder = Path(folder) if folder is not None else _results_dir(paper)
+    return load_run_records(folder / "*.json", strict=False) if folder.exists() else []
+
+
+def committed_summary(paper: str, folder: str | os.PathLike | None = None) -> pd.DataFrame | str:
+    """The committed studies' summary tables, one block per study run (grid, epochs, time)."""
+    tables = {}
+    for record in committed_records(paper, folder):
+        protocol = record.params.get("protocol", {})
+        train = record.params.get("train_seconds") or 0
+        name = (f"{record.params.get('grid')} ({protocol.get('epochs')} epochs, "
+                f"{train / 60:.0f} min of training)")
+        tables[name] = format_summary(_summary(pd.DataFrame(record.ablations)))
+    if not tables:
+        return f"no committed study records for {paper} (run python -m adlib study {paper})"
+    return pd.concat(tables, names=["study run"])
+
+
+def committed_claims(paper: str, folder: str | os.PathLike | None = None) -> list[dict]:
+    """The claims rows of the committed study records (the scoreboard's source)."""
+    return [row for record in committed_records(paper, folder) for row in record.claims]
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
@@ -471,15 +520,10 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         raise StudyError(msg)
 
     all_rows = store.load()
-    by_key: dict[str, dict] = {}
-    stale_by_key: dict[str, dict] = {}
-    for row in all_rows:
-        if row.get("model_hash") == model_hash:
-            by_key[row["key"]] = row
-        else:
-            stale_by_key[row["key"]] = row
+    by_key = {row["key"]: row for row in all_rows if row.get("model_hash") == model_hash}
     wanted = {key for *_, key in slots}
-    stale = [r for k, r in stale_by_key.items() if k in wanted and k not in by_key]
+    # rows of these very settings made by other code: never reused silently, always reported
+    stale = [r for r in all_rows if r["key"] in wanted and r.get("model_hash") != model_hash]
     if include_stale:
         for row in stale:
             by_key.setdefault(row["key"], row)
@@ -521,7 +565,6 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
 
     Both are named by grid and protocol, so rerunning the same command replaces them.
     """
-    from adlib.papers import get_paper
     from adlib.results import RunRecord
 
     out = Path(out)
@@ -541,7 +584,9 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
                   else table.to_string(index=False), ""]
     summary_path = out / f"summary__{tag}.md"
     summary_path.write_text("\n".join(lines), encoding="utf-8")
-    paper_entry = get_paper(paper)
+    from adlib.papers import PAPERS
+
+    paper_entry = PAPERS.get(paper)
     study = load_study(paper)
     default = study.default
     metrics: dict[str, dict[str, list[float]]] = {}
@@ -556,15 +601,18 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
         metrics["mean"] = {m: means[m].tolist() for m in names}
     ablations = frame.drop(columns=[c for c in ("key", "overrides", "model_hash", "created")
                                     if c in frame]).to_dict("records") if not frame.empty else []
-    record = RunRecord(paper=paper, notebook=paper_entry.notebook or "", profile=profile,
+    record = RunRecord(paper=study.paper, notebook=(paper_entry and paper_entry.notebook) or paper,
+                       profile=profile,
                        dataset=dataset, data_root=None, categories=list(categories),
-                       params={"grid": grid, "protocol": _jsonable(protocol), "command": command},
+                       params={"grid": grid, "protocol": _jsonable(protocol), "command": command,
+                               "train_seconds": float(frame["train_seconds"].fillna(0).sum())
+                               if "train_seconds" in frame else None},
                        seeds=list(seeds), metrics=metrics, ablations=ablations,
                        claims=result.claims, hardware=result.hardware or {},
                        wall_time_s=result.wall_time_s,
                        adlib_revision=result.revision,
                        notes=f"python -m adlib study; grid {grid}; rows in {ROWS_FILE}")
-    result.record_path = record.save(out, name=f"{paper}__{profile}__{tag}")
+    result.record_path = record.save(out, name=f"{study.paper}__{profile}__{tag}")
     result.summary_path = summary_path
     return result
 

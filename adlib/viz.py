@@ -33,8 +33,8 @@ OURS_COLOUR = PALETTE[0]
 PAPER_COLOUR = "#8c8c8c"
 PAPER_MARKER = "#222222"  # paper numbers drawn as points: near-black diamonds
 MASK_COLOUR = "#00e5ff"  # cyan outline: visible over both the image and the jet/inferno map
-VERDICT_COLOURS = {"reproduced": PALETTE[2], "not reproduced": PALETTE[3],
-                   "not comparable here": PAPER_COLOUR}
+VERDICT_COLOURS = {"reproduced": PALETTE[2], "contradicted": PALETTE[3],
+                   "inconclusive": PALETTE[1], "not comparable here": PAPER_COLOUR}
 MAP_CMAP = "jet"  # the anomaly-map colour scale used by the papers' figures
 
 _STYLE = {
@@ -511,14 +511,14 @@ def paper_vs_ours(
     """Dot plot of the claims table: per claim, the paper's number (grey diamond) and ours
     (circle ± seed std, coloured by verdict).
 
-    Takes the rows from ``adlib.results.compare`` (or ``comparison_table(rows, numeric=True)``);
-    rows without a numeric paper value (order claims) are left out.
+    Takes the rows of :func:`adlib.claims.check_claims`; rows without a numeric paper value
+    (direction claims) are left out.
     """
     frame = pd.DataFrame(list(df)) if not isinstance(df, pd.DataFrame) else df
     needed = ("claim", "paper_value", "ours_mean")
     if any(c not in frame for c in needed):
-        msg = (f"paper_vs_ours needs columns {needed}; pass the rows from compare() or "
-               f"comparison_table(rows, numeric=True) (found {list(frame)}).")
+        msg = (f"paper_vs_ours needs columns {needed}; pass the rows of "
+               f"adlib.claims.check_claims (found {list(frame)}).")
         raise KeyError(msg)
     frame = frame[np.isfinite(pd.to_numeric(frame["paper_value"], errors="coerce"))]
     if frame.empty:
@@ -528,7 +528,7 @@ def paper_vs_ours(
               for c, d in zip(frame["claim"], frame.get("dataset", frame["claim"]))]
     fig, ax = _new_axes(ax, (FIG_WIDTH, 0.45 * len(frame) + 1.9))
     ys = np.arange(len(frame))[::-1]
-    stds = frame["ours_std"].to_numpy(dtype=float) if "ours_std" in frame else np.zeros(len(ys))
+    stds = frame["ours_std"].to_numpy(dtype=float) if "ours_std" in frame else np.full(len(ys), np.nan)
     verdicts = frame["verdict"] if "verdict" in frame else ["not comparable here"] * len(ys)
     ax.scatter(frame["paper_value"], ys, marker="D", s=55, color=PAPER_MARKER, zorder=3,
                label="paper")

@@ -3,28 +3,42 @@
 import json
 
 from adlib import book
-from adlib.results import RunRecord, compare, get_claim
+from adlib.claims import ClaimCheck, check_claims
+from adlib.results import RunRecord
+
+CHECKS = [ClaimCheck(1, absolute={"table": 1, "method": "Ours", "category": "mean"},
+                     config="MLKA+LCA", label="MVTec AD mean"),
+          ClaimCheck(7, order="perturbation=jitter > perturbation=none", label="perturbation")]
 
 
-def _record(tmp_path, profile, ours, folder):
-    claim = get_claim("rlr", 1)
-    row = compare(claim, 98.6, ours, dataset="embedded", profile=profile, seeds=[0],
-                  hardware="2x cpu", comparable=False, reason="embedded default, not MVTec AD")
+def _record(tmp_path, profile, ours, folder, seeds=(0,)):
+    rows = [{"ablation": a, "config": c, "seed": s, "category": k,
+             "image_auroc": ours + bump + s, "pixel_auroc": ours + bump}
+            for a, c, bump in (("Table 3", "MLKA+LCA", 0.0), ("p", "perturbation=jitter", 0.0),
+                               ("p", "perturbation=none", -5.0))
+            for s in seeds for k in ("brick", "grass")]
+    claims = check_claims("rlr", CHECKS, rows, dataset="embedded", profile=profile,
+                          hardware="2x cpu", revision="abc")
     rec = RunRecord(paper="rlr", notebook="05_rlr.ipynb", profile=profile, dataset="embedded",
-                    data_root=None, categories=["brick"], params={}, seeds=[0],
-                    metrics={"brick": {"image_auroc": ours}}, claims=[row])
+                    data_root=None, categories=["brick"], params={}, seeds=list(seeds),
+                    metrics={"brick": {"image_auroc": ours}}, claims=claims)
     return rec.save(tmp_path / folder)
 
 
 def test_scoreboard_prefers_study_records_and_lists_every_claim(tmp_path):
     _record(tmp_path, "cpu", 71.0, "book")
-    _record(tmp_path, "study", 83.5, "study")
+    _record(tmp_path, "study", 83.5, "study", seeds=(0, 1, 2))
     page = book.write_scoreboard(tmp_path / "scoreboard.md", [tmp_path / "study", tmp_path / "book"])
     text = page.read_text()
     rlr = text.split("## RLR")[1]
     first = [line for line in rlr.splitlines() if line.startswith("| 1 |")][0]
-    assert "83.5" in first and "study" in first and "not comparable here" in first
+    assert "84.5" in first and "study" in first and "not comparable here" in first
     assert "71" not in first
+    # one row per claim, check and level: claim 1 image + pixel, claim 7 image + pixel
+    rows = [line for line in rlr.splitlines() if line.startswith("|") and "abc" in line]
+    assert len(rows) == 4
+    seven = [line for line in rows if "perturbation" in line]
+    assert all("reproduced" in line and "| 6 |" in line for line in seven)
     # every claim of claims.md gets a row, checked or not
     assert text.count("not run yet") >= 30
     assert "Run records read: 2" in text

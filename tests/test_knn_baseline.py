@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 import adlib.nn.knn as knn
-from adlib.models.knn_baseline import KNNBaseline, gaussian_smooth
+from adlib.maps import gaussian_smooth
+from adlib.models.knn_baseline import KNNBaseline
 from adlib.nn.knn import nearest_neighbour_distance
 
 torch.set_num_threads(2)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from adlib.models.rlr import (VARIANTS, FeatureCache, LevelReconstructor, RLRConfig, RLRDetector,
+from adlib.features import FeatureCache
+from adlib.models.rlr import (VARIANTS, LevelReconstructor, RLRConfig, RLRDetector,
                               ReconstructionBlock, anomaly_map, build_rlr)
 from adlib.nn import count_parameters
 from adlib.nn.reference_attention import (LocalCrossAttention, MaskedLearnableKeyAttention,
@@ -207,7 +208,7 @@ def test_features_are_extracted_once_per_image(embedded_root):
 
 @pytest.mark.slow
 def test_short_unified_training_ranks_anomalous_images_higher(embedded_root):
-    from adlib.models.rlr import evaluate_unified
+    from adlib.evaluation import evaluate_unified
 
     torch.manual_seed(0)
     cache = FeatureCache(stages=(2, 3), image_size=128, show_progress=False)

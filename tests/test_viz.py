@@ -207,22 +207,23 @@ def test_sample_grid_one_axis_per_item(tmp_path):
     _save(fig, tmp_path, "sample_grid")
 
 
-def test_paper_vs_ours_from_compare_rows(tmp_path):
-    from adlib.results import compare, verdict_for_direction
-
-    ctx = {"dataset": "embedded", "profile": "cpu", "seeds": [0, 1], "hardware": "test"}
+def test_paper_vs_ours_from_claim_rows(tmp_path):
     rows = [
-        compare("rlr #1", 98.6, [97.0, 99.5], **ctx),
-        compare("maae #1", 97.2, [80.0, 81.0], **ctx),
-        compare("noise_to_norm #1", 94.94, [90.0, 91.0], comparable=False, **ctx),
-        verdict_for_direction("cse #3", {"a": [2.0, 2.1], "b": [1.0, 1.1]}, "a > b", **ctx),
+        {"claim": "rlr #1", "paper_value": 98.6, "ours_mean": 98.2, "verdict": "reproduced",
+         "dataset": "mvtec_ad"},
+        {"claim": "maae #1", "paper_value": 97.2, "ours_mean": 80.5, "verdict": "contradicted",
+         "dataset": "mvtec_ad"},
+        {"claim": "noise_to_norm #1", "paper_value": 94.94, "ours_mean": 90.5,
+         "verdict": "not comparable here", "dataset": "embedded"},
+        {"claim": "cse_patch_svdd #3", "paper_value": float("nan"), "ours_mean": float("nan"),
+         "verdict": "inconclusive", "dataset": "embedded"},
     ]
     fig = viz.paper_vs_ours(rows, title="Claims")
     ax = fig.axes[0]
     assert len(ax.get_yticklabels()) == 3  # the order claim has no paper number to draw
     assert ax.get_title() == "Claims"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["paper", "ours: reproduced", "ours: not reproduced",
+    assert legend == ["paper", "ours: reproduced", "ours: contradicted",
                       "ours: not comparable here"]
     _save(fig, tmp_path, "paper_vs_ours")
     with pytest.raises(KeyError, match="paper_value"):

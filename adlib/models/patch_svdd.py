@@ -87,6 +87,30 @@ class PatchEncoder32(nn.Module):
         return self.layers(x)
 
 
+def encoder_table(encoder: PatchEncoder32, patch: int = 32):
+    """The 32-px encoder as a table: one row per convolution with its kernel, stride,
+    channels, output size for a ``patch``-px input, activation, channel attention and
+    parameters (attention included), a readable stand-in for the printed module tree."""
+    import pandas as pd
+
+    from adlib.nn import count_parameters
+
+    rows, size = [], patch
+    for layer in encoder.layers:
+        if isinstance(layer, nn.Conv2d):
+            size = (size - layer.kernel_size[0]) // layer.stride[0] + 1
+            rows.append({"layer": f"conv{len(rows) + 1}", "kernel": f"{layer.kernel_size[0]}x{layer.kernel_size[1]}",
+                         "stride": layer.stride[0], "channels": f"{layer.in_channels} → {layer.out_channels}",
+                         "output": f"{size}x{size}", "activation": "", "attention": "—",
+                         "parameters": count_parameters(layer)})
+        elif isinstance(layer, (nn.LeakyReLU, nn.Tanh)):
+            rows[-1]["activation"] = "tanh" if isinstance(layer, nn.Tanh) else "LeakyReLU(0.1)"
+        elif not isinstance(layer, nn.Identity):
+            rows[-1]["attention"] = "C-SE" if getattr(layer, "long_connection", False) else "SE"
+            rows[-1]["parameters"] += count_parameters(layer)
+    return pd.DataFrame(rows).set_index("layer")
+
+
 class HierarchicalEncoder64(nn.Module):
     """The 64-px encoder: four 32-px quadrants through ``encoder32``, tiled 2x2, then
     conv 2x2 (D->128) - LeakyReLU(0.1) - conv 1x1 (128->D) - tanh: ``(B,3,64,64) -> (B,D,1,1)``."""
@@ -458,51 +482,3 @@ class PatchSVDD:
         self.scores_by_kind = {kind: m.reshape(len(m), -1).max(1) for kind, m in
                                self.maps_by_kind.items()}
         return self.scores_by_kind[self.anomaly_map], self.maps_by_kind[self.anomaly_map]
-
-
-# --------------------------------------------------------------------------------------------
-# the paper's ablation grid (shared by the notebook and the study script)
-# --------------------------------------------------------------------------------------------
-
-#: The C-SE paper's ablations: axis -> {value: settings that differ from the default model
-#: (C-SE + LBR in the last 6 convs, r=16)}. ``noise_var`` is Gaussian noise added to the
-#: training images (variance in the [0, 1] image scale; the paper's Table 7 values are not
-#: readable, these are our choice).
-ABLATIONS: dict[str, dict[Any, dict[str, Any]]] = {
-    "variant": {"Patch SVDD": {"attention": "none", "lbr": False},
-                "+SE": {"attention": "se", "lbr": False},
-                "+C-SE": {"attention": "cse", "lbr": False},
-                "+C-SE+LBR": {"attention": "cse", "lbr": True}},
-    "layers": {n: {"attention_layers": n} for n in (2, 4, 6, 8)},
-    "r": {r: {"reduction": r} for r in (4, 8, 16, 32)},
-    "lam": {lam: {"lam": lam} for lam in (0.001, 0.01, 0.1, 1.0)},
-    "noise_var": {v: {"train_noise_var": v} for v in (0.0, 0.001, 0.01, 0.05)},
-}
-#: Values per axis in the smaller grids (``full`` = every value of :data:`ABLATIONS`).
-REDUCED_GRIDS: dict[str, dict[str, tuple]] = {
-    "reduced": {"variant": ("Patch SVDD", "+SE", "+C-SE", "+C-SE+LBR"), "layers": (2, 6),
-                "r": (4, 16), "lam": (0.001, 1.0), "noise_var": (0.0, 0.01)},
-    "tiny": {"variant": ("Patch SVDD", "+C-SE+LBR"), "layers": (6,), "r": (16,),
-             "lam": (0.001,), "noise_var": (0.0,)},
-}
-
-
-def ablation_configs(grid: str = "full", lam: float = 1e-3) -> list[tuple[str, Any, dict[str, Any]]]:
-    """``(axis, value, settings)`` for every cell of the ablation grid ``grid``.
-
-    ``settings`` are :class:`PatchSVDD` keyword arguments: the default model (C-SE + LBR,
-    last 6 convs, r=16, ``lam``, no noise) with the axis' change applied. Cells with equal
-    settings (the default model appears on every axis) are meant to be trained once.
-    """
-    base = {"attention": "cse", "lbr": True, "attention_layers": 6, "reduction": 16,
-            "lam": lam, "train_noise_var": 0.0}
-    chosen = REDUCED_GRIDS.get(grid)
-    if chosen is None and grid != "full":
-        msg = f"grid must be 'full', 'reduced' or 'tiny', found {grid!r}."
-        raise ValueError(msg)
-    cells = []
-    for axis, values in ABLATIONS.items():
-        for value, change in values.items():
-            if chosen is None or value in chosen[axis]:
-                cells.append((axis, value, {**base, **change}))
-    return cells

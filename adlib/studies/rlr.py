@@ -95,8 +95,22 @@ def run(task: Task) -> list[dict]:
     return study_results(results)
 
 
+TITLES = {"Table 3": "Table 3: residual and attention variants",
+          "Table 4": "Table 4: which backbone stages are reconstructed",
+          "Table 5": "Table 5: LCA weight alpha", "perturbation": "Feature perturbation",
+          "training": "Unified (one model) vs separate (one per category)",
+          "reference": "Reference: the untrained model"}
+
 STUDY = Study(paper="rlr", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run, unit="all",
-              default=DEFAULT,
+              default=DEFAULT, titles=TITLES,
               sources=("adlib.models.rlr", "adlib.nn.reference_attention", "adlib.features",
                        "adlib.nn.backbones", "adlib.evaluation", "adlib.maps", "adlib.metrics",
                        "adlib.train", "adlib.checkpoint"))
+
+
+def make_detector(cache, settings, *, seed: int, device: str, progress: bool = True):
+    """The :class:`RLRDetector` of ``settings`` (a cell's settings), for the notebook."""
+    from adlib.models.rlr import RLRConfig, RLRDetector
+
+    config = {f.name: settings[f.name] for f in fields(RLRConfig) if f.name in settings}
+    return RLRDetector(cache, device=device, progress=progress, **{**config, "seed": seed})

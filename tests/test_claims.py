@@ -1,0 +1,126 @@
+"""Declared claim checks: paired differences, bootstrap intervals, verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adlib.claims import (CONTRADICTED, DID_NOT_LEARN, INCONCLUSIVE, NOT_COMPARABLE, NOT_RUN,
+                          REPRODUCED, ClaimCheck, bootstrap_interval, check_claims, claims_table,
+                          parse_order)
+
+CTX = {"dataset": "embedded", "profile": "study", "hardware": "2x cpu", "revision": "abc123"}
+
+
+def _rows(means: dict[str, float], noise: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """3 seeds x 6 categories per config; a shared per-pair offset plus independent noise."""
+    rng = np.random.default_rng(seed)
+    pairs = [(s, c) for s in range(3) for c in "abcdef"]
+    base = {p: rng.normal(0, 5) for p in pairs}   # category / seed difficulty, shared by configs
+    rows = []
+    for config, mean in means.items():
+        for s, c in pairs:
+            value = mean + base[(s, c)] + rng.normal(0, noise)
+            rows.append({"ablation": "T", "config": config, "seed": s, "category": c,
+                         "image_auroc": value, "pixel_auroc": value, "final_loss": -value})
+    return pd.DataFrame(rows)
+
+
+def _verdict(check, rows):
+    return check_claims("rlr", [check], rows, **CTX)
+
+
+def test_interval_above_zero_is_reproduced_below_is_contradicted():
+    rows = _rows({"A": 80.0, "B": 75.0})
+    up = _verdict(ClaimCheck(3, order="A > B"), rows)
+    assert [r["verdict"] for r in up] == [REPRODUCED, REPRODUCED]     # image and pixel
+    assert up[0]["level"] == "image" and up[1]["level"] == "pixel"
+    assert up[0]["n_pairs"] == 18 and up[0]["ours"].startswith("A − B: +4.")
+    assert up[0]["revision"] == "abc123" and up[0]["hardware"] == "2x cpu"
+    down = _verdict(ClaimCheck(3, order="B > A", metrics=("image_auroc",)), rows)
+    assert down[0]["verdict"] == CONTRADICTED
+    # "<" reads the other way round
+    assert _verdict(ClaimCheck(3, order="B < A", metrics=("image_auroc",)), rows)[0]["verdict"] == REPRODUCED
+
+
+def test_interval_spanning_zero_is_inconclusive_even_when_the_means_are_ordered():
+    rows = _rows({"A": 80.3, "B": 80.0}, noise=3.0)
+    row = _verdict(ClaimCheck(3, order="A > B", metrics=("image_auroc",)), rows)[0]
+    mean, lo, hi = bootstrap_interval((rows[rows.config == "A"].image_auroc.to_numpy()
+                                       - rows[rows.config == "B"].image_auroc.to_numpy()))
+    assert lo < 0 < hi
+    assert row["verdict"] == INCONCLUSIVE and f"[{lo:+.2f}, {hi:+.2f}]" in row["ours"]
+
+
+def test_paired_differences_remove_the_shared_category_offset():
+    # unpaired, a 1-point gap is nothing against a per-category spread of 5; paired it is clear
+    rows = _rows({"A": 81.0, "B": 80.0}, noise=0.3)
+    assert rows.groupby("config").image_auroc.std().min() > 3
+    assert _verdict(ClaimCheck(3, order="A > B", metrics=("image_auroc",)), rows)[0]["verdict"] == REPRODUCED
+
+
+def test_an_order_of_three_needs_every_adjacent_pair():
+    rows = _rows({"A": 90.0, "B": 80.0, "C": 0.0})
+    b = rows.config == "B"
+    wiggle = np.where(np.arange(b.sum()) % 2, 2.0, -2.0)        # B − C = ∓2: mean 0
+    rows.loc[rows.config == "C", "image_auroc"] = rows.loc[b, "image_auroc"].to_numpy() + wiggle
+    row = _verdict(ClaimCheck(3, order="A > B > C", metrics=("image_auroc",)), rows)[0]
+    assert row["verdict"] == INCONCLUSIVE and "pairs: reproduced, inconclusive" in row["note"]
+    rows = _rows({"A": 90.0, "B": 70.0, "C": 80.0})
+    assert _verdict(ClaimCheck(3, order="A > B > C", metrics=("image_auroc",)), rows)[0]["verdict"] == CONTRADICTED
+
+
+def test_a_model_that_does_not_beat_its_untrained_self_did_not_learn():
+    rows = _rows({"A": 80.0, "B": 70.0, "untrained": 80.5})
+    row = _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)), rows)[0]
+    assert row["verdict"] == DID_NOT_LEARN and "untrained" in row["note"]
+    rows = _rows({"A": 80.0, "B": 70.0, "untrained": 50.0})
+    assert _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)),
+                    rows)[0]["verdict"] == REPRODUCED
+
+
+def test_groups_lower_is_better_missing_configs_and_absolute_numbers():
+    rows = _rows({"A": 80.0, "B": 60.0, "C": 70.0, "D": 71.0})
+    best_of = _verdict(ClaimCheck(6, order="A | B > C | D", metrics=("image_auroc",)), rows)[0]
+    assert best_of["verdict"] == REPRODUCED            # best of A,B (A) beats best of C,D (D)
+    loss = _verdict(ClaimCheck(7, order="A > B", metrics=("final_loss",), higher_is_better=False), rows)[0]
+    assert loss["verdict"] == REPRODUCED and loss["level"] == "training loss"   # A's loss is lower
+    assert _verdict(ClaimCheck(7, order="B > A", metrics=("final_loss",), higher_is_better=False),
+                    rows)[0]["verdict"] == CONTRADICTED
+    assert _verdict(ClaimCheck(3, order="A > Z", metrics=("image_auroc",)), rows)[0]["verdict"] == NOT_RUN
+    absolute = _verdict(ClaimCheck(1, absolute={"table": 1, "method": "Ours", "category": "mean"},
+                                   config="A"), rows)
+    assert [r["verdict"] for r in absolute] == [NOT_COMPARABLE, NOT_COMPARABLE]
+    assert absolute[0]["paper"] == "98.6" and absolute[1]["paper"] == "98.5"
+    same_data = check_claims("rlr", [ClaimCheck(1, absolute={"table": 1, "method": "Ours",
+                                                             "category": "mean"}, config="A",
+                                                dataset="embedded", metrics=("image_auroc",))],
+                             rows, **CTX)[0]
+    assert same_data["verdict"] == CONTRADICTED     # 80 is far below 98.6
+
+
+def test_paper_table_order_skips_ties_and_reads_the_numbers():
+    rows = pd.DataFrame([{"ablation": "Table 5", "config": c, "seed": s, "category": k,
+                          "image_auroc": 1.0, "pixel_auroc": 1.0}
+                         for c in ("alpha=1", "alpha=2", "alpha=3") for s in range(2) for k in "ab"])
+    pixel = ClaimCheck(6, configs=("alpha=1", "alpha=2", "alpha=3"), table=5)
+    # Table 5 pixel: alpha=2 98.5 > alpha=1 98.4 = alpha=3 98.4: no claim between 1 and 3
+    assert pixel.relations("rlr", "pixel_auroc") == [("alpha=2", "alpha=1"), ("alpha=2", "alpha=3")]
+    row = check_claims("rlr", [pixel], rows, **CTX)[1]
+    assert row["paper"].startswith("alpha=2 98.5")
+    assert parse_order("a > b > c, a > d") == [("a", "b"), ("b", "c"), ("a", "d")]
+    with pytest.raises(ValueError, match="no relation"):
+        parse_order("a")
+
+
+def test_one_pair_has_no_interval_and_the_table_rejects_unknown_verdicts():
+    rows = _rows({"A": 80.0, "B": 70.0})
+    one = rows[(rows.seed == 0) & (rows.category == "a")]
+    row = _verdict(ClaimCheck(3, order="A > B", metrics=("image_auroc",)), one)[0]
+    assert row["verdict"] == INCONCLUSIVE and "one pair" in row["ours"]
+    table = claims_table([row])
+    assert list(table.columns)[:4] == ["claim", "check", "level", "paper"]
+    with pytest.raises(ValueError, match="unknown verdicts"):
+        claims_table([{**row, "verdict": "maybe"}])
+    assert "background-color" in claims_table([row], style=True).to_html()

@@ -1,0 +1,202 @@
+"""The study engine: same rows under every executor, resume after a kill, stale rows reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from adlib.study import ROWS_FILE, RowStore, StudyError, load_study, run_study
+
+TOY_MODEL = '''
+SCALE = 10.0  # edit me: the model's code changes, its rows become stale
+'''
+
+TOY_STUDY = '''
+"""A toy study: a 'model' whose score is a deterministic function of settings, seed, category."""
+import time
+import zlib
+
+from adlib.study import Cell, Study
+
+
+def protocol(cfg):
+    return {"gain": 1.0, "offset": 0.0, "sleep": 0.0}
+
+
+def run(task):
+    import toy_model
+
+    s = task.settings
+    time.sleep(s["sleep"])
+    out = []
+    for category in task.categories:
+        noise = zlib.crc32(f"{task.seed}/{category}".encode()) % 100 / 100
+        score = 50 + toy_model.SCALE * s["gain"] + s["offset"] + noise
+        out.append({"category": category, "metrics": {"image_auroc": score},
+                    "train_seconds": 0.0, "final_loss": 1 / s["gain"]})
+    return out
+
+
+GRIDS = {"tiny": [Cell("gain", "gain=1", {}), Cell("gain", "gain=2", {"gain": 2.0}),
+                  Cell("gain", "gain=3", {"gain": 3.0}), Cell("offset", "offset=0", {}),
+                  Cell("offset", "offset=1", {"offset": 1.0})]}
+STUDY = Study(paper="toy", grids=GRIDS, checks=(), sources=("toy_model",), protocol=protocol,
+              run=run, unit="category")
+'''
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """The toy study as an importable module (workers and submitit jobs import it too)."""
+    pkg = tmp_path / "toy"
+    pkg.mkdir()
+    (pkg / "toy_study.py").write_text(TOY_STUDY)
+    (pkg / "toy_model.py").write_text(TOY_MODEL)
+    monkeypatch.syspath_prepend(str(pkg))
+    for name in ("toy_study", "toy_model"):   # each test has its own copy of the files
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(pkg), os.environ.get("PYTHONPATH")])))
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name / "train" / "good").mkdir(parents=True)
+    return pkg, data
+
+
+def _run(out, data, **kwargs):
+    study = load_study("toy_study")
+    return run_study("toy_study", "tiny", protocol=study.protocol(None), seeds=[0, 1],
+                     categories=["a", "b"], dataset="mvtec_ad", data_root=data, out=out,
+                     show_progress=False, **kwargs)
+
+
+def _values(result):
+    return sorted(zip(result.rows["config"], result.rows["seed"], result.rows["category"],
+                      result.rows["image_auroc"].round(9)))
+
+
+@pytest.mark.slow
+def test_serial_local_and_submitit_give_the_same_rows(toy, tmp_path):
+    _, data = toy
+    serial = _run(tmp_path / "serial", data)
+    local = _run(tmp_path / "local", data, executor="local", workers=2)
+    slurm = _run(tmp_path / "slurm", data, executor="slurm", workers=2,
+                 slurm={"cluster": "local", "time_min": 5, "cpus": 1})
+    assert len(serial.rows) == 5 * 2 * 2 and serial.missing == 0
+    # gain=1 and offset=0 are the same settings: 4 distinct x 2 seeds x 2 categories
+    assert serial.ran == 16
+    assert _values(serial) == _values(local) == _values(slurm)
+    for out in ("serial", "local", "slurm"):
+        rows = RowStore(tmp_path / out).load()
+        assert len(rows) == 16 and len({r["key"] for r in rows}) == 16
+        assert {r["hardware"]["cpu_count"] for r in rows} == {os.cpu_count()}
+
+
+def test_identical_settings_run_once_and_a_rerun_skips_finished_rows(toy, tmp_path):
+    _, data = toy
+    first = _run(tmp_path / "s", data)
+    again = _run(tmp_path / "s", data)
+    assert (first.ran, again.ran, again.skipped) == (16, 0, 16)
+    assert _values(first) == _values(again)
+    same = first.rows[first.rows["config"].isin(["gain=1", "offset=0"])]
+    by_config = same.groupby("config")["image_auroc"].apply(sorted)
+    assert len(same) == 8 and by_config["gain=1"] == by_config["offset=0"]
+
+
+def test_a_killed_study_resumes_without_duplicates_or_gaps(toy, tmp_path):
+    pkg, data = toy
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "adlib", "study", "toy_study", "--grid", "tiny",
+           "--seeds", "0,1", "--data-root", str(data), "--set", "sleep=0.25", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    rows_file = out / ROWS_FILE
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if rows_file.exists() and len(rows_file.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(RowStore(out).load())
+    assert 3 <= before < 16, "the kill should land mid-study"
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
+    rows = RowStore(out).load()
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 16
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.endswith(".md") and Path(last).exists()  # the summary's path, last
+    assert "0 rows missing" in Path(last).read_text()
+    record = json.loads(next(out.glob("toy__study__tiny__*.json")).read_text())
+    assert len(record["ablations"]) == 20
+
+
+def test_rows_of_changed_model_code_are_reported_stale_and_rerun(toy, tmp_path):
+    pkg, data = toy
+    _run(tmp_path / "s", data)
+    (pkg / "toy_model.py").write_text(TOY_MODEL.replace("10.0", "20.0"))
+    del sys.modules["toy_model"]   # as a new process would: the edited code
+    summary_only = _run(tmp_path / "s", data, run=False)
+    assert len(summary_only.stale) == 16 and summary_only.missing == 20
+    kept = _run(tmp_path / "s", data, run=False, include_stale=True)
+    assert kept.missing == 0 and len(kept.rows) == 20
+    rerun = _run(tmp_path / "s", data)
+    assert rerun.ran == 16 and rerun.missing == 0 and len(rerun.stale) == 16
+    assert (rerun.rows["image_auroc"] > 65).all()   # the new code's rows, not the stale ones
+
+
+def test_bad_grid_and_unknown_study_are_clear_errors(toy, tmp_path):
+    _, data = toy
+    with pytest.raises(StudyError, match="no grid 'huge'.*tiny"):
+        run_study("toy_study", "huge", protocol={}, seeds=[0], categories=["a"],
+                  dataset="mvtec_ad", data_root=data, out=tmp_path)
+    with pytest.raises(StudyError, match="not a paper key"):
+        load_study("no_such_paper")
+    from adlib.study import Cell
+
+    with pytest.raises(StudyError, match="overrides \\['gian'\\]"):
+        _run(tmp_path / "x", data) if False else run_study(
+            "toy_study", [Cell("g", "typo", {"gian": 2})], protocol={"gain": 1.0, "offset": 0.0, "sleep": 0.0},
+            seeds=[0], categories=["a"], dataset="mvtec_ad", data_root=data, out=tmp_path)
+
+
+def test_torn_last_line_is_skipped_and_the_next_row_starts_fresh(tmp_path):
+    store = RowStore(tmp_path)
+    store.append([{"key": "a", "x": 1}])
+    with store.path.open("a") as handle:
+        handle.write('{"key": "b", "x"')   # a kill in the middle of a write
+    assert [r["key"] for r in store.load()] == ["a"]
+    store.append([{"key": "c", "x": 3}])
+    assert [r["key"] for r in store.load()] == ["a", "c"]
+
+
+def test_every_paper_study_declares_valid_grids_and_checks():
+    from adlib.papers import PAPERS
+    from adlib.profiles import resolve
+    from adlib.results import get_claim
+
+    for paper in PAPERS.values():
+        if paper.study is None:
+            continue
+        study = load_study(paper.key)
+        for profile in ("smoke", "cpu", "study"):
+            cfg = resolve(paper.key, profile)
+            protocol = study.protocol(cfg)
+            cells = study.grid(cfg.grid)
+            assert cells and all(set(c.overrides) <= set(protocol) for c in cells)
+        labels = {c.config for cells in study.grids.values() for c in cells}
+        for check in study.checks:
+            get_claim(paper.key, check.claim)
+            named = [t.strip() for p in (check.order.split(",") if check.order else [])
+                     for t in p.replace(">", "|").replace("<", "|").split("|")]
+            assert set(named + list(check.configs)) - {""} <= labels, check
+            if check.sanity:
+                assert check.sanity in labels
+        assert len(study.model_hash()) == 16
