@@ -10,9 +10,15 @@ Sub-packages and modules:
     adlib.models    one module per paper (plus the nearest-neighbour baseline)
     adlib.metrics   image / pixel AUROC, AUPRO, F1
     adlib.train     the one fit loop (device, seed, AMP, checkpoints, resume, early stop)
-    adlib.results   run records and the paper-vs-us comparison
+    adlib.results   run records, the papers' tables and claims
+    adlib.claims    declared claim checks, verdicts from paired bootstrap intervals
+    adlib.study     the study engine: declared grids, resumable rows, executors
+    adlib.studies   each paper's grids, claim checks and runner
+    adlib.papers    the registry of papers (one key per paper)
+    adlib.features  the frozen-backbone feature cache
+    adlib.evaluation  per-category and unified evaluation
     adlib.viz       the book's plots
-    adlib.profiles  smoke / cpu / study / paper defaults
+    adlib.profiles  smoke / cpu / study / paper defaults, and the notebooks' setup call
 """
 
 __version__ = "0.1.0"

@@ -203,9 +203,9 @@ class RunRecord:
 
     ``metrics`` is ``{category: {metric: value}}`` (plus an optional ``"mean"`` category);
     a value is a number, ``None`` (undefined, e.g. pixel AUROC without masks) or a list of
-    numbers, one per seed. ``ablations`` is a list of flat row dicts (one per config × seed).
-    ``claims`` holds the notebook's claims-check rows (from :func:`compare` or
-    :func:`verdict_for_direction`); the book's scoreboard collects them.
+    numbers, one per seed. ``ablations`` is a list of flat row dicts (the study rows: one per
+    cell × seed × category). ``claims`` holds the claims-check rows (from
+    :func:`adlib.claims.check_claims`); the book's scoreboard collects them.
     """
 
     paper: str

@@ -255,12 +255,21 @@ def _visible_gpus() -> int:
         return 0
 
 
-def _run_serial(tasks, done):
+def _collect(task, get_rows, done, failed) -> None:
+    try:
+        rows = get_rows()
+    except Exception as err:  # noqa: BLE001 -- one failed run must not lose the others
+        failed(task, err)
+        return
+    done(task, rows)
+
+
+def _run_serial(tasks, done, failed):
     for task in tasks:
-        done(task, execute(task))
+        _collect(task, lambda t=task: execute(t), done, failed)
 
 
-def _run_local(tasks, done, workers: int):
+def _run_local(tasks, done, failed, workers: int):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -275,10 +284,10 @@ def _run_local(tasks, done, workers: int):
                              initargs=(gpu_ids, 1)) as pool:
         futures = {pool.submit(execute, t): t for t in tasks}
         for future in as_completed(futures):
-            done(futures[future], future.result())
+            _collect(futures[future], future.result, done, failed)
 
 
-def _run_slurm(tasks, done, *, folder: Path, cluster: str, partition: str | None,
+def _run_slurm(tasks, done, failed, *, folder: Path, cluster: str, partition: str | None,
                time_min: int, gpus: int, cpus: int, workers: int | None, name: str):
     import submitit
 
@@ -293,7 +302,7 @@ def _run_slurm(tasks, done, *, folder: Path, cluster: str, partition: str | None
     jobs = executor.map_array(execute, list(tasks))  # one array job for the whole grid
     task_of = {job.job_id: task for job, task in zip(jobs, tasks)}
     for job in submitit.helpers.as_completed(jobs):
-        done(task_of[job.job_id], job.result())
+        _collect(task_of[job.job_id], job.result, done, failed)
 
 
 # ------------------------------------------------------------------------------ engine
@@ -498,25 +507,29 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
             store.append(provenance(meta, r, task.seed) for r in results)
             bar.update(1)
 
+        def failed(task: Task, err: Exception) -> None:
+            failures.append(f"{task.ablation}/{task.config} seed {task.seed}: "
+                            f"{type(err).__name__}: {err}")
+            bar.update(1)
+
         try:
             if executor == "serial":
-                _run_serial(pending, done)
+                _run_serial(pending, done, failed)
             elif executor == "local":
-                _run_local(pending, done, max(1, int(workers)))
+                _run_local(pending, done, failed, max(1, int(workers)))
             else:
                 opts = dict(slurm or {})
-                _run_slurm(pending, done, folder=Path(out) / "slurm",
+                _run_slurm(pending, done, failed, folder=Path(out) / "slurm",
                            cluster=opts.get("cluster", "slurm"), partition=opts.get("partition"),
                            time_min=int(opts.get("time_min", 120)), gpus=int(opts.get("gpus", 0)),
                            cpus=int(opts.get("cpus", 1)), workers=workers,
                            name=f"adlib-{study.paper}")
-        except Exception as err:  # noqa: BLE001 -- rows already saved stay; say what failed
-            failures.append(f"{type(err).__name__}: {err}")
         finally:
             bar.close()
     if failures:
-        msg = (f"{study.paper} study stopped: {failures[0]}. The rows that finished are in "
-               f"{store.path}; rerun the same command to continue.")
+        msg = (f"{study.paper}: {len(failures)} of {len(pending)} runs failed, the first: "
+               f"{failures[0]}. The rows of the runs that finished are in {store.path}; fix "
+               "the cause and rerun the same command to run only what is missing.")
         raise StudyError(msg)
 
     all_rows = store.load()
@@ -544,8 +557,11 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     if include_stale and stale:
         for row in claims:
             row["note"] = "; ".join(n for n in (row["note"], "includes rows of older code") if n)
-    return StudyResult(frame, _summary(frame), claims, stale, missing, len(pending) if run else 0,
-                       skipped, revision, hardware, time.perf_counter() - started)
+    ran = len(pending) if run else 0
+    if not ran and used:  # nothing ran now: the rows' code is the revision to name
+        revision = ",".join(revisions)
+    return StudyResult(frame, _summary(frame), claims, stale, missing, ran, skipped, revision,
+                       hardware, time.perf_counter() - started)
 
 
 def _most_common_hardware(rows: Sequence[Mapping[str, Any]]) -> dict | None:
@@ -612,7 +628,11 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
                        wall_time_s=result.wall_time_s,
                        adlib_revision=result.revision,
                        notes=f"python -m adlib study; grid {grid}; rows in {ROWS_FILE}")
-    result.record_path = record.save(out, name=f"{study.paper}__{profile}__{tag}")
+    name = f"{study.paper}__{profile}__{tag}"
+    previous = out / f"{name}.json"
+    if not result.ran and previous.exists():  # only summarised: keep the time the runs took
+        record.wall_time_s = json.loads(previous.read_text()).get("wall_time_s")
+    result.record_path = record.save(out, name=name)
     result.summary_path = summary_path
     return result
 

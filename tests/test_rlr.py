@@ -220,3 +220,11 @@ def test_short_unified_training_ranks_anomalous_images_higher(embedded_root):
     aurocs = {r.category: r.metrics["image_auroc"] for r in results}
     assert np.mean(list(aurocs.values())) > 0.6, aurocs
     assert len(det.history) == 8 and det.history["train_loss"].iloc[-1] < det.history["train_loss"].iloc[0]
+    # ... and by more than the same model untrained (epochs 0: the study's sanity reference)
+    untrained = RLRDetector(cache, stages=(2, 3), hidden=(16, 32, 64), windows=(7, 5, 3), blocks=1,
+                            heads=4, epochs=0, standardize=True, map_sigma=2, progress=False,
+                            device="cpu")
+    before = evaluate_unified(untrained, "embedded", embedded_root, ["brick", "coins"], 128,
+                              show_progress=False)
+    gain = np.mean(list(aurocs.values())) - np.mean([r.metrics["image_auroc"] for r in before])
+    assert gain > 0.05, (aurocs, [r.metrics for r in before])

@@ -200,3 +200,14 @@ def test_every_paper_study_declares_valid_grids_and_checks():
             if check.sanity:
                 assert check.sanity in labels
         assert len(study.model_hash()) == 16
+
+
+def test_a_failed_run_is_named_and_the_others_are_kept(toy, tmp_path):
+    pkg, data = toy
+    study_file = pkg / "toy_study.py"
+    study_file.write_text(study_file.read_text().replace(
+        '    time.sleep(s["sleep"])', '    time.sleep(s["sleep"])\n    if s["gain"] == 3.0:\n'
+        '        raise ValueError("gain 3 is broken")'))
+    with pytest.raises(StudyError, match="4 of 16 runs failed.*gain/gain=3 seed 0: ValueError: gain 3 is broken"):
+        _run(tmp_path / "s", data)
+    assert len(RowStore(tmp_path / "s").load()) == 12

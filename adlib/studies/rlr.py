@@ -58,6 +58,8 @@ CHECKS = (
                dataset="visa", label="VisA mean"),
     ClaimCheck(3, configs=("Residual+Self Att.", "Cross Att.", DEFAULT), table=3,
                ablation="Table 3", sanity="untrained", label="Table 3 order"),
+    ClaimCheck(3, configs=("Residual+Self Att.", DEFAULT), table=3, ablation="Table 3",
+               sanity="untrained", label="MLKA+LCA vs residual baseline"),
     ClaimCheck(4, configs=("Cross Att.", "LCA"), table=3, ablation="Table 3",
                sanity="untrained", label="without MLKA"),
     ClaimCheck(4, configs=("Cross Att.+MLKA", DEFAULT), table=3, ablation="Table 3",
