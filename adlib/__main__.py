@@ -5,6 +5,7 @@
     python -m adlib bench baseline                     kNN baseline per embedded category
     python -m adlib bench patchsvdd-nn                 Patch SVDD NN scoring vs scikit-learn
     python -m adlib study <paper> --grid study ...     run / resume a paper's ablation grid
+    python -m adlib gpucheck --out DIR                 every chapter's paper profile, timed on a GPU
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def _study(args: argparse.Namespace) -> None:
     print(result.summary_path)
 
 
+def _gpucheck(args: argparse.Namespace) -> None:
+    from adlib.gpucheck import gpucheck
+
+    gpucheck(args.out, device=args.device, tiny=args.tiny, steps=args.steps)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m adlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,6 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--slurm-cluster", default="slurm",
                     help="submitit cluster: slurm, or local to try the path on this machine")
     st.set_defaults(func=_study)
+
+    gc = sub.add_parser("gpucheck", help="time every chapter's paper profile (shortened) on this machine")
+    gc.add_argument("--out", default="runs/gpucheck", help="folder for the tree and the report")
+    gc.add_argument("--device", default="auto")
+    gc.add_argument("--tiny", action="store_true", help="64 px, 2 steps: the same path in seconds")
+    gc.add_argument("--steps", type=int, default=None, help="training steps per chapter (300)")
+    gc.set_defaults(func=_gpucheck)
 
     args = parser.parse_args(argv)
     args.func(args)

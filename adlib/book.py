@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from adlib.resources import resource_path
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -159,9 +161,9 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
     lines = [
         "# Reproduction scoreboard",
         "",
-        "Each headline claim of the five papers (from `data/paper_tables/claims.md`), the "
+        "Each headline claim of the five papers (from `adlib/resources/paper_tables/claims.md`), the "
         "paper's number or direction, ours, and a verdict. Ours come from run records: committed "
-        "`study` records (`data/results/<paper>/`) where they exist, otherwise the book's own "
+        "`study` records (`adlib/resources/results/<paper>/`) where they exist, otherwise the book's own "
         "runs made while building this page. A direction (`A > B`) is judged on the paired "
         "differences A − B over (seed, category) pairs: *ours* is their mean with a 95 % "
         "bootstrap interval; **reproduced** when the interval lies above 0, **contradicted** "
@@ -213,8 +215,10 @@ def package_versions(names=STATUS_PACKAGES) -> dict[str, str]:
     return versions
 
 
-def write_status(out_md: Path | str, timings: list[dict]) -> Path:
-    """Write the status page: notebook execution times, versions, hardware, revision."""
+def write_status(out_md: Path | str, timings: list[dict],
+                 gpu_report: Path | str | None = None) -> Path:
+    """Write the status page: notebook execution times, versions, hardware, revision, and the
+    committed GPU check (``adlib/resources/results/gpu/gpucheck.md``) or "no GPU report yet"."""
     from adlib.results import adlib_revision, hardware_info
 
     hw = hardware_info()
@@ -230,6 +234,14 @@ def write_status(out_md: Path | str, timings: list[dict]) -> Path:
     lines += ["", "## Package versions", "", "| package | version |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in package_versions().items()]
     lines += [f"| python | {platform.python_version()} |", ""]
+    report = Path(gpu_report) if gpu_report is not None else resource_path("results", "gpu", "gpucheck.md")
+    lines += ["## GPU check", "",
+              "`python -m adlib gpucheck --out adlib/resources/results/gpu` on a GPU: every "
+              "chapter's `paper` profile, shortened, timed.", ""]
+    lines += [report.read_text(), ""] if report.is_file() else [
+        "No GPU report yet: no GPU was at hand when this book was built or its results were "
+        "committed. The check's code path runs on the CPU in the test suite "
+        "(`python -m adlib gpucheck --device cpu --tiny`).", ""]
     out_md = Path(out_md)
     out_md.write_text("\n".join(lines))
     return out_md
@@ -303,7 +315,7 @@ def build(book_dir: Path | str = REPO / "book", *, profile: str = "cpu",
     timings = execute_notebooks(chapters_dir, profile=profile, notebooks_dir=notebooks_dir,
                                 records_dir=records_dir, parameters=parameters, only=only)
     write_scoreboard(book_dir / "scoreboard.md",
-                     [REPO / "data" / "results", records_dir])
+                     [resource_path("results"), records_dir])
     write_status(book_dir / "status.md", timings)
     write_toc(book_dir, [t["notebook"] for t in timings])
     vendor_mathjax(book_dir)

@@ -49,7 +49,7 @@ class ClaimCheck:
     """One testable statement of a paper's claim, as data.
 
     Args:
-        claim: the claim's number in ``data/paper_tables/claims.md``.
+        claim: the claim's number in ``adlib/resources/paper_tables/claims.md``.
         order: configs (the grid's config labels) joined by ``>`` / ``<``, best first for
             ``>``; ``A | B`` is "the better of A and B" per pair; a comma separates
             relations that must all hold (``"x > a, x > b"``: x beats each). Empty with

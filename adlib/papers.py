@@ -1,7 +1,7 @@
 """The one registry of papers: one key per paper, used everywhere.
 
-The key names the paper in ``data/paper_tables`` (CSV column ``paper``, ``## <key>`` in
-claims.md), in :mod:`adlib.profiles`, in run records, in ``data/results/<key>/`` and in
+The key names the paper in ``adlib/resources/paper_tables`` (CSV column ``paper``, ``## <key>`` in
+claims.md), in :mod:`adlib.profiles`, in run records, in ``adlib/resources/results/<key>/`` and in
 ``python -m adlib study <key>``. A paper's study (its declared grids and claim checks) lives
 in the module named by :attr:`Paper.study`.
 """

@@ -151,9 +151,11 @@ def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
         msg = f"unknown dataset {values['dataset']!r}; expected one of {', '.join(DATASETS)}"
         raise ValueError(msg)
     if values["dataset"] != "embedded" and data_root is None:
+        from adlib.resources import docs_url
+
         msg = (f"dataset {values['dataset']!r} needs data_root (the folder holding it in its "
-               "official layout, see data/README.md); pass `-p data_root /path/to/data`, or "
-               "use `-p dataset embedded` for the built-in default")
+               f"official layout, see {docs_url('data/README.md')}); pass `-p data_root "
+               "/path/to/data`, or use `-p dataset embedded` for the built-in default")
         raise ValueError(msg)
     n_seeds = int(extra.pop("n_seeds", None) or defaults["n_seeds"])
     grid = extra.pop("grid", None) or defaults["grid"]

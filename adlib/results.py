@@ -3,8 +3,9 @@
 Every notebook ends by writing a :class:`RunRecord` (JSON) to its ``output_dir``; the book's
 scoreboard collects them with :func:`load_run_records` and :func:`records_frame`.
 
-The papers' printed numbers live only in ``data/paper_tables/paper_results.csv`` and the claims
-to test in ``data/paper_tables/claims.md``. Code reads them with :func:`load_paper_tables`,
+The papers' printed numbers live only in ``adlib/resources/paper_tables/paper_results.csv``
+and the claims to test in ``adlib/resources/paper_tables/claims.md`` (shipped inside the
+package). Code reads them with :func:`load_paper_tables`,
 :func:`paper_numbers` / :func:`paper_value` and :func:`load_claims`; no paper number is typed
 into this package. The claims are checked by :mod:`adlib.claims` (declared checks, paired
 confidence intervals).
@@ -32,13 +33,14 @@ import numpy as np
 import pandas as pd
 
 from adlib.papers import PAPERS as _REGISTRY
+from adlib.resources import resource_path
 from adlib.papers import get_paper
 
-PAPER_TABLES_DIR = Path(__file__).resolve().parent.parent / "data" / "paper_tables"
-"""Where ``paper_results.csv`` and ``claims.md`` live in a checkout (``adlib/../data``)."""
+PAPER_TABLES_DIR = resource_path("paper_tables")
+"""Where ``paper_results.csv`` and ``claims.md`` live: shipped inside the package."""
 
 PAPERS = tuple(_REGISTRY)
-"""Paper keys (:mod:`adlib.papers`), also those of ``data/paper_tables`` (CSV column ``paper``;
+"""Paper keys (:mod:`adlib.papers`), also those of the paper tables (CSV column ``paper``;
 ``## <key>`` in claims.md)."""
 
 PAPER_TABLE_COLUMNS = (
@@ -446,8 +448,9 @@ def _tables_file(path: str | os.PathLike | None, name: str) -> Path:
     if path.is_dir():
         path = path / name
     if not path.is_file():
-        msg = (f"paper tables file not found: {path}. It ships in the repository as "
-               f"data/paper_tables/{name}; run from a checkout of the book or pass path=.")
+        msg = (f"paper tables file not found: {path}. It ships inside the package as "
+               f"adlib/resources/paper_tables/{name}; reinstall adlib (pip install adlib @ "
+               "git+<the book's repository>) or pass path=.")
         raise FileNotFoundError(msg)
     return path
 
@@ -458,17 +461,17 @@ def _read_paper_tables(path: Path, mtime: float) -> pd.DataFrame:
     missing = [c for c in PAPER_TABLE_COLUMNS if c not in frame.columns]
     if missing:
         msg = (f"{path} lacks columns {missing}; expected {list(PAPER_TABLE_COLUMNS)} "
-               "(see data/paper_tables/README.md).")
+               "(see adlib/resources/paper_tables/README.md).")
         raise ValueError(msg)
     return frame
 
 
 def load_paper_tables(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The papers' printed numbers: ``data/paper_tables/paper_results.csv`` as a DataFrame.
+    """The papers' printed numbers: ``adlib/resources/paper_tables/paper_results.csv`` as a DataFrame.
 
     One row per printed number; columns paper, table, caption_short, dataset, category,
     method, setting, metric, value, std, note (AUROC in %, F1 in 0..1; see the README there).
-    ``path`` may be the CSV or its folder; default: ``adlib/../data/paper_tables``.
+    ``path`` may be the CSV or its folder; default: ``adlib/../adlib/resources/paper_tables``.
     """
     csv = _tables_file(path, "paper_results.csv").resolve()
     return _read_paper_tables(csv, csv.stat().st_mtime).copy()
@@ -500,8 +503,8 @@ def paper_numbers(
     frame = load_paper_tables(path)
     rows = frame[frame["paper"] == key]
     if rows.empty:
-        msg = (f"data/paper_tables has no numbers for {key!r}: its tables are missing in the "
-               "paper text (see data/paper_tables/README.md); use the text claims from "
+        msg = (f"adlib/resources/paper_tables has no numbers for {key!r}: its tables are missing in the "
+               "paper text (see adlib/resources/paper_tables/README.md); use the text claims from "
                "load_claims() instead.")
         raise LookupError(msg)
     if table is not None:
@@ -535,7 +538,7 @@ def paper_value(paper: str, **filters: Any) -> float:
 
 @dataclass(frozen=True)
 class Claim:
-    """One numbered claim from ``data/paper_tables/claims.md``."""
+    """One numbered claim from ``adlib/resources/paper_tables/claims.md``."""
 
     paper: str
     number: int

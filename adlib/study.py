@@ -7,7 +7,7 @@ evaluates one task. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adl
 (``study`` grid) both go through :func:`run_study`::
 
     python -m adlib study rlr --grid study --seeds 0,1,2 --executor local --workers 2 \\
-        --out data/results/rlr
+        --out adlib/resources/results/rlr
 
 Rows. Every finished run appends one row per (cell, seed, category) to ``rows.jsonl`` in
 ``out`` (:data:`ROW_FIELDS`): paper, ablation, config, overrides, seed, category (or fold),
@@ -97,6 +97,7 @@ class Study:
             task trains on every category: unified models; it returns one row per category).
         default: the config label of the chapter's main model (the record's metrics).
         titles: a title per ablation, for the notebook's tables and plots.
+        helpers: the study module's functions ``run`` calls (hashed with it).
     """
 
     paper: str
@@ -108,6 +109,7 @@ class Study:
     unit: str = "category"
     default: str | None = None
     titles: Mapping[str, str] = field(default_factory=dict)   # ablation -> table title
+    helpers: Sequence[Callable] = ()   # functions of the study module that ``run`` calls
     module: str = ""
 
     def grid(self, name: str) -> list[Cell]:
@@ -118,12 +120,12 @@ class Study:
 
     def model_hash(self) -> str:
         """SHA-256 (16 hex digits) of what the results depend on: the ``sources`` modules'
-        files and the code of ``run`` and ``protocol`` (not the grids or the claim checks,
-        so declaring another cell or check never makes finished rows stale)."""
+        files and the code of ``run``, ``protocol`` and ``helpers`` (not the grids or the
+        claim checks, so declaring another cell or check never makes finished rows stale)."""
         import inspect
 
         digest = hashlib.sha256()
-        for fn in (self.run, self.protocol):
+        for fn in (self.run, self.protocol, *self.helpers):
             digest.update(inspect.getsource(fn).encode())
         for name in sorted(set(self.sources)):
             spec = importlib.util.find_spec(name)
@@ -387,11 +389,14 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _results_dir(paper: str) -> Path:
-    return Path(__file__).resolve().parent.parent / "data" / "results" / paper
+    from adlib.resources import resource_path
+
+    return resource_path("results", paper)
 
 
 def committed_records(paper: str, folder: str | os.PathLike | None = None) -> list:
-    """The committed study records of ``paper`` (``data/results/<paper>/*.json``)."""
+    """The committed study records of ``paper`` (``adlib/resources/results/<paper>/*.json``,
+    shipped inside the package)."""
     from adlib.results import load_run_records
 
     folder = Path(folder) if folder is not None else _results_dir(paper)
@@ -448,7 +453,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         grid: a grid name of the paper's study, or a list of cells.
         protocol: the chapter's defaults (``study.protocol(cfg)``, possibly changed).
         out: the study folder (``rows.jsonl`` lives here; the notebook uses a folder under
-            its ``output_dir``, the committed studies ``data/results/<paper>``).
+            its ``output_dir``, the committed studies ``adlib/resources/results/<paper>``).
         run: False only summarises the rows already there (``--summarise``).
         include_stale: summarise rows of other code too (said so in the claims' notes).
         known: finished results to store before running (the notebook's main model), as
@@ -630,8 +635,9 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
                        notes=f"python -m adlib study; grid {grid}; rows in {ROWS_FILE}")
     name = f"{study.paper}__{profile}__{tag}"
     previous = out / f"{name}.json"
-    if not result.ran and previous.exists():  # only summarised: keep the time the runs took
-        record.wall_time_s = json.loads(previous.read_text()).get("wall_time_s")
+    if not result.ran:  # only summarised: the time the runs took (unknown without a record)
+        record.wall_time_s = (json.loads(previous.read_text()).get("wall_time_s")
+                              if previous.exists() else None)
     result.record_path = record.save(out, name=name)
     result.summary_path = summary_path
     return result

@@ -17,6 +17,7 @@ import nbformat
 import pytest
 
 from adlib import book
+from adlib.resources import resource_path
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = book.notebook_paths(REPO / "notebooks")
@@ -65,7 +66,7 @@ def smoke_book(tmp_path_factory):
             errors[path.stem] = exc
     built = None
     if not errors:
-        book.write_scoreboard(root / "scoreboard.md", [REPO / "data" / "results", records])
+        book.write_scoreboard(root / "scoreboard.md", [resource_path("results"), records])
         book.write_status(root / "status.md", timings)
         book.write_toc(root, [t["notebook"] for t in timings])
         book.vendor_mathjax(root)

@@ -55,6 +55,11 @@ def test_status_page_lists_times_versions_and_revision(tmp_path):
     text = book.write_status(tmp_path / "status.md", timings).read_text()
     assert "| 00_data_and_metrics.ipynb | cpu | 61.2 |" in text
     assert "| torch |" in text and "revision" in text
+    assert "No GPU report yet" in book.write_status(tmp_path / "s.md", timings,
+                                                    gpu_report=tmp_path / "none.md").read_text()
+    (tmp_path / "gpucheck.md").write_text("| chapter | train items/s |\n|---|---|\n| 05 RLR | 812.5 |\n")
+    with_gpu = book.write_status(tmp_path / "s.md", timings, gpu_report=tmp_path / "gpucheck.md")
+    assert "| 05 RLR | 812.5 |" in with_gpu.read_text() and "No GPU report" not in with_gpu.read_text()
 
 
 def test_toc_lists_chapters_in_order(tmp_path):

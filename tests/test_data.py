@@ -1,7 +1,7 @@
 """Behaviour of adlib.data: file reading, the three folder datasets, k-fold, downloads.
 
 Everything runs on small trees built in tmp_path (see conftest.py); the network is never
-used (``urlopen`` in adlib.data.download is replaced for every test).
+used (pooch's downloader in adlib.data.download is replaced for every test).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path
-from urllib.error import URLError
+
 
 import numpy as np
 import pytest
+import requests
 import torch
 from conftest import MVTEC_FIXTURE, MVTecCategory, build_mvtec_tree, build_visa_tree, write_png
 from PIL import Image
@@ -46,13 +47,25 @@ REAL_VISA_CSV = Path("/work/shared/layouts/visa/1cls.csv")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def serving(data: bytes | None = None, calls: list | None = None, error: Exception | None = None):
+    """A pooch downloader that serves ``data`` (or raises ``error``), never the network."""
+    def download_to(url, output_file, pooch_obj):
+        if calls is not None:
+            calls.append(url)
+        if error is not None:
+            raise error
+        with open(output_file, "wb") as out:
+            out.write(data)
+
+    return lambda: download_to
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Any attempt to open a URL fails the way an offline machine does."""
-    def offline(*args, **kwargs):
-        raise URLError("network disabled in tests")
-
-    monkeypatch.setattr(download, "urlopen", offline)
+    """Any attempt to download fails the way an offline machine does (at once: no retries)."""
+    monkeypatch.setattr(download, "RETRIES", 0)
+    monkeypatch.setattr(download, "_downloader",
+                        serving(error=requests.ConnectionError("network disabled in tests")))
 
 
 def assert_data_error(excinfo, *fragments):
@@ -626,14 +639,6 @@ def trust_archive(monkeypatch, archive: Path) -> None:
     monkeypatch.setitem(DATASETS, "mvtec_ad", dataclasses.replace(DATASETS["mvtec_ad"], sha256=sha256))
 
 
-class FakeResponse(io.BytesIO):
-    """What urlopen returns, served from bytes in memory."""
-
-    def __init__(self, data: bytes):
-        super().__init__(data)
-        self.headers = {"Content-Length": str(len(data))}
-
-
 def test_datasets_table():
     assert {"mvtec_ad", "visa", "mpdd", "btad"} <= set(DATASETS)
     for source in DATASETS.values():
@@ -701,10 +706,7 @@ def test_download_network_failure_gives_manual_steps(tmp_path):
 
 
 def test_download_manual_only_dataset_never_opens_a_url(tmp_path, monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("MPDD must not be fetched")
-
-    monkeypatch.setattr(download, "urlopen", forbidden)
+    monkeypatch.setattr(download, "_downloader", serving(error=AssertionError("MPDD must not be fetched")))
     with pytest.raises(DataError) as excinfo:
         download_dataset("MPDD", tmp_path / "mpdd")
     assert_data_error(excinfo, DATASETS["mpdd"].url, "bracket_black", f"-p data_root {tmp_path / 'mpdd'}")
@@ -719,12 +721,7 @@ def test_download_verifies_extracts_and_does_not_repeat(tmp_path, monkeypatch):
     archive = make_tar(tmp_path)
     trust_archive(monkeypatch, archive)
     calls = []
-
-    def serve(request, timeout):
-        calls.append(request.full_url)
-        return FakeResponse(archive.read_bytes())
-
-    monkeypatch.setattr(download, "urlopen", serve)
+    monkeypatch.setattr(download, "_downloader", serving(archive.read_bytes(), calls))
     root = download_dataset("mvtec", tmp_path / "data")
     assert root == tmp_path / "data" and calls == [DATASETS["mvtec_ad"].url]
     assert list_categories(root) == ["bottle"] and len(MVTecDataset(root, "bottle", "test")) == 4
@@ -742,12 +739,13 @@ def test_download_uses_an_archive_already_in_place(tmp_path, monkeypatch):
 
 
 def test_download_checksum_mismatch_gives_manual_steps(tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "urlopen", lambda request, timeout: FakeResponse(b"<html>link moved</html>"))
+    monkeypatch.setattr(download, "_downloader", serving(b"<html>link moved</html>"))
     root = tmp_path / "visa"
     with pytest.raises(DataError) as excinfo:
         download_dataset("visa", root)
     assert_data_error(excinfo, "Checksum mismatch", root / "VisA_20220922.tar", DATASETS["visa"].sha256,
                       "tar -xf", f"-p data_root {root}")
+    assert not (root / "VisA_20220922.tar").exists()   # pooch removed the wrong file
 
 
 # ----------------------------------------------------------------------------- docs

@@ -1,8 +1,10 @@
 """Official download locations and SHA-256 sums, and a downloader that falls back to manual steps.
 
 Only a notebook or a person calls :func:`download_dataset`; tests and the book never need the
-network (they use the embedded default or fixture trees). When a download fails for any reason
-the :class:`DataError` spells out the manual steps: URL, where to put the archive, how to
+network (they use the embedded default or fixture trees). The transfer itself is pooch's (known
+SHA-256, retries, progress bar, an archive already in place is not fetched again); what is ours
+is the table of sources, the safe extraction and, when a download fails for any reason, a
+:class:`DataError` that spells out the manual steps: URL, where to put the archive, how to
 extract it, the layout to expect, and the ``-p data_root`` to pass.
 
 Sources of the URLs and checksums (checked 2026): MVTec AD and VisA from anomalib's data
@@ -13,24 +15,21 @@ script; MPDD is a OneDrive folder with no single archive, so it has no checksum.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
 import tarfile
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
 from urllib.parse import urlparse
-from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
 from adlib.data.errors import DataError, see
+from adlib.resources import docs_url
 
-CHUNK = 1 << 20
 TIMEOUT_S = 60
+RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,8 @@ def manual_steps(source: DatasetSource, root: str | os.PathLike, url: str | None
         f"  4. Expect {source.layout.replace('<root>', str(data_root))}.",
         f"  5. Run the notebooks with `-p data_root {data_root}` (papermill) or "
         f"`export ADLIB_DATA={data_root}`.",
-        f"Details: data/README.md#{source.section} and data/README.md#downloads.",
+        f"Details: {docs_url('data/README.md', source.section)} and "
+        f"{docs_url('data/README.md', 'downloads')}.",
     ]
     return "\n".join(lines)
 
@@ -181,19 +181,14 @@ def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
 
     ``expected=None`` skips the comparison with a warning (no official checksum known).
     """
+    import pooch
+
     path = Path(path)
     if not path.is_file():
         msg = (f"Cannot verify {path}: the file does not exist; expected the downloaded archive "
                f"there ({see('downloads')}).")
         raise DataError(msg)
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as file, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
-                                        desc=f"sha256 {path.name}", disable=size < 1 << 26) as bar:
-        while block := file.read(CHUNK):
-            digest.update(block)
-            bar.update(len(block))
-    found = digest.hexdigest()
+    found = pooch.file_hash(str(path), alg="sha256")
     if expected is None:
         warnings.warn(f"No official SHA-256 is known for {path}; its checksum ({found}) was not verified.",
                       stacklevel=2)
@@ -212,7 +207,11 @@ def _inside(dest: Path, name: str) -> bool:
 
 
 def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Unpack a .tar / .tar.xz / .tar.gz / .zip archive into ``dest``; members may not escape it."""
+    """Unpack a .tar / .tar.xz / .tar.gz / .zip archive into ``dest``; members may not escape it.
+
+    Ours rather than pooch's Untar / Unzip processors: those extract without tarfile's "data"
+    filter before Python 3.12, so a member named ``../x`` would land outside ``dest``.
+    """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
@@ -252,70 +251,53 @@ def _unsafe_message(archive: Path, name: str) -> str:
             f"plain files and folders only. Refusing to extract it ({see('downloads')}).")
 
 
-def _fetch(url: str, target: Path) -> None:
-    """Stream ``url`` to ``target`` with a progress bar (via ``target.part``)."""
-    partial = target.with_name(target.name + ".part")
-    request = Request(url, headers={"User-Agent": "adlib (anomaly-detection book)"})
-    try:
-        with urlopen(request, timeout=TIMEOUT_S) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with open(partial, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                                  unit_divisor=1024, desc=target.name) as bar:
-                while block := response.read(CHUNK):
-                    out.write(block)
-                    bar.update(len(block))
-        partial.replace(target)
-    finally:
-        if partial.exists():
-            partial.unlink()
+def _downloader():
+    """pooch's HTTP(S) downloader with our timeout and a progress bar (tests replace it)."""
+    import pooch
+
+    return pooch.HTTPDownloader(progressbar=True, timeout=TIMEOUT_S,
+                                headers={"User-Agent": "adlib (anomaly-detection book)"})
 
 
 def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = None,
                      keep_archive: bool = True) -> Path:
     """Download, verify (SHA-256) and extract a data set into ``root``; return its data root.
 
-    An archive already at ``root/<archive>`` with the right checksum is not downloaded again;
-    an extraction already done (marker file) is not repeated. ``url`` overrides the official
-    link (e.g. a mirror); the official checksum is still enforced. Any failure raises
-    :class:`DataError` with the manual steps.
+    An archive already at ``root/<archive>`` with the right checksum is not downloaded again
+    (pooch checks it); an extraction already done (marker file) is not repeated. ``url``
+    overrides the official link (e.g. a mirror); the official checksum is still enforced. Any
+    failure raises :class:`DataError` with the manual steps.
     """
+    import pooch
+    import requests
+
     source = dataset_source(name)
     root = Path(root).expanduser()
     data_root = root / source.extracts_to if source.extracts_to else root
     if not source.direct and url is None:
         raise DataError(manual_steps(source, root, reason=f"{source.url} is a shared folder, not one archive"))
-    archive = root / (source.archive or Path(urlparse(url).path).name)
-    marker = root / f".adlib-extracted-{archive.name}"
+    archive_name = source.archive or Path(urlparse(url).path).name
+    marker = root / f".adlib-extracted-{archive_name}"
     if marker.is_file() and data_root.is_dir():
         return data_root
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(manual_steps(source, root, url, reason=f"cannot create {root}: {err}")) from err
-
-    if archive.is_file() and _already_verified(archive, source.sha256):
-        digest = source.sha256 or ""
-    else:
-        try:
-            _fetch(url or source.url, archive)
-        except (URLError, http.client.HTTPException, OSError, ValueError) as err:
-            raise DataError(manual_steps(source, root, url, reason=f"{type(err).__name__}: {err}")) from err
-        try:
-            digest = verify_sha256(archive, source.sha256)
-        except DataError as err:
-            msg = f"{err}\nThe file is kept at {archive}.\n\n{manual_steps(source, root, url)}"
-            raise DataError(msg) from err
+    fetcher = pooch.create(path=root, base_url="", retry_if_failed=RETRIES,
+                           registry={archive_name: f"sha256:{source.sha256}" if source.sha256 else None},
+                           urls={archive_name: url or source.url})
+    try:
+        archive = Path(fetcher.fetch(archive_name, downloader=_downloader()))
+    except ValueError as err:  # pooch: the file's hash is not the known one (file removed)
+        msg = (f"Checksum mismatch for {root / archive_name}: {err} The download was not the "
+               f"archive (a moved link often serves an HTML page) and was deleted.\n\n"
+               f"{manual_steps(source, root, url)}")
+        raise DataError(msg) from err
+    except (requests.RequestException, OSError) as err:
+        raise DataError(manual_steps(source, root, url, reason=f"{type(err).__name__}: {err}")) from err
     extract_archive(archive, root)
-    marker.write_text(f"{archive.name} sha256 {digest}\n")
+    marker.write_text(f"{archive.name} sha256 {source.sha256 or 'not verified'}\n")
     if not keep_archive:
         archive.unlink()
     return data_root
-
-
-def _already_verified(archive: Path, expected: str | None) -> bool:
-    """True when an archive already on disk matches the checksum (or none is known)."""
-    try:
-        verify_sha256(archive, expected)
-    except DataError:
-        return False
-    return True

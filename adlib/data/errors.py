@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from adlib.resources import docs_url
+
 DOCS = "data/README.md"
 
 
@@ -14,5 +16,6 @@ class DataError(ValueError):
 
 
 def see(section: str) -> str:
-    """The hint that ends an error message: ``see data/README.md#<section>``."""
-    return f"see {DOCS}#{section}"
+    """The hint that ends an error message: a link to ``data/README.md#<section>`` on the
+    book's repository (it works after a pip install, where no README is on disk)."""
+    return f"see {docs_url(DOCS, section)}"

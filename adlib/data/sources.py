@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adlib.data.errors import DataError
+from adlib.data.errors import DataError, see
 
 #: Data sets in the MVTec layout; VisA has its own csv split.
 MVTEC_LAYOUT = ("embedded", "mvtec_ad", "mpdd", "btad")
@@ -48,7 +48,7 @@ def choose_categories(dataset: str, root: Path, wanted: list[str] | None,
     present = list_dataset_categories(dataset, root)
     if not present:
         msg = (f"no categories found under {root} for dataset {dataset!r}; expected the "
-               "official layout (data/README.md)")
+               f"official layout ({see('mvtec-ad-layout')})")
         raise DataError(msg)
     if wanted is None:
         return present[:limit] if limit else present

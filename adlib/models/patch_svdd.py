@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -399,6 +400,8 @@ class PatchSVDD:
         train_noise_var: variance of Gaussian noise added to the training images (robustness
             ablation, in the [0, 1] image scale; 0 = none).
         device, seed, progress: as in :func:`adlib.train.fit`.
+        checkpoint_root: where to keep ``last.pt`` per category and settings, so that a run
+            killed mid-training resumes (e.g. under the notebook's ``output_dir``).
 
     After ``fit``: ``net``, ``history`` (loss per epoch), ``mean_image``, ``train_embeddings``.
     After ``predict``: ``maps_by_kind`` holds all four maps ``(N, S, S)`` and
@@ -411,7 +414,7 @@ class PatchSVDD:
                  samples_per_image: int = 100, strides: dict[int, int] | None = None,
                  anomaly_map: str = "mult", train_noise_var: float = 0.0, dim: int = 64,
                  device: str = "auto", seed: int = 0, progress: bool | str = True,
-                 desc: str | None = None) -> None:
+                 desc: str | None = None, checkpoint_root: str | os.PathLike | None = None) -> None:
         if anomaly_map not in MAP_KINDS:
             msg = f"anomaly_map must be one of {MAP_KINDS}, found {anomaly_map!r}."
             raise ValueError(msg)
@@ -422,6 +425,7 @@ class PatchSVDD:
         self.strides = {64: 16, 32: 4, **(strides or {})}
         self.anomaly_map, self.train_noise_var, self.dim = anomaly_map, train_noise_var, dim
         self.device, self.seed, self.progress = device, seed, progress
+        self.checkpoint_root = checkpoint_root
         self.desc = desc or f"Patch SVDD ({attention}{'+LBR' if lbr else ''})"
         with torch.random.fork_rng():  # the initial weights depend on the seed only
             torch.manual_seed(seed)
@@ -447,13 +451,17 @@ class PatchSVDD:
             # On a GPU: fp16 autocast (the SVDD' norm runs in fp32 under autocast) and worker
             # processes cropping the patch pairs, so that sampling keeps up with the small
             # encoder; on CPU both are off (autocast is slow there, workers compete for cores).
+            ckpt = self._checkpoint_dir(train_dataset, images.shape[-1])
             result = fit(self.net, lambda m, b: patch_svdd_loss(m, b, self.lam), pairs,
+                         checkpoint_dir=ckpt,
                          epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                          device=self.device_, seed=self.seed, amp=on_gpu,
                          num_workers=min(4, os.cpu_count() or 1) if on_gpu else 0,
                          drop_last=len(pairs) > self.batch_size, desc=self.desc,
                          progress=self.progress)
             self.history = result.history
+            if result.resumed_from is not None:
+                print(f"{self.desc}: resumed from epoch {result.resumed_from} ({ckpt})", flush=True)
         else:  # epochs=0: the randomly initialised encoder (a reference point)
             import pandas as pd
 
@@ -462,6 +470,21 @@ class PatchSVDD:
         self.train_embeddings = {k: dense_embeddings(self.net, images, k, self.strides[k])
                                  for k in self.patch_sizes}
         return self
+
+    def _checkpoint_dir(self, train_dataset: Any, image_size: int) -> Path | None:
+        """``checkpoint_root/<category>__<hash of every training setting>``: a rerun with the
+        same settings resumes from its ``last.pt``, one with other settings starts afresh."""
+        if self.checkpoint_root is None:
+            return None
+        import hashlib
+        import json
+
+        settings = [self.attention, self.reduction, self.attention_layers, self.lbr, self.lam,
+                    self.patch_sizes, self.epochs, self.batch_size, self.lr,
+                    self.samples_per_image, self.train_noise_var, self.dim, self.seed, image_size]
+        digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
+        category = getattr(train_dataset, "category", None) or "data"
+        return Path(self.checkpoint_root) / f"{category}__{digest}"
 
     def predict(self, test_dataset: Any) -> tuple[np.ndarray, np.ndarray]:
         """Image scores ``(N,)`` and anomaly maps ``(N, S, S)`` (``anomaly_map`` kind)."""

@@ -82,16 +82,12 @@ TITLES = {"variant": "Modules: none / SE / C-SE / C-SE + LBR",
           "λ": "Loss weight λ", "noise": "Gaussian noise variance on the training images",
           "reference": "Reference: randomly initialised encoders"}
 
-STUDY = Study(paper="cse_patch_svdd", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
-              unit="category", default=DEFAULT, titles=TITLES,
-              sources=("adlib.models.patch_svdd", "adlib.nn.squeeze_excite", "adlib.nn.knn",
-                       "adlib.evaluation", "adlib.maps", "adlib.metrics", "adlib.train",
-                       "adlib.checkpoint"))
 
-
-def make_model(settings, *, seed: int, device: str, progress: bool = True, **changes):
+def make_model(settings, *, seed: int, device: str, progress: bool = True,
+               checkpoint_root: str | None = None, **changes):
     """The :class:`PatchSVDD` of ``settings`` (a cell's settings) with ``changes``, for the
-    notebook (e.g. ``attention="cse", lbr=False`` for the C-SE model without LBR)."""
+    notebook (e.g. ``attention="cse", lbr=False`` for the C-SE model without LBR); with
+    ``checkpoint_root`` a killed training resumes from its last epoch."""
     from adlib.models.patch_svdd import PatchSVDD
 
     s = {**settings, **changes}
@@ -100,4 +96,11 @@ def make_model(settings, *, seed: int, device: str, progress: bool = True, **cha
     return PatchSVDD(**{k: s[k] for k in keys},
                      patch_sizes=tuple(int(k) for k in str(s["patch_sizes"]).split(",")),
                      strides={32: s["stride32"], 64: s["stride64"]}, seed=seed, device=device,
-                     progress=progress)
+                     progress=progress, checkpoint_root=checkpoint_root)
+
+
+STUDY = Study(paper="cse_patch_svdd", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
+              unit="category", default=DEFAULT, titles=TITLES, helpers=(make_model,),
+              sources=("adlib.models.patch_svdd", "adlib.nn.squeeze_excite", "adlib.nn.knn",
+                       "adlib.evaluation", "adlib.maps", "adlib.metrics", "adlib.train",
+                       "adlib.checkpoint"))

@@ -110,9 +110,92 @@ STUDY = Study(paper="rlr", grids=GRIDS, checks=CHECKS, protocol=protocol, run=ru
                        "adlib.train", "adlib.checkpoint"))
 
 
-def make_detector(cache, settings, *, seed: int, device: str, progress: bool = True):
-    """The :class:`RLRDetector` of ``settings`` (a cell's settings), for the notebook."""
+def make_detector(cache, settings, *, seed: int, device: str, progress: bool = True,
+                  checkpoint_root: str | None = None):
+    """The :class:`RLRDetector` of ``settings`` (a cell's settings), for the notebook; with
+    ``checkpoint_root`` its training keeps ``last.pt`` in a folder named by the settings, so a
+    killed run resumes from its last epoch."""
     from adlib.models.rlr import RLRConfig, RLRDetector
+    from adlib.study import run_key
 
     config = {f.name: settings[f.name] for f in fields(RLRConfig) if f.name in settings}
-    return RLRDetector(cache, device=device, progress=progress, **{**config, "seed": seed})
+    folder = None if checkpoint_root is None else f"{checkpoint_root}/{run_key('rlr', settings, seed, 'unified')}"
+    return RLRDetector(cache, device=device, progress=progress, checkpoint_dir=folder,
+                       **{**config, "seed": seed})
+
+
+# ------------------------------------------------------------------ the chapter's figures
+
+def mask_figure(shapes: dict, settings: dict):
+    """MLKA's and LCA's masks for one query token of the first reconstructed level."""
+    import matplotlib.pyplot as plt
+
+    from adlib.nn.reference_attention import neighbourhood_mask, window_mask
+
+    stage = settings["stages"][0]
+    _, h, w = shapes[stage]
+    k = settings["windows"][stage - 1]
+    token = (h // 2 - 1) * w + (w // 2)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
+    for ax, mask, name in zip(axes, (neighbourhood_mask(h, w, k), window_mask(h, w, k)),
+                              (f"MLKA: neighbourhood {k}x{k} hidden", f"LCA: only the {k}x{k} window")):
+        ax.imshow(mask[token].view(h, w).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.scatter([token % w], [token // w], marker="x", color="red")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"stage {stage}: {h}x{w} tokens, the red cross is the query token")
+    return fig
+
+
+def variant_parameters(shapes: dict, settings: dict):
+    """Parameters of every Table-3 variant on this run's grids, and of the paper-size model
+    (EfficientNet-b6 at 256 px, stages 1-3, hidden 128/256/512, 4 blocks; built without weights)."""
+    import pandas as pd
+    import timm
+
+    from adlib.models.rlr import VARIANTS, RLRConfig, build_rlr
+    from adlib.nn import count_parameters
+
+    config = RLRConfig(**{k: settings[k] for k in MODEL_KEYS})
+    rows = [{"variant": v, "residual": VARIANTS[v][0], "branches": " + ".join(VARIANTS[v][1]),
+             "params, this run": count_parameters(build_rlr(shapes, config, variant=v))}
+            for v in VARIANTS]
+    b6 = timm.create_model("tf_efficientnet_b6", features_only=True, pretrained=False, out_indices=(1, 2, 3))
+    b6_shapes = {s: (c, 256 // r, 256 // r) for s, c, r in
+                 zip((1, 2, 3), b6.feature_info.channels(), b6.feature_info.reduction())}
+    paper = build_rlr(b6_shapes)  # RLRConfig's defaults are the paper's
+    reference = sum(level.reference.numel() for level in paper.levels)
+    return pd.DataFrame(rows).set_index("variant"), count_parameters(paper), reference
+
+
+def reconstruction_figure(detector, train, result, index: int):
+    """An anomalous image, its first-level features and their reconstruction as colours (a PCA
+    fitted on the category's *training* features), and its anomaly map."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    train_feats, _ = detector.reconstruct(train)
+    level_in, level_out = (x[0][index:index + 1] for x in detector.reconstruct(result.test))
+    c = level_in.shape[1]
+    flat = train_feats[0].permute(0, 2, 3, 1).reshape(-1, c)
+    mean = flat.mean(0)
+    _, _, v = torch.pca_lowrank(flat - mean, q=3, center=False)
+    projected = (flat - mean) @ v
+    lo, hi = projected.quantile(0.01, 0), projected.quantile(0.99, 0)  # colours of normal features
+
+    def to_rgb(f):
+        x = (f[0].permute(1, 2, 0).reshape(-1, c) - mean) @ v
+        return ((x - lo) / (hi - lo)).clamp(0, 1).reshape(f.shape[2], f.shape[3], 3).numpy()
+
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    panels = [(result.test[index]["image"].permute(1, 2, 0).numpy(), "image"),
+              (to_rgb(level_in), "input features (PCA)"), (to_rgb(level_out), "reconstruction (PCA)"),
+              (result.maps[index], "anomaly map")]
+    for ax, (img, name) in zip(axes, panels):
+        ax.imshow(img)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{result.category}: {result.test[index]['defect_type']}")
+    return fig
