@@ -112,40 +112,13 @@ def _md_cell(value) -> str:
 
 
 def claim_rows(records: list[dict]) -> dict[str, list[dict]]:
-    """Each claim's rows, one per check and level, from the best record that checked it.
+    """Each claim's rows (:func:`adlib.claims.best_rows`), grouped by claim label."""
+    from adlib.claims import best_rows
 
-    A record lists its checked claims under ``"claims"`` (rows of
-    :func:`adlib.claims.check_claims`). For each (claim, check, level) the row kept is the
-    one of the best-ranked profile (``study`` first), then the one with most (seed,
-    category) pairs, then the newest; rows that could not run (``not run yet``) lose to
-    any measured one.
-    """
-    from adlib.claims import NOT_RUN
-    from adlib.results import hardware_label
-
-    rank = {"study": 0, "paper": 1, "cpu": 2, "smoke": 3}
-    best: dict[tuple, tuple] = {}
-    for rec in records:
-        for row in rec.get("claims", []) or []:
-            if not row.get("claim"):
-                continue
-            row = {**row, "profile": row.get("profile") or rec.get("profile"),
-                   "dataset": row.get("dataset") or rec.get("dataset"),
-                   "hardware": row.get("hardware") or hardware_label(rec.get("hardware")),
-                   "revision": row.get("revision") or rec.get("adlib_revision")}
-            score = (row.get("verdict") == NOT_RUN, rank.get(row["profile"], 9),
-                     -(row.get("n_pairs") or 0), _negated(rec.get("created", "")))
-            key = (row["claim"], row.get("check", ""), row.get("level", ""))
-            if key not in best or score < best[key][0]:
-                best[key] = (score, row)
     out: dict[str, list[dict]] = {}
-    for (claim, *_), (_, row) in best.items():
-        out.setdefault(claim, []).append(row)
+    for row in best_rows(records):
+        out.setdefault(row["claim"], []).append(row)
     return out
-
-
-def _negated(text: str) -> tuple:
-    return tuple(-ord(c) for c in text)  # newest first when sorting ascending
 
 
 def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
@@ -167,7 +140,8 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
         "runs made while building this page. A direction (`A > B`) is judged on the paired "
         "differences A − B over (seed, category) pairs: *ours* is their mean with a 95 % "
         "bootstrap interval; **reproduced** when the interval lies above 0, **contradicted** "
-        "below 0, **inconclusive** when it spans 0; *inconclusive: the model did not learn* when "
+        "below 0, **inconclusive** when it spans 0 or fewer than 6 pairs were run; *inconclusive: "
+        "the model did not learn* when "
         "the trained model does not beat its untrained self. A number measured on MVTec AD "
         "checked on the embedded default is *not comparable here*.",
         "",
@@ -193,7 +167,9 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
                 check = " · ".join(x for x in (row.get("check"), row.get("level")) if x)
                 cells = [claim.number if i == 0 else "", claim.summary if i == 0 else "",
                          check, row.get("paper"), row.get("ours"), row.get("n_pairs"),
-                         row.get("dataset"), row.get("profile"), row.get("hardware"),
+                         row.get("dataset"),
+                         f"{row.get('profile')}, {row['epochs']} epoch{'s' * (row['epochs'] != 1)}" if row.get("epochs")
+                         else row.get("profile"), row.get("hardware"),
                          row.get("revision"), row.get("verdict")]
                 lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
         lines.append("")

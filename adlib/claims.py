@@ -10,7 +10,8 @@ that mean:
 
 * ``reproduced``    the interval lies above 0;
 * ``contradicted``  the interval lies below 0;
-* ``inconclusive``  the interval spans 0 (or there are fewer than two pairs);
+* ``inconclusive``  the interval spans 0, or there are fewer than :data:`MIN_PAIRS` pairs (a
+  bootstrap of two or three differences only spans the values themselves);
 * an order of three or more configs is reproduced only when every adjacent pair is, and
   contradicted when any pair is;
 * ``inconclusive: the model did not learn`` when the check names a sanity reference (e.g. the
@@ -41,6 +42,8 @@ VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, DID_NOT_LEARN, NOT_COMPARABL
 LEVELS = {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "pixel (AUPRO)",
           "image_f1_max": "image (F1-max)", "f1": "image (F1)", "final_loss": "training loss"}
 BOOTSTRAP_SAMPLES = 10_000
+MIN_PAIRS = 6
+"""Fewer (seed, category) pairs than this give no direction verdict: inconclusive."""
 PAIR_KEYS = ("seed", "category")
 
 
@@ -227,7 +230,7 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
     for better, worse in pairs:
         both = pd.concat([values[better], values[worse]], axis=1).dropna()
         mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
-        verdicts.append(_direction(lo, hi))
+        verdicts.append(_direction(lo, hi) if len(both) >= MIN_PAIRS else INCONCLUSIVE)
         n_pairs.append(len(both))
         shown = f"{better} − {worse}" if sign > 0 else f"{worse} − {better}"
         parts.append(f"{shown}: {_interval(mean, lo, hi)}")
@@ -244,11 +247,11 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
         first = pairs[0][0]
         both = pd.concat([values[first], values[check.sanity]], axis=1).dropna()
         mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
-        if _direction(lo, hi) != REPRODUCED:
+        if _direction(lo, hi) != REPRODUCED and len(both) >= MIN_PAIRS:
             verdict = DID_NOT_LEARN
             notes.insert(0, f"{first} − {check.sanity} (the sanity reference): {_interval(mean, lo, hi)}")
-    if min(n_pairs) < 2:
-        notes.append("fewer than two (seed, category) pairs: no interval")
+    if min(n_pairs) < MIN_PAIRS:
+        notes.append(f"{min(n_pairs)} (seed, category) pairs, fewer than {MIN_PAIRS}: no verdict")
     if sign < 0:
         notes.append("lower is better: the differences are worse − better")
     return {**out, "ours": "; ".join(parts), "verdict": verdict, "n_pairs": min(n_pairs),
@@ -291,19 +294,70 @@ def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | 
     return out
 
 
+def best_rows(records: list[dict]) -> list[dict]:
+    """Each claim's rows, one per check and level, from the best record that checked it.
+
+    ``records`` are run-record dicts (JSON); a record lists its checked claims under ``"claims"`` (rows of
+    :func:`adlib.claims.check_claims`). For each (claim, check, level) the row kept is the
+    one of the best-ranked profile (``study`` first), then the one with most (seed,
+    category) pairs, then the longest training (epochs), then the newest; rows that could not
+    run (``not run yet``) lose to any measured one.
+    """
+    from adlib.results import hardware_label
+
+    rank = {"study": 0, "paper": 1, "cpu": 2, "smoke": 3}
+    best: dict[tuple, tuple] = {}
+    for rec in records:
+        for row in rec.get("claims", []) or []:
+            if not row.get("claim"):
+                continue
+            row = {**row, "profile": row.get("profile") or rec.get("profile"),
+                   "dataset": row.get("dataset") or rec.get("dataset"),
+                   "hardware": row.get("hardware") or hardware_label(rec.get("hardware")),
+                   "revision": row.get("revision") or rec.get("adlib_revision")}
+            params = rec.get("params") or {}
+            epochs = (params.get("protocol") or {}).get("epochs", params.get("epochs")) or 0
+            score = (row.get("verdict") == NOT_RUN, rank.get(row["profile"], 9),
+                     -(row.get("n_pairs") or 0), -epochs, _negated(rec.get("created", "")))
+            row["epochs"] = epochs
+            key = (row["claim"], row.get("check", ""), row.get("level", ""))
+            if key not in best or score < best[key][0]:
+                best[key] = (score, row)
+    rows = [row for _, row in best.values()]
+    return sorted(rows, key=lambda r: int(str(r["claim"]).rsplit("#", 1)[-1] or 0)
+                  if str(r["claim"]).rsplit("#", 1)[-1].isdigit() else 0)
+
+
+def _negated(text: str) -> tuple:
+    return tuple(-ord(c) for c in text)  # newest first when sorting ascending
+
+
 DISPLAY_COLUMNS = ("claim", "check", "level", "paper", "ours", "n_pairs", "verdict", "dataset",
                    "profile", "hardware", "revision", "note")
 VERDICT_COLOURS = {REPRODUCED: "#d9f0d3", CONTRADICTED: "#f8d5d0", INCONCLUSIVE: "#fff2cc",
                    DID_NOT_LEARN: "#fde0c5", NOT_COMPARABLE: "#e8e8e8", NOT_RUN: "#ffffff"}
 
 
-def claims_table(rows: Iterable[Mapping[str, Any]], *, style: bool = False) -> pd.DataFrame | Any:
-    """The claims-check rows as a table (``style=True``: verdict cells coloured, for notebooks)."""
+COMPACT_COLUMNS = ("claim", "check", "level", "paper", "ours", "n_pairs", "epochs", "verdict", "note")
+
+
+def claims_table(rows: Iterable[Mapping[str, Any]], *, style: bool = False,
+                 compact: bool = False) -> pd.DataFrame | Any:
+    """The claims-check rows as a table (``style=True``: verdict cells coloured, for notebooks).
+
+    ``compact=True`` (a notebook's table, whose data set, profile and hardware go in its
+    caption) keeps :data:`COMPACT_COLUMNS` and leaves out the checks this run could not make.
+    """
     frame = pd.DataFrame(list(rows))
+    columns = COMPACT_COLUMNS if compact else DISPLAY_COLUMNS
     for column in DISPLAY_COLUMNS:
         if column not in frame:
             frame[column] = ""
-    frame = frame[list(DISPLAY_COLUMNS)]
+    if compact:
+        frame = frame[frame["verdict"] != NOT_RUN]
+        if "epochs" not in frame:   # a single run's rows: its epochs are in the caption
+            columns = tuple(c for c in columns if c != "epochs")
+    frame = frame[list(columns)]
     bad = sorted(set(frame["verdict"]) - set(VERDICTS))
     if bad:
         msg = f"unknown verdicts {bad}; expected {VERDICTS} (build rows with check_claims())."

@@ -326,8 +326,8 @@ class StudyResult:
     summary_path: Path | None = None
     record_path: Path | None = None
 
-    def claims_table(self, style: bool = False):
-        return claims_table(self.claims, style=style)
+    def claims_table(self, style: bool = False, compact: bool = False):
+        return claims_table(self.claims, style=style, compact=compact)
 
     def ablation_table(self, ablation: str) -> pd.DataFrame:
         """One ablation's configs: each metric's mean ± std over seeds (of category means)."""
@@ -418,8 +418,11 @@ def committed_summary(paper: str, folder: str | os.PathLike | None = None) -> pd
 
 
 def committed_claims(paper: str, folder: str | os.PathLike | None = None) -> list[dict]:
-    """The claims rows of the committed study records (the scoreboard's source)."""
-    return [row for record in committed_records(paper, folder) for row in record.claims]
+    """The claims rows of the committed study records, the best record's row per check and
+    level (the same choice as the scoreboard's: most pairs, then longest training)."""
+    from adlib.claims import best_rows
+
+    return best_rows([record.to_dict() for record in committed_records(paper, folder)])
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:

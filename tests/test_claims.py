@@ -124,3 +124,12 @@ def test_one_pair_has_no_interval_and_the_table_rejects_unknown_verdicts():
     with pytest.raises(ValueError, match="unknown verdicts"):
         claims_table([{**row, "verdict": "maybe"}])
     assert "background-color" in claims_table([row], style=True).to_html()
+
+
+def test_too_few_pairs_give_no_verdict_however_tight_their_interval():
+    rows = _rows({"A": 80.0, "B": 70.0, "untrained": 90.0}, noise=0.1)
+    few = rows[rows.category.isin(["a", "b"]) & (rows.seed == 0)]
+    row = _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)), few)[0]
+    assert row["verdict"] == INCONCLUSIVE and "fewer than 6: no verdict" in row["note"]
+    compact = claims_table([row, {**row, "verdict": NOT_RUN}], compact=True)
+    assert len(compact) == 1 and "dataset" not in compact.columns
