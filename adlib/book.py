@@ -153,24 +153,24 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
         if not paper_claims:
             continue
         lines += [f"## {paper.title}", "",
-                  "| # | claim | check | paper | ours | pairs | data set | profile | hardware "
-                  "| revision | verdict |",
+                  "| # | claim | check | verdict | paper | ours | pairs | data set | profile "
+                  "| hardware | revision |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for claim in paper_claims:
             measured = rows.get(claim.label)
             if not measured:
-                cells = [claim.number, claim.summary, "", "—", "—", "—", "—", "—", "—", "—",
-                         "not run yet"]
+                cells = [claim.number, claim.summary, "", "not run yet", "—", "—", "—", "—",
+                         "—", "—", "—"]
                 lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
                 continue
             for i, row in enumerate(measured):
                 check = " · ".join(x for x in (row.get("check"), row.get("level")) if x)
+                profile = (f"{row.get('profile')}, {row['epochs']} epoch{'s' * (row['epochs'] != 1)}"
+                           if row.get("epochs") else row.get("profile"))
                 cells = [claim.number if i == 0 else "", claim.summary if i == 0 else "",
-                         check, row.get("paper"), row.get("ours"), row.get("n_pairs"),
-                         row.get("dataset"),
-                         f"{row.get('profile')}, {row['epochs']} epoch{'s' * (row['epochs'] != 1)}" if row.get("epochs")
-                         else row.get("profile"), row.get("hardware"),
-                         row.get("revision"), row.get("verdict")]
+                         check, row.get("verdict"), row.get("paper"), row.get("ours"),
+                         row.get("n_pairs"), row.get("dataset"), profile, row.get("hardware"),
+                         row.get("revision")]
                 lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
         lines.append("")
     out_md = Path(out_md)
