@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -82,7 +82,6 @@ class ClaimCheck:
     higher_is_better: bool = True
     label: str = ""
     note: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def relations(self, paper: str, metric: str) -> list[tuple[str, str]]:
         """``(better, worse)`` term pairs; a term is a config or ``"A | B"``."""

@@ -181,6 +181,7 @@ class Setup:
     categories: list[str]
     device: str
     started: float
+    protocol: dict[str, Any] | None = None  # the chapter's defaults (its study's protocol)
 
     def save_record(self, results: list, study: Any = None, notes: str = "",
                     notebook: str | None = None, **params: Any):
@@ -191,8 +192,7 @@ class Setup:
         from adlib.results import RunRecord, hardware_info
 
         c = self.cfg
-        rows = [] if study is None or study.rows.empty else study.rows.drop(
-            columns=["key", "model_hash", "created", "protocol"], errors="ignore").to_dict("records")
+        rows = [] if study is None else study.record_rows()
         entry = PAPERS.get(c.paper)
         record = RunRecord(paper=c.paper, notebook=notebook or (entry.notebook if entry else c.paper),
                            profile=c.profile, dataset=c.dataset, data_root=c.data_root,
@@ -217,9 +217,12 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
 
     ``data_seed`` makes the embedded data set; it is separate from the training ``seed``, so
     changing the seed never regenerates the data. ``threads`` sets torch's CPU threads (one
-    is fastest for small models on a shared machine).
+    is fastest for small models on a shared machine). For a paper with a study,
+    ``Setup.protocol`` holds its defaults under this profile; under the ``paper`` profile a
+    short timed warm-up prints the full run's estimated wall time before it commits to hours.
     """
     from adlib.data.sources import choose_categories, resolve_root
+    from adlib.papers import PAPERS
     from adlib.train import pick_device
 
     started = time.perf_counter()
@@ -231,4 +234,13 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
         import torch
 
         torch.set_num_threads(threads)
-    return Setup(cfg, root, categories, device, started)
+    run = Setup(cfg, root, categories, device, started)
+    if paper in PAPERS and PAPERS[paper].study:
+        from adlib.study import load_study
+
+        run.protocol = load_study(paper).protocol(cfg)
+    if profile == "paper" and run.protocol is not None:
+        from adlib.gpucheck import paper_estimate
+
+        print(paper_estimate(paper, run), flush=True)
+    return run

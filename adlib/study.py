@@ -329,6 +329,21 @@ class StudyResult:
     def claims_table(self, style: bool = False, compact: bool = False):
         return claims_table(self.claims, style=style, compact=compact)
 
+    def seed_means(self, ablation: str | None = None) -> pd.DataFrame:
+        """Flat rows, one per config x seed (category means), e.g. for
+        :func:`adlib.viz.ablation_bars`, whose error bars run over seeds."""
+        if self.rows.empty:
+            return pd.DataFrame()
+        out = seed_means(self.rows).reset_index()
+        return out if ablation is None else out[out["ablation"] == ablation]
+
+    def record_rows(self) -> list[dict]:
+        """The rows as a run record keeps them (without keys, hashes and timestamps)."""
+        if self.rows.empty:
+            return []
+        return self.rows.drop(columns=["key", "overrides", "model_hash", "created"],
+                              errors="ignore").to_dict("records")
+
     def ablation_table(self, ablation: str) -> pd.DataFrame:
         """One ablation's configs: each metric's mean ± std over seeds (of category means)."""
         return format_summary(self.summary.loc[ablation]) if not self.summary.empty else pd.DataFrame()
@@ -363,12 +378,18 @@ def plan(study: Study, cells: Sequence[Cell], protocol: Mapping[str, Any], seeds
     return list(tasks.values()), slots
 
 
+def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (ablation, config, seed): each metric averaged over the categories (the
+    unit the summaries' and plots' mean ± std run over)."""
+    metrics = [m for m in SUMMARY_METRICS if m in frame and frame[m].notna().any()]
+    return frame.groupby(["ablation", "config", "seed"], sort=False)[metrics].mean()
+
+
 def _summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds of each seed's category mean, per (ablation, config)."""
     if frame.empty:
         return pd.DataFrame()
-    metrics = [m for m in SUMMARY_METRICS if m in frame and frame[m].notna().any()]
-    per_seed = frame.groupby(["ablation", "config", "seed"], sort=False)[metrics].mean()
+    per_seed = seed_means(frame)
     grouped = per_seed.groupby(level=["ablation", "config"], sort=False)
     out = grouped.agg(["mean", "std"])
     out[("n", "seeds")] = grouped.size()
@@ -426,20 +447,14 @@ def committed_claims(paper: str, folder: str | os.PathLike | None = None) -> lis
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table (mean ± std, in the metrics' units)."""
+    """The summary as a Markdown table (:func:`format_summary`'s mean ± std strings)."""
     if summary.empty:
         return "(no rows)"
-    metrics = [m for m in summary.columns.get_level_values(0).unique() if m != "n"]
-    lines = ["| ablation | config | " + " | ".join(metrics) + " | seeds | categories |",
-             "|---|---|" + "---|" * len(metrics) + "---|---|"]
-    for (ablation, config), row in summary.iterrows():
-        cells = []
-        for m in metrics:
-            mean, std = row[(m, "mean")], row[(m, "std")]
-            cells.append("—" if not math.isfinite(mean) else
-                         f"{mean:.2f} ± {std:.2f}" if math.isfinite(std) else f"{mean:.2f}")
-        lines.append(f"| {ablation} | {config} | " + " | ".join(cells)
-                     + f" | {int(row[('n', 'seeds')])} | {int(row[('n', 'categories')])} |")
+    table = format_summary(summary)
+    lines = ["| ablation | config | " + " | ".join(table.columns) + " |",
+             "|---|---|" + "---|" * len(table.columns)]
+    lines += [f"| {ablation} | {config} | " + " | ".join(str(v) for v in row) + " |"
+              for (ablation, config), row in zip(table.index, table.itertuples(index=False))]
     return "\n".join(lines)
 
 
@@ -479,6 +494,8 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     tasks, slots = plan(study, cells, protocol, seeds, categories, dataset=dataset,
                         data_root=str(data_root), device=device)
 
+    here = hardware_info(device)  # rows from the workers carry their own
+
     def provenance(task_like: Mapping[str, Any], result: Mapping[str, Any], seed: int) -> dict:
         settings = _settings(protocol, Cell("", "", task_like["overrides"]))
         category = result["category"]
@@ -488,7 +505,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                 "metrics": result["metrics"], "train_seconds": result.get("train_seconds"),
                 "final_loss": result.get("final_loss"),
                 "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},
-                "hardware": result.get("hardware") or hardware_info(device),
+                "hardware": result.get("hardware") or here,
                 "revision": revision, "model_hash": model_hash,
                 "key": run_key(study.paper, settings, seed, category),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -593,9 +610,10 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{grid}__{hashlib.sha256(json.dumps(_jsonable(protocol), sort_keys=True).encode()).hexdigest()[:8]}"
+    protocol_text = json.dumps(_jsonable(protocol), sort_keys=True)
+    tag = f"{grid}__{hashlib.sha256(protocol_text.encode()).hexdigest()[:8]}"
     lines = [f"# {paper}: grid {grid}", "", f"Command: `{command}`", "",
-             f"Protocol: `{json.dumps(_jsonable(protocol), sort_keys=True)}`", "",
+             f"Protocol: `{protocol_text}`", "",
              f"Seeds {', '.join(map(str, seeds))}; categories {', '.join(categories)}; "
              f"revision {result.revision}; {result.ran} tasks run now, {result.skipped} reused; "
              f"{result.missing} rows missing; {len(result.stale)} stale rows (other code) "
@@ -623,15 +641,13 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
             metrics[str(category)] = {m: sub.sort_values("seed")[m].tolist() for m in names}
         means = part.groupby("seed")[names].mean()
         metrics["mean"] = {m: means[m].tolist() for m in names}
-    ablations = frame.drop(columns=[c for c in ("key", "overrides", "model_hash", "created")
-                                    if c in frame]).to_dict("records") if not frame.empty else []
     record = RunRecord(paper=study.paper, notebook=(paper_entry and paper_entry.notebook) or paper,
                        profile=profile,
                        dataset=dataset, data_root=None, categories=list(categories),
                        params={"grid": grid, "protocol": _jsonable(protocol), "command": command,
                                "train_seconds": float(frame["train_seconds"].fillna(0).sum())
                                if "train_seconds" in frame else None},
-                       seeds=list(seeds), metrics=metrics, ablations=ablations,
+                       seeds=list(seeds), metrics=metrics, ablations=result.record_rows(),
                        claims=result.claims, hardware=result.hardware or {},
                        wall_time_s=result.wall_time_s,
                        adlib_revision=result.revision,

@@ -54,3 +54,18 @@ def test_smoke_limits_categories_unless_they_are_named(tmp_path):
     assert choose_categories("embedded", tmp_path, named.categories, named.max_categories) == ["c"]
     cpu = resolve("x", "cpu")
     assert choose_categories("embedded", tmp_path, cpu.categories, cpu.max_categories) == ["a", "b", "c"]
+
+
+def test_setup_gives_the_chapter_protocol_and_a_paper_run_its_estimate_first(tmp_path, capsys):
+    from adlib.gpucheck import write_tree
+    from adlib.profiles import setup
+    from adlib.study import load_study
+
+    root = write_tree(tmp_path / "mvtec", 64, n_train=4, n_test=2)
+    run = setup("cse_patch_svdd", "paper", data_root=str(root), image_size=64, device="cpu")
+    assert run.protocol == load_study("cse_patch_svdd").protocol(run.cfg)
+    assert run.categories == ["bottle", "grid"] and run.device == "cpu"
+    assert "the full paper profile" in capsys.readouterr().out   # the warm-up ran first
+    cpu = setup("cse_patch_svdd", "cpu", data_root=str(root), device="cpu")
+    assert "warm-up" not in capsys.readouterr().out and cpu.protocol["epochs"] == cpu.cfg.epochs
+    assert setup("data_and_metrics", "cpu", data_root=str(root), device="cpu").protocol is None
