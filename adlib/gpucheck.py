@@ -1,6 +1,6 @@
 """One GPU check: every chapter's ``paper`` profile, shortened, measured on this machine.
 
-    python -m adlib gpucheck --out DIR              on a GPU: about 8 minutes
+    python -m adlib gpucheck --out DIR              on a GPU: about 10 minutes
     python -m adlib gpucheck --device cpu --tiny    the same code path in seconds (pytest)
 
 It writes a small tree in the MVTec AD layout (two categories, 256 px; 64 px with ``--tiny``),
@@ -154,23 +154,39 @@ def _check_patch_svdd(root: Path, size: int, device: str, steps: int,
                 MVTEC_TEST, "patch-pair samples")
 
 
-def _check_rlr(root: Path, size: int, device: str, steps: int, categories=CATEGORIES,
-               dataset: str = "mvtec_ad") -> dict:
+#: Chapters whose model reads cached backbone features: label, and the settings --tiny
+#: (64 px: a 4x4 stride-16 grid) needs instead of the paper's windows and widths.
+FEATURE_CHAPTERS = {
+    "maae": ("02 MAAE", {"hidden": 16, "layers": 3, "heads": 2, "neighbour": 3}),
+    "rlr": ("05 RLR", {"windows": [5, 3, 3], "hidden": [8, 16, 32], "blocks": 1, "heads": 4}),
+}
+
+
+def _check_feature_model(paper: str, root: Path, size: int, device: str, steps: int,
+                         categories=CATEGORIES, dataset: str = "mvtec_ad") -> dict:
+    """A unified feature-reconstruction chapter (MAAE, RLR): features cached once, then its
+    ``paper`` settings trained for about ``steps`` steps and scored on one test split."""
+    import importlib
+
+    import torch
+
     from adlib.data.sources import open_split
     from adlib.features import FeatureCache
     from adlib.profiles import resolve
-    from adlib.studies import rlr as chapter
 
-    cfg = resolve("rlr", "paper", data_root=str(root))
+    chapter = importlib.import_module(f"adlib.studies.{paper}")
+    label, tiny_settings = FEATURE_CHAPTERS[paper]
+    cfg = resolve(paper, "paper", data_root=str(root))
     s = chapter.protocol(cfg)
     trains = {c: open_split(dataset, root, c, "train", size) for c in categories}
     test = open_split(dataset, root, categories[0], "test", size)
-    if size < 128:  # --tiny: stage 3 is a 4x4 grid, too small for the paper's windows
-        s.update(windows=[5, 3, 3], hidden=[8, 16, 32], blocks=1, heads=4)
+    if size < 128:
+        s.update(tiny_settings)
     n_train = sum(len(t) for t in trains.values())
     per_epoch = max(1, math.ceil(n_train / s["batch_size"]))
     s["epochs"] = max(1, math.ceil(steps / per_epoch))
     cache = FeatureCache(s["backbone"], stages=s["stages"], image_size=size, device=device,
+                         dtype=getattr(torch, s.get("feature_dtype", "float32")),
                          pretrained=False, show_progress=False)
     with _Meter(device) as extracting:
         for t in (*trains.values(), test):
@@ -181,19 +197,20 @@ def _check_rlr(root: Path, size: int, device: str, steps: int, categories=CATEGO
     with _Meter(device) as scoring:
         detector.predict(test)
     extract_rate = (n_train + len(test)) / extracting.seconds
-    paper = chapter.protocol(cfg)
-    return _row("05 RLR", fitting, s["epochs"] * n_train, s["epochs"] * per_epoch, scoring,
+    paper_settings = chapter.protocol(cfg)
+    return _row(label, fitting, s["epochs"] * n_train, s["epochs"] * per_epoch, scoring,
                 len(test), "fp16" if device.startswith("cuda") else "off",
-                paper["epochs"] * MVTEC_TRAIN, MVTEC_TEST, "images",
+                paper_settings["epochs"] * MVTEC_TRAIN, MVTEC_TEST, "images",
                 extra_s=(MVTEC_TRAIN + MVTEC_TEST) / extract_rate)
 
 
 def paper_estimate(paper: str, run: Any, steps: int = 20) -> str:
     """A short timed warm-up on the run's own data and device, and the wall time the full
     ``paper`` profile would take at that rate: printed by a chapter before it commits to hours."""
-    check = {"cse_patch_svdd": _check_patch_svdd, "rlr": _check_rlr}[paper]
-    row = check(Path(run.root), run.cfg.image_size, run.device, steps,
-                categories=run.categories[:2], dataset=run.cfg.dataset)
+    args = (Path(run.root), run.cfg.image_size, run.device, steps)
+    kw = {"categories": run.categories[:2], "dataset": run.cfg.dataset}
+    row = (_check_patch_svdd(*args, **kw) if paper == "cse_patch_svdd"
+           else _check_feature_model(paper, *args, **kw))
     return (f"warm-up, {row['steps timed']} training steps on {run.device}: "
             f"{row['train items/s']} {row['train unit']}/s, {row['inference images/s']} test "
             f"images/s, AMP {row['AMP']}; the full paper profile (MVTec AD's 3,629 training and "
@@ -214,8 +231,9 @@ def gpucheck(out: str | Path, *, device: str = "auto", tiny: bool = False,
     steps = steps or (2 if tiny else 300)
     root = write_tree(out / "mvtec", size, n_train, n_test)
     rows = [_check_knn(root, size, device, tiny)]
-    for check in (_check_patch_svdd, _check_rlr):
-        rows.append(check(root, size, device, steps))
+    rows.append(_check_patch_svdd(root, size, device, steps))
+    for paper in FEATURE_CHAPTERS:
+        rows.append(_check_feature_model(paper, root, size, device, steps))
         print(rows[-1], flush=True)
     bench = None
     if device.startswith("cuda") and not tiny:

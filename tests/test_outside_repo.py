@@ -156,11 +156,11 @@ def test_gpucheck_runs_its_code_path_on_the_cpu(tmp_path):
     from adlib.gpucheck import gpucheck
 
     rows = gpucheck(tmp_path, device="cpu", tiny=True)
-    assert [r["chapter"] for r in rows] == ["00 kNN baseline", "01 C-SE on Patch SVDD", "05 RLR"]
+    assert [r["chapter"] for r in rows] == ["00 kNN baseline", "01 C-SE on Patch SVDD", "02 MAAE", "05 RLR"]
     for row in rows:
         assert row["train items/s"] > 0 and row["inference images/s"] > 0
         assert math.isfinite(row["estimated paper wall time (h)"]) and row["AMP"] == "off"
         assert row["host syncs / step"] is None and row["peak GPU memory (GiB)"] is None  # CPU
     report = json.loads((tmp_path / "gpucheck.json").read_text())
-    assert report["tiny"] and report["pretrained"] is False and len(report["rows"]) == 3
-    assert "| 05 RLR |" in (tmp_path / "gpucheck.md").read_text()
+    assert report["tiny"] and report["pretrained"] is False and len(report["rows"]) == 4
+    assert "| 02 MAAE |" in (tmp_path / "gpucheck.md").read_text()

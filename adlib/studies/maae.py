@@ -1,0 +1,271 @@
+"""MAAE (chapter 2): the declared grids, claim checks and runner of its study.
+
+Cells override the chapter's defaults (:func:`protocol`). Every MAAE cell trains ONE model on
+all categories (the paper's unified setting) unless it sets ``separate``. The kNN cells run
+the book's single-class baseline (chapter 0) unified and separate, for claim 3. ``reference /
+untrained`` scores the untrained model: the sanity reference a trained MAAE must beat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from adlib.claims import ClaimCheck
+from adlib.study import Cell, Study, Task
+
+#: Settings of the MAAE model itself (the rest of the protocol: data, backbone, training).
+MODEL_KEYS = ("stages", "hidden", "layers", "group", "heads", "dilation", "neighbour", "amplitude",
+              "ang_mode", "lambda_ang", "lambda_re", "jitter_scale", "ffm_train", "lr",
+              "map_sigma", "standardize", "feature_dtype")
+DEFAULT = "ANG+FFM+MAAE"
+TABLE3 = ("none", "ANG", "MAAE", "ANG+FFM", "ANG+MAAE", DEFAULT)
+
+
+def protocol(cfg) -> dict:
+    """The chapter's defaults under a profile: data, backbone, training and model settings."""
+    return {"model": "maae", "dataset": cfg.dataset, "image_size": cfg.image_size,
+            "backbone": cfg.extra["backbone"], "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, "variant": DEFAULT, "separate": False,
+            **{k: cfg.extra[k] for k in MODEL_KEYS}}
+
+
+def _table3(*variants: str) -> list[Cell]:
+    return [Cell("Table 3", v, {"variant": v}) for v in variants]
+
+
+BASELINE = [Cell("baseline", "UniAD-like", {"variant": "UniAD-like"})]
+TRAINING = [Cell("training", "unified", {}), Cell("training", "separate", {"separate": True})]
+ANG_STEP = [Cell("ANG step", "alternating", {"ang_mode": "alternate"}),
+            Cell("ANG step", "gradient reversal", {"ang_mode": "reverse"})]
+KNN = [Cell("single-class kNN", "kNN separate", {"model": "knn", "separate": True}),
+       Cell("single-class kNN", "kNN unified", {"model": "knn"})]
+REFERENCE = [Cell("reference", "untrained", {"epochs": 0})]
+GRIDS = {
+    "smoke": _table3("none", DEFAULT) + REFERENCE,
+    "cpu": _table3("none", DEFAULT) + BASELINE + TRAINING + REFERENCE,
+    "study": _table3(*TABLE3) + BASELINE + TRAINING + ANG_STEP + KNN + REFERENCE,
+}
+GRIDS["paper"] = GRIDS["study"]
+
+CHECKS = (
+    ClaimCheck(1, absolute={"table": 1, "method": "Ours", "category": "mean", "setting": "separate"},
+               config=DEFAULT, metrics=("image_auroc",), label="MVTec AD mean, unified",
+               note="Table 1's first value of each pair, which the cross-checks show is unified"),
+    ClaimCheck(1, order=f"{DEFAULT} > UniAD-like", sanity="untrained", label="MAAE vs UniAD-like"),
+    ClaimCheck(3, order="kNN separate > kNN unified", ablation="single-class kNN",
+               label="a single-class method loses when unified"),
+    ClaimCheck(4, order="unified > separate", ablation="training", sanity="untrained",
+               label="unified MAAE vs separate"),
+    ClaimCheck(5, order="ANG > none", ablation="Table 3", sanity="untrained", label="ANG alone"),
+    ClaimCheck(5, configs=TABLE3, table=3, ablation="Table 3", sanity="untrained",
+               label="Table 3 order"),
+    ClaimCheck(6, order=f"ANG+FFM > ANG, ANG+MAAE > ANG, {DEFAULT} > ANG+FFM, {DEFAULT} > ANG+MAAE",
+               ablation="Table 3", sanity="untrained", label="FFM and MA add to ANG"),
+)
+
+
+def run(task: Task) -> list[dict]:
+    """Train one configuration (unified, or one model per category) and score every category."""
+    from adlib.evaluation import evaluate_categories, evaluate_unified, study_results
+
+    s = dict(task.settings)
+    detector = _knn if s["model"] == "knn" else _maae
+    make = detector(s, task.seed, None if task.device == "auto" else task.device)
+    if s["separate"]:
+        results = evaluate_categories(make, s["dataset"], task.data_root, task.categories,
+                                      s["image_size"], show_progress=False)
+    else:
+        results = evaluate_unified(make(), s["dataset"], task.data_root, task.categories,
+                                   s["image_size"], show_progress=False)
+    return study_results(results)
+
+
+def feature_cache(s: dict, device=None, show_progress: bool = False):
+    """The process-wide feature cache of a cell's settings (backbone, stages, size, dtype)."""
+    import torch
+
+    from adlib.features import shared_feature_cache
+
+    return shared_feature_cache(s["backbone"], stages=s["stages"], image_size=s["image_size"],
+                                device=device, dtype=getattr(torch, s["feature_dtype"]),
+                                show_progress=show_progress)
+
+
+def _maae(s: dict, seed: int, device):
+    cache = feature_cache(s, device)
+    return lambda: make_detector(cache, s, seed=seed, device=device or "auto", progress=False)
+
+
+def _knn(s: dict, seed: int, device):
+    from adlib.models.knn_baseline import KNNBaseline
+
+    class PooledKNN(KNNBaseline):
+        """Unified: one memory bank from the training images of every category."""
+
+        def fit(self, train):
+            from torch.utils.data import ConcatDataset
+
+            return super().fit(ConcatDataset(list(train.values())) if isinstance(train, dict) else train)
+
+    # no bank cap: a capped unified bank would lose patches for a reason other than unification
+    return lambda: PooledKNN(image_size=s["image_size"], max_bank_size=None, sigma=s["map_sigma"],
+                             seed=seed, device=device, progress=False)
+
+
+def make_detector(cache, settings, *, seed: int, device: str, progress: bool = True,
+                  checkpoint_root: str | None = None, category: str = "unified"):
+    """The :class:`MAAEDetector` of ``settings`` (a cell's settings); with ``checkpoint_root``
+    its training keeps ``last.pt`` in a folder named by the settings, so a killed run resumes."""
+    from adlib.models.maae import MAAEConfig, MAAEDetector
+    from adlib.study import run_key
+
+    config = {f.name: settings[f.name] for f in fields(MAAEConfig) if f.name in settings}
+    folder = None if checkpoint_root is None else f"{checkpoint_root}/{run_key('maae', settings, seed, category)}"
+    return MAAEDetector(cache, device=device, progress=progress, checkpoint_dir=folder,
+                        **{**config, "seed": seed})
+
+
+TITLES = {"Table 3": "Table 3: ANG, FFM and mixed attention (MAAE) on and off",
+          "baseline": "The UniAD-like baseline (neighbour mask, feature jitter, resize)",
+          "training": "Unified (one model) vs separate (one per category)",
+          "ANG step": "How ANG's adversarial step is taken",
+          "single-class kNN": "A single-class method (kNN, chapter 0) unified vs separate",
+          "reference": "Reference: the untrained model"}
+
+STUDY = Study(paper="maae", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run, unit="all",
+              default=DEFAULT, titles=TITLES, helpers=(_maae, _knn, make_detector, feature_cache),
+              sources=("adlib.models.maae", "adlib.nn.mixed_attention", "adlib.nn.reference_attention",
+                       "adlib.models.knn_baseline", "adlib.nn.knn", "adlib.features",
+                       "adlib.nn.backbones", "adlib.evaluation", "adlib.maps", "adlib.metrics",
+                       "adlib.train", "adlib.checkpoint"))
+
+
+# ------------------------------------------------------------------ the chapter's figures
+
+def architecture_table(detector, shapes):
+    """Layer table of a fitted :class:`MAAEDetector`: what each part does to the tensor shapes,
+    and its trained parameters. ``shapes``: the backbone levels ``(C, h, w)``, finest first."""
+    import pandas as pd
+
+    from adlib.nn import count_parameters
+
+    m, cfg = detector.model, detector.config
+    n, c = m.grid[0] * m.grid[1], m.fusion.out_channels
+    block = ("mixed attention: DC(SA + channel SA)" if m.block == "mixed" else "self-attention layer")
+    rows = [{"part": f"backbone stage {s}", "output": "x".join(map(str, shape)), "parameters": 0,
+             "note": "frozen, cached"} for s, shape in zip(cfg.stages, shapes)]
+    rows += [
+        {"part": f"fusion ({m.fusion.kind})", "output": f"{c}x{m.grid[0]}x{m.grid[1]}",
+         "parameters": count_parameters(m.fusion), "note": "tokens X: N x C = " f"{n} x {c}"},
+        {"part": f"noise ({type(m.noise).__name__})", "output": f"{n}x{c}",
+         "parameters": count_parameters(m.noise), "note": "training only"},
+        {"part": "input projection + position", "output": f"{n}x{m.input_projection.out_features}",
+         "parameters": count_parameters(m.input_projection), "note": "2-D sin-cos"},
+        {"part": f"{len(m.groups)} x {block}" if m.block == "self" else
+                 f"{len(m.groups)} groups of {len(m.groups[0])} x {block}",
+         "output": f"{n}x{m.input_projection.out_features}", "parameters": count_parameters(m.groups),
+         "note": f"residual every {cfg.group} blocks" if m.block == "mixed" else "residuals inside"},
+        {"part": "norm + output projection", "output": f"{n}x{c}",
+         "parameters": count_parameters(m.norm) + count_parameters(m.output_projection),
+         "note": "Y, compared with X"},
+    ]
+    return pd.DataFrame(rows).set_index("part")
+
+
+def paper_size_parameters() -> int:
+    """Trained parameters of the paper-size MAAE: EfficientNet-b4 stages 0-3 at 256 px (24 + 32 +
+    56 + 160 channels on a 16x16 grid), 18 blocks of width 256 (built without weights)."""
+    import timm
+
+    from adlib.models.maae import MAAEConfig, build_maae
+    from adlib.nn import count_parameters
+
+    b4 = timm.create_model("tf_efficientnet_b4", features_only=True, pretrained=False, out_indices=(0, 1, 2, 3))
+    return count_parameters(build_maae(b4.feature_info.channels(), (16, 16), MAAEConfig()))
+
+
+def fusion_figure(cache, data, index: int, stages=(0, 1, 2, 3)):
+    """One image's finest level (its feature energy at stride 2) brought to the token grid by
+    bilinear resizing (UniAD) and by FFM's strided box-average convolutions (untrained)."""
+    import matplotlib.pyplot as plt
+
+    from adlib.nn.mixed_attention import FeatureFusion
+
+    levels = [f[index:index + 1].float() for f in cache.get(data)]
+    levels = [levels[cache.stages.index(s)] for s in stages]
+    channels = [f.shape[1] for f in levels]
+    c0 = channels[0]
+    panels = [(data[index]["image"].permute(1, 2, 0).numpy(), "image", None),
+              (levels[0][0].norm(dim=0).numpy(), f"stage {stages[0]}: {tuple(levels[0].shape[-2:])}", "magma")]
+    for kind, name in (("resize", "bilinear resize"), ("ffm", "FFM (strided 3x3)")):
+        fused = FeatureFusion(channels, kind)(levels)[0, :c0]
+        panels.append((fused.norm(dim=0).detach().numpy(), f"{name} -> {tuple(fused.shape[-2:])}", "magma"))
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    top = max(float(p[0].max()) for p in panels[2:])  # one colour scale for the two fusions
+    for k, (ax, (img, title, cmap)) in enumerate(zip(axes, panels)):
+        ax.imshow(img, cmap=cmap, **({"vmin": 0, "vmax": top} if k >= 2 else {}))
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{data.category}: {data[index]['defect_type']}; the finest level's energy "
+                 "(channel norm) on the token grid")
+    return fig
+
+
+def noise_figure(detector, train):
+    """ANG's learned ``A * W`` (mean over channels per token, and per channel over tokens) next
+    to the scale of UniAD's fixed jitter, ``scale * ||x|| / C``, on the training tokens."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    m = detector.model
+    ang = m.ang
+    device = next(m.parameters()).device
+    with torch.no_grad():
+        x = m.tokens([f.to(device) for f in detector.levels(train)]).cpu()
+    jitter = (detector.config.jitter_scale * x.norm(dim=-1) / x.shape[-1]).mean(0).view(*m.grid)
+    w = ang.amplitude * ang.weight.detach().abs().cpu()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+    for ax, img, title in ((axes[0], w.mean(1).view(*m.grid), "ANG: A|W| per token (mean over C)"),
+                           (axes[1], jitter, "jitter: noise std per token")):
+        im = ax.imshow(img.numpy(), cmap="viridis")
+        fig.colorbar(im, ax=ax, fraction=0.046, format="%.3g")
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    per_channel = w.mean(0).numpy()
+    pad = max(1e-3, float(per_channel.max() - per_channel.min()) * 0.05)  # W barely moved: still a bar
+    axes[2].hist(per_channel, bins=30, range=(per_channel.min() - pad, per_channel.max() + pad),
+                 color="tab:green")
+    axes[2].axvline(ang.amplitude, color="k", ls="--", lw=1, label="start (W = 1)")
+    axes[2].set_title("ANG: A|W| per channel (mean over tokens)", fontsize=10)
+    axes[2].legend(fontsize=8)
+    return fig
+
+
+def cost_table(cache, settings, trains, test, rows=None, variants=None):
+    """Per configuration: trained parameters, training seconds per epoch (from ``rows``: this
+    run's or a study's), and inference milliseconds per image on the cached features (the
+    backbone's own time per image is :attr:`FeatureCache.seconds` / images)."""
+    import time
+
+    import pandas as pd
+
+    from adlib.models.maae import VARIANTS
+
+    out = []
+    for variant in variants or VARIANTS:
+        det = make_detector(cache, {**settings, "variant": variant, "epochs": 0}, seed=0,
+                            device="cpu", progress=False).fit(trains)
+        det.predict(test)  # warm-up
+        start = time.perf_counter()
+        det.predict(test)
+        ms = 1000 * (time.perf_counter() - start) / len(test)
+        per_epoch = float("nan")
+        if rows is not None:
+            hit = rows[(rows["config"] == variant) & (rows["train_seconds"] > 0)]
+            if len(hit):
+                per_epoch = hit.groupby("seed")["train_seconds"].sum().mean() / settings["epochs"]
+        out.append({"configuration": variant, "parameters": det.parameter_count,
+                    "train s / epoch": round(per_epoch, 2), "inference ms / image": round(ms, 2)})
+    return pd.DataFrame(out).set_index("configuration")
