@@ -87,9 +87,7 @@ class ClaimCheck:
         """``(better, worse)`` term pairs; a term is a config or ``"A | B"``."""
         if self.order:
             return parse_order(self.order)
-        from adlib.results import paper_numbers
-
-        ref = paper_numbers(paper, table=self.table, metric=metric).set_index("setting")["value"]
+        ref = table_values(paper, self.table, metric)
         missing = [c for c in self.configs if c not in ref.index]
         if missing:
             msg = f"{paper} table {self.table} has no {metric} for {missing}; it lists {list(ref.index)}"
@@ -98,6 +96,16 @@ class ClaimCheck:
         groups = [[c for c in self.configs if float(ref[c]) == v]
                   for v in sorted({float(ref[c]) for c in self.configs}, reverse=True)]
         return [(a, b) for high, low in zip(groups, groups[1:]) for a in high for b in low]
+
+
+def table_values(paper: str, table: int | str, metric: str) -> pd.Series:
+    """A paper table's value per setting; a table printed per category gives its ``mean`` row."""
+    from adlib.results import paper_numbers
+
+    rows = paper_numbers(paper, table=table, metric=metric)
+    if rows["setting"].duplicated().any() and (rows["category"] == "mean").any():
+        rows = rows[rows["category"] == "mean"]
+    return rows.set_index("setting")["value"]
 
 
 _RELATION = re.compile(r"\s*(>|<)\s*")
@@ -172,11 +180,9 @@ def _interval(mean: float, lo: float, hi: float) -> str:
 def _paper_text(check: ClaimCheck, paper: str, metric: str, pairs: list[tuple[str, str]]) -> str:
     if check.table is None:
         return check.order or ""
-    from adlib.results import paper_numbers
-
     names = list(dict.fromkeys(n.strip() for p in pairs for t in p for n in t.split("|")))
     try:
-        ref = paper_numbers(paper, table=check.table, metric=metric).set_index("setting")["value"]
+        ref = table_values(paper, check.table, metric)
         ranked = sorted(names, key=lambda n: -float(ref[n]))
         text = f"{ranked[0]} {float(ref[ranked[0]]):g}"
         for prev, name in zip(ranked, ranked[1:]):

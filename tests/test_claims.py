@@ -133,3 +133,11 @@ def test_too_few_pairs_give_no_verdict_however_tight_their_interval():
     assert row["verdict"] == INCONCLUSIVE and "fewer than 6: no verdict" in row["note"]
     compact = claims_table([row, {**row, "verdict": NOT_RUN}], compact=True)
     assert len(compact) == 1 and "dataset" not in compact.columns
+
+
+def test_a_table_printed_per_category_gives_its_mean_row_for_an_order():
+    from adlib.claims import table_values
+
+    ref = table_values("noise_to_norm", 4, "image_auroc")
+    assert ref.index.is_unique and ref["lambda=0.3"] == 94.94 and ref["lambda=0"] == 73.16
+    assert table_values("maae", 3, "pixel_auroc")["ANG+FFM+MAAE"] == 96.9  # one row per setting

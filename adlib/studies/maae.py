@@ -243,10 +243,13 @@ def noise_figure(detector, train):
     return fig
 
 
-def cost_table(cache, settings, trains, test, rows=None, variants=None):
-    """Per configuration: trained parameters, training seconds per epoch (from ``rows``: this
-    run's or a study's), and inference milliseconds per image on the cached features (the
-    backbone's own time per image is :attr:`FeatureCache.seconds` / images)."""
+def cost_table(cache, settings, trains, test, measured=(), variants=None):
+    """Per configuration: trained parameters, training seconds per epoch and inference
+    milliseconds per image on the cached features (the backbone's own time per image is
+    :attr:`FeatureCache.seconds` / images). ``measured``: ``(label, rows, epochs)`` triples,
+    e.g. this run's grid and the committed study; a configuration's training time comes from
+    the first that trained it (unified, all categories)."""
+    import math
     import time
 
     import pandas as pd
@@ -261,11 +264,13 @@ def cost_table(cache, settings, trains, test, rows=None, variants=None):
         start = time.perf_counter()
         det.predict(test)
         ms = 1000 * (time.perf_counter() - start) / len(test)
-        per_epoch = float("nan")
-        if rows is not None:
-            hit = rows[(rows["config"] == variant) & (rows["train_seconds"] > 0)]
+        per_epoch, source = math.nan, "—"
+        for label, rows, epochs in measured:
+            hit = rows[(rows["config"] == variant) & (rows["train_seconds"] > 0)] if len(rows) else rows
             if len(hit):
-                per_epoch = hit.groupby("seed")["train_seconds"].sum().mean() / settings["epochs"]
+                per_epoch, source = hit.groupby("seed")["train_seconds"].sum().mean() / epochs, label
+                break
         out.append({"configuration": variant, "parameters": det.parameter_count,
-                    "train s / epoch": round(per_epoch, 2), "inference ms / image": round(ms, 2)})
+                    "train s / epoch": round(per_epoch, 2), "measured in": source,
+                    "inference ms / image": round(ms, 2)})
     return pd.DataFrame(out).set_index("configuration")
