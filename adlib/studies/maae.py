@@ -46,6 +46,9 @@ GRIDS = {
     "study": _table3(*TABLE3) + BASELINE + TRAINING + ANG_STEP + KNN + REFERENCE,
 }
 GRIDS["paper"] = GRIDS["study"]
+# Why FFM's convolutions are fixed: the same model with them trained (run after the study)
+GRIDS["ffm"] = [Cell("FFM convolutions", "fixed (box average)", {}),
+                Cell("FFM convolutions", "trained", {"ffm_train": True})] + REFERENCE
 
 CHECKS = (
     ClaimCheck(1, absolute={"table": 1, "method": "Ours", "category": "mean", "setting": "separate"},
@@ -130,6 +133,7 @@ TITLES = {"Table 3": "Table 3: ANG, FFM and mixed attention (MAAE) on and off",
           "training": "Unified (one model) vs separate (one per category)",
           "ANG step": "How ANG's adversarial step is taken",
           "single-class kNN": "A single-class method (kNN, chapter 0) unified vs separate",
+          "FFM convolutions": "FFM's strided convolutions fixed or trained",
           "reference": "Reference: the untrained model"}
 
 STUDY = Study(paper="maae", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run, unit="all",
@@ -201,20 +205,20 @@ def fusion_figure(cache, data, index: int, stages=(0, 1, 2, 3)):
         fused = FeatureFusion(channels, kind)(levels)[0, :c0]
         panels.append((fused.norm(dim=0).detach().numpy(), f"{name} -> {tuple(fused.shape[-2:])}", "magma"))
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
-    top = max(float(p[0].max()) for p in panels[2:])  # one colour scale for the two fusions
-    for k, (ax, (img, title, cmap)) in enumerate(zip(axes, panels)):
-        ax.imshow(img, cmap=cmap, **({"vmin": 0, "vmax": top} if k >= 2 else {}))
+    for ax, (img, title, cmap) in zip(axes, panels):
+        ax.imshow(img, cmap=cmap)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{data.category}: {data[index]['defect_type']}; the finest level's energy "
-                 "(channel norm) on the token grid")
+                 "(channel norm) on the token grid, each panel its own colour scale")
     return fig
 
 
 def noise_figure(detector, train):
-    """ANG's learned ``A * W`` (mean over channels per token, and per channel over tokens) next
-    to the scale of UniAD's fixed jitter, ``scale * ||x|| / C``, on the training tokens."""
+    """ANG's learned ``A * |W|`` after training: its deviation from its own mean per token (mean
+    over channels) and per channel (mean over tokens), next to the noise scale UniAD's fixed
+    jitter would give each token, ``scale * ||x|| / C``, on the training tokens."""
     import matplotlib.pyplot as plt
     import torch
 
@@ -225,21 +229,22 @@ def noise_figure(detector, train):
         x = m.tokens([f.to(device) for f in detector.levels(train)]).cpu()
     jitter = (detector.config.jitter_scale * x.norm(dim=-1) / x.shape[-1]).mean(0).view(*m.grid)
     w = ang.amplitude * ang.weight.detach().abs().cpu()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    for ax, img, title in ((axes[0], w.mean(1).view(*m.grid), "ANG: A|W| per token (mean over C)"),
+    mean = float(w.mean())
+    per_token = 100 * (w.mean(1) / mean - 1)
+    per_channel = 100 * (w.mean(0) / mean - 1)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, img, title in ((axes[0], per_token.view(*m.grid), "ANG: per token, % from its mean"),
                            (axes[1], jitter, "jitter: noise std per token")):
         im = ax.imshow(img.numpy(), cmap="viridis")
-        fig.colorbar(im, ax=ax, fraction=0.046, format="%.3g")
+        fig.colorbar(im, ax=ax, fraction=0.046, format="%.2g")
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    per_channel = w.mean(0).numpy()
-    pad = max(1e-3, float(per_channel.max() - per_channel.min()) * 0.05)  # W barely moved: still a bar
-    axes[2].hist(per_channel, bins=30, range=(per_channel.min() - pad, per_channel.max() + pad),
-                 color="tab:green")
-    axes[2].axvline(ang.amplitude, color="k", ls="--", lw=1, label="start (W = 1)")
-    axes[2].set_title("ANG: A|W| per channel (mean over tokens)", fontsize=10)
-    axes[2].legend(fontsize=8)
+    axes[2].hist(per_channel.numpy(), bins=30, color="tab:green")
+    axes[2].set_xlabel("% from the mean")
+    axes[2].set_title("ANG: per channel", fontsize=10)
+    fig.suptitle(f"ANG after training: A|W| = {mean:.3f} on average (it started at {ang.amplitude:g} "
+                 "everywhere); UniAD's jitter for comparison")
     return fig
 
 
