@@ -25,7 +25,8 @@ PAPERS: dict[str, Paper] = {p.key: p for p in (
     Paper("cse_patch_svdd", "C-SE on Patch SVDD", "01_cse_patch_svdd.ipynb",
           "adlib.studies.cse_patch_svdd"),
     Paper("maae", "MAAE: mixed-attention autoencoder", "02_maae.ipynb", "adlib.studies.maae"),
-    Paper("noise_to_norm", "Noise-to-norm M-net", None, "adlib.studies.noise_to_norm"),
+    Paper("noise_to_norm", "Noise-to-norm M-net", "03_noise_to_norm.ipynb",
+          "adlib.studies.noise_to_norm"),
     Paper("lea_net", "LEA-Net"),
     Paper("rlr", "RLR: learnable reference", "05_rlr.ipynb", "adlib.studies.rlr"),
 )}

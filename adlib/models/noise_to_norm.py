@@ -275,6 +275,14 @@ class NoiseToNormDetector:
         maps = gaussian_smooth(maps, self.config.map_sigma)
         return maps.flatten(1).amax(1).numpy(), maps.numpy()
 
+    def pixel_threshold(self, train: Any, quantile: float = 0.99) -> float:
+        """A map threshold from the held-out *normal* training images (never the test split):
+        the ``quantile`` of their map values, for a thresholded prediction like the paper's Fig. 4."""
+        images = images_of(train)
+        _, val_idx = self.split(len(images))
+        _, maps = self.predict(images[val_idx or list(range(len(images)))])
+        return float(np.quantile(maps, quantile))
+
 
 class MeanImageBaseline:
     """The trivial reference: a pixel's score is its distance to the mean training image

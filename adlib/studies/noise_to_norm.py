@@ -104,3 +104,147 @@ STUDY = Study(paper="noise_to_norm", grids=GRIDS, checks=CHECKS, protocol=protoc
               unit="category", default=DEFAULT, titles=TITLES, helpers=(make_detector,),
               sources=("adlib.models.noise_to_norm", "adlib.nn.mnet", "adlib.evaluation",
                        "adlib.maps", "adlib.metrics", "adlib.train", "adlib.checkpoint"))
+
+
+def ordered(categories):
+    """The MPDD-like category (moving, rotating objects) first, as the chapter shows it."""
+    return sorted(categories, key=lambda c: c != MPDD_LIKE)
+
+
+# ------------------------------------------------------------------ the chapter's figures
+
+def _show(ax, img, title, **kw):
+    ax.imshow(img, **kw)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def noise_figure(image, lambdas=LAMBDAS, seed: int = 0):
+    """One image under Eq. 1 at each lambda (shown back in [0, 1])."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from adlib.models.noise_to_norm import add_noise, normalise
+
+    x0 = normalise(image[None])
+    fig, axes = plt.subplots(1, len(lambdas), figsize=(2.6 * len(lambdas), 2.8))
+    for ax, lam in zip(axes, lambdas):
+        x = add_noise(x0, lam, torch.Generator().manual_seed(seed))
+        _show(ax, ((x[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy(), f"lambda = {lam:g}")
+    fig.suptitle("x = (1 - lambda) x0 + lambda eps, eps ~ N(0.5, 0.5)")
+    return fig
+
+
+def identity_figure(detectors: dict, test, index: int):
+    """The same anomalous image reconstructed by models trained at different lambdas, each
+    with its map: without noise the network reproduces the defect."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(detectors), 4, figsize=(10, 2.7 * len(detectors)), squeeze=False)
+    for row, (name, det) in zip(axes, detectors.items()):
+        x0, noisy, y = (t[index:index + 1] for t in det.reconstruct(test))
+        _, maps = det.predict(test)
+        to_img = lambda t: ((t[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()  # noqa: E731
+        _show(row[0], to_img(x0), f"{test.category}: {test[index]['defect_type']}")
+        _show(row[1], to_img(noisy), f"{name}: input")
+        _show(row[2], to_img(y), f"{name}: reconstruction")
+        _show(row[3], maps[index], f"{name}: map", cmap="magma")
+    return fig
+
+
+def fig4(detector, result, train, indices):
+    """The paper's Fig. 4 columns: image, ground truth, reconstruction, map, and the map
+    thresholded at the 99th percentile of the held-out normal images' maps."""
+    import matplotlib.pyplot as plt
+
+    threshold = detector.pixel_threshold(train)
+    _, _, y = detector.reconstruct(result.test)
+    fig, axes = plt.subplots(len(indices), 5, figsize=(11, 2.3 * len(indices)), squeeze=False)
+    for row, i in zip(axes, indices):
+        _show(row[0], result.test[i]["image"].permute(1, 2, 0).numpy(), result.test[i]["defect_type"])
+        _show(row[1], result.masks[i], "ground truth", cmap="gray")
+        _show(row[2], ((y[i] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy(), "reconstruction")
+        _show(row[3], result.maps[i], "map", cmap="magma")
+        _show(row[4], result.maps[i] > threshold, "prediction", cmap="gray")
+    fig.suptitle(f"{result.category}: threshold {threshold:.3f} (99th percentile on held-out normals)")
+    return fig
+
+
+def skff_figure(detectors: dict, test):
+    """SKFF's mean weight per decoder scale (over channels and test images), per model."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from adlib.models.noise_to_norm import add_noise, images_of, normalise
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    scales = ["full", "1/2", "1/4", "1/8"]
+    width = 0.8 / max(len(detectors), 1)
+    for k, (name, det) in enumerate(detectors.items()):
+        x = normalise(images_of(test))
+        x = add_noise(x, det.config.lam, torch.Generator().manual_seed(0))
+        device = next(det.model.parameters()).device
+        with torch.no_grad():
+            w = det.model.skff_weights(x.to(device)).float().cpu().mean((0, 2)).numpy()
+        ax.bar(np.arange(4) + k * width, w, width, label=name)
+    ax.axhline(0.25, color="k", lw=0.8, ls="--", label="uniform")
+    ax.set_xticks(np.arange(4) + width * (len(detectors) - 1) / 2, scales)
+    ax.set_ylabel("mean SKFF weight")
+    ax.set_title("Which decoder scale the fusion uses")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def cost_table(settings, train, test, device: str = "cpu"):
+    """Parameters, training seconds per epoch (timed steps x steps per epoch) and inference
+    milliseconds per image (reconstruction + maps), with residual attention and with 1x1
+    convolutions; the noise level does not change the cost."""
+    import time
+
+    import pandas as pd
+    import torch
+
+    from adlib.models.noise_to_norm import _loss, images_of
+
+    images = images_of(train)
+    rows = []
+    for name, attention in (("residual attention", True), ("1x1 convolution", False)):
+        det = make_detector({**settings, "attention": attention, "epochs": 0}, seed=0, device=device,
+                            progress=False).fit(images)
+        model = det.model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        batch = images[: settings["batch_size"]].to(next(model.parameters()).device)
+        loss = _loss(settings["lam"], settings["alpha"])
+        start = time.perf_counter()
+        for _ in range(3):
+            opt.zero_grad()
+            loss(model, batch)["loss"].backward()
+            opt.step()
+        step = (time.perf_counter() - start) / 3
+        steps = -(-round(len(images) * (1 - settings["val_fraction"])) // settings["batch_size"])
+        model.eval()
+        start = time.perf_counter()
+        det.predict(test)
+        ms = 1000 * (time.perf_counter() - start) / len(test)
+        rows.append({"configuration": name, "parameters": sum(p.numel() for p in model.parameters()),
+                     "train s / epoch": round(step * steps, 2), "inference ms / image": round(ms, 1)})
+    return pd.DataFrame(rows).set_index("configuration")
+
+
+def parameter_table(width: int, image_size: int):
+    """Parameters with residual attention and with 1x1 convolutions, at ``width`` and at the
+    paper-size width 32; and the decoder's output shapes at ``image_size``."""
+    import pandas as pd
+    import torch
+
+    from adlib.models.noise_to_norm import MNet
+
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    rows = [{"configuration": name, "parameters, this run": count(MNet(width, a)),
+             "parameters, width 32": count(MNet(32, a))}
+            for name, a in (("residual attention", True), ("1x1 convolution", False))]
+    with torch.no_grad():
+        shapes = [tuple(s.shape[1:]) for s in MNet(width).eval().scales(torch.zeros(1, 3, image_size, image_size))]
+    return pd.DataFrame(rows).set_index("configuration"), shapes
