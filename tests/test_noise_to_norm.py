@@ -62,3 +62,27 @@ def test_the_loss_is_zero_for_a_perfect_reconstruction_and_the_window_fits_the_s
     assert msssim_l1_loss(x, x).item() == pytest.approx(0.0, abs=1e-5)
     assert msssim_l1_loss(torch.zeros_like(x), x).item() > 0.1
     assert msssim_window(256) == 11 and msssim_window(128) == 7 and msssim_window(64) == 3
+
+
+@pytest.mark.slow
+def test_short_training_ranks_anomalous_images_above_the_untrained_model():
+    import numpy as np
+
+    from adlib.data.sources import open_split, resolve_root
+    from adlib.evaluation import evaluate_categories
+    from adlib.models.noise_to_norm import NoiseToNormDetector
+
+    root = resolve_root("embedded")
+    kw = dict(width=8, lam=0.3, lr=2e-3, batch_size=8, map_sigma=2, device="cpu", progress=False)
+
+    def auroc(epochs):
+        det = NoiseToNormDetector(epochs=epochs, t_max=max(epochs, 1), **kw)
+        res = evaluate_categories(lambda: det, "embedded", root, ["brick"], 64, show_progress=False)
+        return res[0].metrics["image_auroc"], res[0].metrics["pixel_auroc"], det
+
+    trained_image, trained_pixel, det = auroc(40)
+    untrained_image, untrained_pixel, _ = auroc(0)
+    assert det.validation_size == round(0.2 * len(open_split("embedded", root, "brick", "train", 64)))
+    assert "val_loss" in det.history and np.isfinite(det.history["val_loss"]).all()
+    assert trained_image > untrained_image + 0.03, (trained_image, untrained_image)
+    assert trained_pixel > untrained_pixel + 0.1, (trained_pixel, untrained_pixel)
