@@ -239,7 +239,25 @@ def execute(task: Task) -> list[dict]:
     return [{**r, "hardware": hardware} for r in results]
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this worker SIGTERM when the study process dies, so a killed
+    study leaves no orphaned workers behind (a rerun resumes from the rows either way)."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
+
+
 def _init_worker(gpu_ids: Any, threads: int) -> None:
+    _die_with_parent()
     if gpu_ids is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get())
     os.environ["OMP_NUM_THREADS"] = str(threads)

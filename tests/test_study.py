@@ -211,3 +211,11 @@ def test_a_failed_run_is_named_and_the_others_are_kept(toy, tmp_path):
     with pytest.raises(StudyError, match="4 of 16 runs failed.*gain/gain=3 seed 0: ValueError: gain 3 is broken"):
         _run(tmp_path / "s", data)
     assert len(RowStore(tmp_path / "s").load()) == 12
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_a_local_worker_asks_to_die_with_the_study_process():
+    code = ("import ctypes, signal; from adlib.study import _die_with_parent; _die_with_parent(); "
+            "v = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(v)); print(v.value)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == signal.SIGTERM
