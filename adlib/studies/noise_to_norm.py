@@ -228,7 +228,7 @@ def cost_table(settings, train, test, device: str = "cpu"):
         start = time.perf_counter()
         det.predict(test)
         ms = 1000 * (time.perf_counter() - start) / len(test)
-        rows.append({"configuration": name, "parameters": sum(p.numel() for p in model.parameters()),
+        rows.append({"configuration": name, "parameters": det.parameter_count,
                      "train s / epoch": round(step * steps, 2), "inference ms / image": round(ms, 1)})
     return pd.DataFrame(rows).set_index("configuration")
 
@@ -240,10 +240,10 @@ def parameter_table(width: int, image_size: int):
     import torch
 
     from adlib.models.noise_to_norm import MNet
+    from adlib.nn import count_parameters
 
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    rows = [{"configuration": name, "parameters, this run": count(MNet(width, a)),
-             "parameters, width 32": count(MNet(32, a))}
+    rows = [{"configuration": name, "parameters, this run": count_parameters(MNet(width, a)),
+             "parameters, width 32": count_parameters(MNet(32, a))}
             for name, a in (("residual attention", True), ("1x1 convolution", False))]
     with torch.no_grad():
         shapes = [tuple(s.shape[1:]) for s in MNet(width).eval().scales(torch.zeros(1, 3, image_size, image_size))]
