@@ -59,7 +59,7 @@ def _study(args: argparse.Namespace) -> None:
         protocol[key] = parse_value(value)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else cfg.seeds
     root = resolve_root(cfg.dataset, cfg.data_root, seed=args.data_seed)
-    wanted = [c.strip() for c in args.categories.split(",")] if args.categories else None
+    wanted = [c.strip() for c in args.categories.split(",")] if args.categories else cfg.categories
     categories = choose_categories(cfg.dataset, root, wanted)
     grid = args.grid or cfg.grid
     out = args.out or f"runs/study/{study.paper}"
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--grid", default=None, help="grid name (default: the profile's grid)")
     st.add_argument("--profile", default="study", help="profile giving the defaults (study)")
     st.add_argument("--seeds", default=None, help="comma-separated (default: the profile's)")
-    st.add_argument("--categories", default=None, help="comma-separated (default: all)")
+    st.add_argument("--categories", default=None, help="comma-separated (default: the profile's, else all)")
     st.add_argument("--dataset", default=None)
     st.add_argument("--data-root", default=None)
     st.add_argument("--data-seed", type=int, default=0, help="seed of the embedded data set")

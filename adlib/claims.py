@@ -5,7 +5,8 @@ A paper declares its checks as data (:class:`ClaimCheck`) next to its grid; the 
 (one row per ablation cell x seed x category, see :mod:`adlib.study`).
 
 How a direction is judged. For ``A > B`` on a metric, take the difference ``A - B`` for every
-(seed, category) pair that both configs ran, its mean, and a seeded 95 % bootstrap interval of
+(seed, category) pair that both configs ran -- (seed, category, fold) in a cross-validated
+study, whose folds share seed and data -- its mean, and a seeded 95 % bootstrap interval of
 that mean:
 
 * ``reproduced``    the interval lies above 0;
@@ -43,8 +44,9 @@ LEVELS = {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "pixel (AUPRO
           "image_f1_max": "image (F1-max)", "f1": "image (F1)", "final_loss": "training loss"}
 BOOTSTRAP_SAMPLES = 10_000
 MIN_PAIRS = 6
-"""Fewer (seed, category) pairs than this give no direction verdict: inconclusive."""
-PAIR_KEYS = ("seed", "category")
+"""Fewer (seed, category[, fold]) pairs than this give no direction verdict: inconclusive."""
+PAIR_KEYS = ("seed", "category", "fold")
+"""What a pair shares; ``fold`` is empty (None) outside cross-validated studies."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ def _term_values(rows: pd.DataFrame, term: str, metric: str, ablation: str | Non
         if hit.empty:
             return None
         first = hit["ablation"].iloc[0]  # same settings in two tables: one copy of each pair
-        parts.append(hit[hit["ablation"] == first].groupby(list(PAIR_KEYS))[metric].mean())
+        hit = hit[hit["ablation"] == first]
+        parts.append(hit.groupby(list(PAIR_KEYS), dropna=False)[metric].mean())
     joined = pd.concat(parts, axis=1).dropna()
     return joined.max(axis=1) if higher_is_better else joined.min(axis=1)
 
@@ -256,7 +259,8 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
             verdict = DID_NOT_LEARN
             notes.insert(0, f"{first} − {check.sanity} (the sanity reference): {_interval(mean, lo, hi)}")
     if min(n_pairs) < MIN_PAIRS:
-        notes.append(f"{min(n_pairs)} (seed, category) pairs, fewer than {MIN_PAIRS}: no verdict")
+        unit = "(seed, category, fold)" if rows["fold"].notna().any() else "(seed, category)"
+        notes.append(f"{min(n_pairs)} {unit} pairs, fewer than {MIN_PAIRS}: no verdict")
     if sign < 0:
         notes.append("lower is better: the differences are worse − better")
     return {**out, "ours": "; ".join(parts), "verdict": verdict, "n_pairs": min(n_pairs),

@@ -204,17 +204,73 @@ def _check_feature_model(paper: str, root: Path, size: int, device: str, steps: 
                 extra_s=(MVTEC_TRAIN + MVTEC_TEST) / extract_rate)
 
 
+#: The paper's labelled data sets (Table 2): about 350 images each, a quarter of them anomalous.
+LABELLED_IMAGES, LABELLED_NORMAL = 350, 260
+
+
+def _check_lea_net(root: Path, size: int, device: str, steps: int, categories=CATEGORIES,
+                   dataset: str = "mvtec_ad") -> dict:
+    """LEA-Net's ``paper`` settings (ResNet18 + ResNet-based CAAN, width 64): the colouriser and
+    the classifier each trained for about ``steps`` steps on one category's images (train goods
+    normal, test defects anomalous), one scoring pass; the estimate is 5 folds of 500 colouriser
+    epochs on the normals and 100 classifier epochs on a Table 2-sized data set."""
+    import torch
+
+    from adlib.data.sources import open_split
+    from adlib.models import lea_net as lea
+    from adlib.profiles import resolve
+    from adlib.studies import lea_net as chapter
+
+    s = chapter.protocol(resolve("lea_net", "paper", data_root=str(root)))
+    items = [*open_split(dataset, root, categories[0], "train", size), *open_split(dataset, root, categories[0], "test", size)]
+    images = torch.stack([item["image"] for item in items])
+    labels = torch.tensor([int(item["label"]) for item in items])
+    per_epoch = max(1, math.ceil(len(images) / s["batch_size"]))
+    epochs = max(1, math.ceil(steps / per_epoch))
+    with _Meter(device) as colouring:
+        fitted = lea.train_colouriser(images[labels == 0], image_size=size, width=s["colouriser_width"],
+                                      epochs=epochs, device=device, amp=s["amp"])
+        maps, _ = lea.colour_anomaly_maps(fitted.model, images)
+    net = lea.LEANet(s["adn"], s["caan"], s["point"], width=s["width"], image_size=size)
+    with _Meter(device, count_syncs=True) as fitting:
+        result = lea.train_lea_net(net, images, maps, labels, epochs=epochs, lr=1e-4, device=device, amp=s["amp"])
+    with _Meter(device) as scoring:
+        lea.predict(result.model, images, maps)
+    normal_rate = epochs * int((labels == 0).sum()) / colouring.seconds
+    colouriser_s = s["folds"] * s["colouriser_epochs"] * LABELLED_NORMAL * 0.8 / normal_rate
+    return _row("04 LEA-Net", fitting, epochs * len(images), epochs * per_epoch, scoring, len(images),
+                "fp16" if device.startswith("cuda") else "off",
+                s["folds"] * s["epochs"] * LABELLED_IMAGES * 0.8, s["folds"] * LABELLED_IMAGES * 0.2,
+                "images", extra_s=colouriser_s)
+
+
 def paper_estimate(paper: str, run: Any, steps: int = 20) -> str:
     """A short timed warm-up on the run's own data and device, and the wall time the full
     ``paper`` profile would take at that rate: printed by a chapter before it commits to hours."""
     args = (Path(run.root), run.cfg.image_size, run.device, steps)
     kw = {"categories": run.categories[:2], "dataset": run.cfg.dataset}
+    if paper == "lea_net":
+        return _lea_net_estimate(run, steps)
+    if paper != "cse_patch_svdd" and paper not in FEATURE_CHAPTERS:
+        return f"no warm-up estimate for {paper} yet (python -m adlib gpucheck times the others)"
     row = (_check_patch_svdd(*args, **kw) if paper == "cse_patch_svdd"
            else _check_feature_model(paper, *args, **kw))
     return (f"warm-up, {row['steps timed']} training steps on {run.device}: "
             f"{row['train items/s']} {row['train unit']}/s, {row['inference images/s']} test "
             f"images/s, AMP {row['AMP']}; the full paper profile (MVTec AD's 3,629 training and "
             f"1,725 test images) would take about {row['estimated paper wall time (h)']} h here")
+
+
+def _lea_net_estimate(run: Any, steps: int) -> str:
+    """LEA-Net's warm-up: its check on a small tree of this size, scaled to the paper's protocol."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_tree(Path(tmp), run.cfg.image_size, 8, 4)
+        row = _check_lea_net(root, run.cfg.image_size, run.device, steps)
+    return (f"warm-up on {run.device}: {row['train items/s']} training images/s, AMP {row['AMP']}; "
+            f"5 folds of the paper profile on a Table 2-sized data set (350 images) would take "
+            f"about {row['estimated paper wall time (h)']} h here")
 
 
 def gpucheck(out: str | Path, *, device: str = "auto", tiny: bool = False,
@@ -235,6 +291,7 @@ def gpucheck(out: str | Path, *, device: str = "auto", tiny: bool = False,
     for paper in FEATURE_CHAPTERS:
         rows.append(_check_feature_model(paper, root, size, device, steps))
         print(rows[-1], flush=True)
+    rows.insert(3, _check_lea_net(root, size, device, steps))
     bench = None
     if device.startswith("cuda") and not tiny:
         from adlib.bench import bench_patchsvdd_nn

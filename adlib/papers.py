@@ -27,7 +27,8 @@ PAPERS: dict[str, Paper] = {p.key: p for p in (
     Paper("maae", "MAAE: mixed-attention autoencoder", "02_maae.ipynb", "adlib.studies.maae"),
     Paper("noise_to_norm", "Noise-to-norm M-net", "03_noise_to_norm.ipynb",
           "adlib.studies.noise_to_norm"),
-    Paper("lea_net", "LEA-Net"),
+    Paper("lea_net", "LEA-Net: colour anomaly maps as layer-wise external attention",
+          "04_lea_net.ipynb", "adlib.studies.lea_net"),
     Paper("rlr", "RLR: learnable reference", "05_rlr.ipynb", "adlib.studies.rlr"),
 )}
 

@@ -114,6 +114,26 @@ PAPER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     # RLR (chapter 5). hidden / windows are per backbone stage 1, 2, 3 (strides 4/8/16).
     # CPU profiles reconstruct Lite0 stages 2-3 only: stage 1 at 128 px is a 32x32 grid whose
     # 1024x1024 attention costs ~10x the other two levels together.
+    "lea_net": {
+        "smoke": {"categories": ["ihc"], "image_size": 64, "epochs": 2, "batch_size": 16, "folds": 2,
+                  "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb", "width": 8,
+                  "gate": "paper", "lr": None, "anomalous_fraction": 1.0, "colouriser_epochs": 3,
+                  "colouriser_width": 8, "colouriser_lr": 1e-3, "fancy_pca": 0.08, "amp": True},
+        "cpu": {"categories": ["ihc"], "image_size": 128, "epochs": 20, "batch_size": 16, "folds": 2,
+                "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb", "width": 16,
+                "gate": "paper", "lr": None, "anomalous_fraction": 1.0, "colouriser_epochs": 40,
+                "colouriser_width": 16, "colouriser_lr": 1e-3, "fancy_pca": 0.08, "amp": True},
+        "study": {"categories": ["ihc"], "image_size": 128, "epochs": 30, "batch_size": 16, "folds": 5,
+                  "n_seeds": 3, "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb",
+                  "width": 16, "gate": "paper", "lr": None, "anomalous_fraction": 1.0,
+                  "colouriser_epochs": 60, "colouriser_width": 16, "colouriser_lr": 1e-3,
+                  "fancy_pca": 0.08, "amp": True},
+        "paper": {"dataset": "labelled", "image_size": 256, "epochs": 100, "batch_size": 16, "folds": 5,
+                  "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb", "width": 64,
+                  "gate": "paper", "lr": None, "anomalous_fraction": 1.0, "colouriser_epochs": 500,
+                  "colouriser_width": 64, "colouriser_lr": 1e-3, "fancy_pca": 0.08, "amp": True,
+                  "grid": "paper"},
+    },
     "rlr": {
         "smoke": {"image_size": 64, "epochs": 1, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
                   "stages": (2, 3), "hidden": (8, 16, 32), "windows": (5, 3, 3), "blocks": 1,
@@ -233,9 +253,11 @@ class Setup:
     protocol: dict[str, Any] | None = None  # the chapter's defaults (its study's protocol)
 
     def save_record(self, results: list, study: Any = None, notes: str = "",
-                    notebook: str | None = None, **params: Any):
+                    notebook: str | None = None, metrics: dict | None = None, **params: Any):
         """Write this run's :class:`adlib.results.RunRecord` to ``output_dir``: the main
-        model's metrics per category, the grid's rows and the claims checked on them."""
+        model's metrics per category (``results``, or ``metrics`` as ``{category: {metric:
+        value}}`` where the chapter's results are not per-category, e.g. per fold), the grid's
+        rows and the claims checked on them."""
         from adlib.evaluation import metrics_for_record
         from adlib.papers import PAPERS
         from adlib.results import RunRecord, hardware_info
@@ -246,7 +268,8 @@ class Setup:
         record = RunRecord(paper=c.paper, notebook=notebook or (entry.notebook if entry else c.paper),
                            profile=c.profile, dataset=c.dataset, data_root=c.data_root,
                            categories=self.categories, params={**c.as_dict(), **params},
-                           seeds=c.seeds, metrics=metrics_for_record(results), ablations=rows,
+                           seeds=c.seeds, ablations=rows,
+                           metrics=metrics if metrics is not None else metrics_for_record(results),
                            claims=study.claims if study is not None else [],
                            hardware=hardware_info(self.device),
                            wall_time_s=time.perf_counter() - self.started, notes=notes)

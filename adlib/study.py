@@ -9,10 +9,10 @@ evaluates one task. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adl
     python -m adlib study rlr --grid study --seeds 0,1,2 --executor local --workers 2 \\
         --out adlib/resources/results/rlr
 
-Rows. Every finished run appends one row per (cell, seed, category) to ``rows.jsonl`` in
-``out`` (:data:`ROW_FIELDS`): paper, ablation, config, overrides, seed, category (or fold),
+Rows. Every finished run appends one row per (cell, seed, category[, fold]) to ``rows.jsonl``
+in ``out`` (:data:`ROW_FIELDS`): paper, ablation, config, overrides, seed, category, fold,
 metrics, training seconds, final loss, protocol, hardware, revision, model hash, key. The
-key hashes the paper, the full settings (protocol + overrides), seed and category, so a
+key hashes the paper, the full settings (protocol + overrides), seed, category and fold, so a
 rerun skips rows already present for the same protocol *and* model hash (a study killed at
 any point loses at most the runs in flight); rows whose model hash differs are *stale*:
 never reused silently, and listed in the summary. Identical settings reached from two
@@ -79,6 +79,7 @@ class Task:
     dataset: str
     data_root: str
     device: str = "auto"
+    fold: int | None = None        # unit "fold": the test fold of k-fold cross-validation
 
 
 @dataclass
@@ -93,8 +94,10 @@ class Study:
         protocol: ``RunConfig -> dict`` of the chapter's defaults under a profile (image size,
             epochs, backbone, model settings, ...); a cell's overrides change some of them.
         run: ``Task -> [{"category", "metrics", "train_seconds", "final_loss"}, ...]``.
-        unit: ``"category"`` (one task per category: separate models) or ``"all"`` (one
-            task trains on every category: unified models; it returns one row per category).
+        unit: ``"category"`` (one task per category: separate models), ``"all"`` (one
+            task trains on every category: unified models; it returns one row per category),
+            or ``"fold"`` (supervised k-fold cross-validation: one task per category and test
+            fold, k = the protocol's ``folds``; rows carry the fold, claims pair on it).
         default: the config label of the chapter's main model (the record's metrics).
         titles: a title per ablation, for the notebook's tables and plots.
         helpers: the study module's functions ``run`` calls (hashed with it).
@@ -164,9 +167,11 @@ def load_study(paper_or_module: str) -> Study:
 
 # ------------------------------------------------------------------------------- rows
 
-def run_key(paper: str, settings: Mapping[str, Any], seed: int, category: str) -> str:
-    """The identity of one row: paper, full settings, seed, category (16 hex digits)."""
-    text = json.dumps([paper, dict(settings), int(seed), category], sort_keys=True, default=str)
+def run_key(paper: str, settings: Mapping[str, Any], seed: int, category: str,
+            fold: int | None = None) -> str:
+    """The identity of one row: paper, full settings, seed, category, fold (16 hex digits)."""
+    ident = [paper, dict(settings), int(seed), category] + ([] if fold is None else [int(fold)])
+    text = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -378,40 +383,63 @@ def _settings(protocol: Mapping[str, Any], cell: Cell) -> dict:
 
 def plan(study: Study, cells: Sequence[Cell], protocol: Mapping[str, Any], seeds: Sequence[int],
          categories: Sequence[str], *, dataset: str, data_root: str, device: str = "auto"
-         ) -> tuple[list[Task], list[tuple[Cell, int, str, str]]]:
-    """The tasks to run (identical settings once) and every (cell, seed, category, key)."""
+         ) -> tuple[list[Task], list[tuple[Cell, int, str, int | None, str]]]:
+    """The tasks to run (identical settings once) and every (cell, seed, category, fold, key)."""
     tasks: dict[tuple, Task] = {}
     slots = []
     units = [tuple(categories)] if study.unit == "all" else [(c,) for c in categories]
     for cell in cells:
         settings = _settings(protocol, cell)
+        folds = _folds(study, settings)
         for seed in seeds:
             for unit in units:
-                ident = (json.dumps(settings, sort_keys=True), int(seed), unit)
-                tasks.setdefault(ident, Task(study.module or study.paper, study.paper,
-                                             cell.ablation, cell.config, dict(cell.overrides),
-                                             settings, int(seed), unit, dataset, str(data_root),
-                                             device))
-                slots += [(cell, int(seed), c, run_key(study.paper, settings, seed, c)) for c in unit]
+                for fold in folds:
+                    ident = (json.dumps(settings, sort_keys=True), int(seed), unit, fold)
+                    tasks.setdefault(ident, Task(study.module or study.paper, study.paper,
+                                                 cell.ablation, cell.config, dict(cell.overrides),
+                                                 settings, int(seed), unit, dataset,
+                                                 str(data_root), device, fold))
+                    slots += [(cell, int(seed), c, fold, run_key(study.paper, settings, seed, c, fold))
+                              for c in unit]
     return list(tasks.values()), slots
 
 
+def _folds(study: Study, settings: Mapping[str, Any]) -> list[int | None]:
+    """The test folds of a fold study (``settings["folds"]`` of them), else ``[None]``."""
+    if study.unit != "fold":
+        return [None]
+    k = settings.get("folds")
+    if not isinstance(k, int) or k < 2:
+        msg = f"{study.paper}: a fold study needs an integer protocol setting folds >= 2, got {k!r}"
+        raise StudyError(msg)
+    return list(range(k))
+
+
+def _has_folds(frame: pd.DataFrame) -> bool:
+    return "fold" in frame and frame["fold"].notna().any()
+
+
 def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (ablation, config, seed): each metric averaged over the categories (the
-    unit the summaries' and plots' mean ± std run over)."""
+    """One row per (ablation, config, seed) -- per (ablation, config, seed, fold) in a fold
+    study, as the paper's mean ± std runs over folds: each metric averaged over the
+    categories (the unit the summaries' and plots' mean ± std run over)."""
     metrics = [m for m in SUMMARY_METRICS if m in frame and frame[m].notna().any()]
-    return frame.groupby(["ablation", "config", "seed"], sort=False)[metrics].mean()
+    keys = ["ablation", "config", "seed"] + (["fold"] if _has_folds(frame) else [])
+    return frame.groupby(keys, sort=False)[metrics].mean()
 
 
 def _summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds of each seed's category mean, per (ablation, config)."""
+    """Mean ± std over seeds (x folds) of each seed's category mean, per (ablation, config)."""
     if frame.empty:
         return pd.DataFrame()
     per_seed = seed_means(frame)
     grouped = per_seed.groupby(level=["ablation", "config"], sort=False)
     out = grouped.agg(["mean", "std"])
-    out[("n", "seeds")] = grouped.size()
-    out[("n", "categories")] = frame.groupby(["ablation", "config"], sort=False)["category"].nunique()
+    by_config = frame.groupby(["ablation", "config"], sort=False)
+    out[("n", "seeds")] = by_config["seed"].nunique()
+    if _has_folds(frame):
+        out[("n", "folds")] = by_config["fold"].nunique()
+    out[("n", "categories")] = by_config["category"].nunique()
     return out
 
 
@@ -423,6 +451,8 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
         out[metric] = [("—" if not math.isfinite(m) else f"{m:.2f} ± {s:.2f}" if math.isfinite(s)
                         else f"{m:.2f}") for m, s in zip(mean, std)]
     out["seeds"] = summary[("n", "seeds")].astype(int)
+    if ("n", "folds") in summary:
+        out["folds"] = summary[("n", "folds")].astype(int)
     out["categories"] = summary[("n", "categories")].astype(int)
     return out
 
@@ -516,16 +546,16 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
 
     def provenance(task_like: Mapping[str, Any], result: Mapping[str, Any], seed: int) -> dict:
         settings = _settings(protocol, Cell("", "", task_like["overrides"]))
-        category = result["category"]
+        category, fold = result["category"], result.get("fold")
         return {"paper": study.paper, "ablation": task_like["ablation"],
                 "config": task_like["config"], "overrides": dict(task_like["overrides"]),
-                "seed": int(seed), "category": category, "fold": result.get("fold"),
+                "seed": int(seed), "category": category, "fold": fold,
                 "metrics": result["metrics"], "train_seconds": result.get("train_seconds"),
                 "final_loss": result.get("final_loss"),
                 "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},
                 "hardware": result.get("hardware") or here,
                 "revision": revision, "model_hash": model_hash,
-                "key": run_key(study.paper, settings, seed, category),
+                "key": run_key(study.paper, settings, seed, category, fold),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
     existing = store.load()
@@ -537,7 +567,8 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         store.append(new_known)
         valid |= {r["key"] for r in new_known}
 
-    keys_of = {id(t): [run_key(study.paper, t.settings, t.seed, c) for c in t.categories] for t in tasks}
+    keys_of = {id(t): [run_key(study.paper, t.settings, t.seed, c, t.fold) for c in t.categories]
+               for t in tasks}
     pending = [t for t in tasks if not all(k in valid for k in keys_of[id(t)])]
     skipped = len(tasks) - len(pending)
     failures: list[str] = []
@@ -551,7 +582,8 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
             bar.update(1)
 
         def failed(task: Task, err: Exception) -> None:
-            failures.append(f"{task.ablation}/{task.config} seed {task.seed}: "
+            where = "" if task.fold is None else f" fold {task.fold}"
+            failures.append(f"{task.ablation}/{task.config} seed {task.seed}{where}: "
                             f"{type(err).__name__}: {err}")
             bar.update(1)
 
@@ -584,7 +616,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         for row in stale:
             by_key.setdefault(row["key"], row)
     labelled, missing, used = [], 0, []
-    for cell, seed, category, key in slots:
+    for cell, seed, category, _fold, key in slots:
         row = by_key.get(key)
         if row is None:
             missing += 1
@@ -635,7 +667,9 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
              f"Seeds {', '.join(map(str, seeds))}; categories {', '.join(categories)}; "
              f"revision {result.revision}; {result.ran} tasks run now, {result.skipped} reused; "
              f"{result.missing} rows missing; {len(result.stale)} stale rows (other code) "
-             "not reused.", "", "Mean ± std over seeds of the per-seed category mean:", "",
+             "not reused.", "", ("Mean ± std over (seed, fold) of the category mean:"
+                                  if _has_folds(result.rows) else
+                                  "Mean ± std over seeds of the per-seed category mean:"), "",
              summary_markdown(result.summary), ""]
     if result.claims:
         table = claims_table(result.claims)[["claim", "check", "level", "paper", "ours",

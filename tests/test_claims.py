@@ -141,3 +141,23 @@ def test_a_table_printed_per_category_gives_its_mean_row_for_an_order():
     ref = table_values("noise_to_norm", 4, "image_auroc")
     assert ref.index.is_unique and ref["lambda=0.3"] == 94.94 and ref["lambda=0"] == 73.16
     assert table_values("maae", 3, "pixel_auroc")["ANG+FFM+MAAE"] == 96.9  # one row per setting
+
+
+def test_cross_validated_rows_pair_on_seed_and_fold():
+    """A fold study: 3 seeds x 5 folds of one category are 15 pairs, each fold's difficulty
+    shared by both configs (unpaired the fold spread would hide the gap)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in range(3):
+        for f in range(5):
+            hard = rng.normal(0, 0.1)
+            for config, gain in (("A", 0.03), ("B", 0.0)):
+                rows.append({"ablation": "T", "config": config, "seed": s, "category": "ihc",
+                             "fold": f, "f1": 0.6 + hard + gain + rng.normal(0, 0.005)})
+    row = check_claims("lea_net", [ClaimCheck(1, order="A > B", metrics=("f1",))],
+                       pd.DataFrame(rows), **CTX)[0]
+    assert row["n_pairs"] == 15 and row["verdict"] == REPRODUCED and row["level"] == "image (F1)"
+    few = pd.DataFrame(rows)
+    few = few[(few.seed == 0) & (few.fold < 2)]
+    row = check_claims("lea_net", [ClaimCheck(1, order="A > B", metrics=("f1",))], few, **CTX)[0]
+    assert row["verdict"] == INCONCLUSIVE and "(seed, category, fold) pairs" in row["note"]

@@ -17,8 +17,9 @@ from skimage.color import rgb2lab
 from adlib.data import embedded as E
 from adlib.data.errors import DataError
 
-# A reduced set: every category, 4 train goods, 2 test goods, 2 images per defect type.
-SMALL = {"n_train": 4, "n_test_good": 2, "n_test_anomalous": 8}
+# A reduced set: every category, 4 train goods, 2 test goods, 2 images per defect type
+# (3 or 6 in the labelled tree).
+SMALL = {"n_train": 4, "n_test_good": 2, "n_test_anomalous": 8, "n_labelled_anomalous": 12}
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +31,8 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def check_layout(root: Path, n_train: int, n_test_good: int, n_test_anomalous: int) -> None:
+def check_layout(root: Path, n_train: int, n_test_good: int, n_test_anomalous: int,
+                 n_labelled_anomalous: int = 0) -> None:
     """Assert the MVTec + labelled layout under root, with at least the given counts."""
     mvtec = root / "mvtec"
     assert sorted(p.name for p in mvtec.iterdir()) == sorted(E.EMBEDDED_CATEGORIES)
@@ -60,7 +62,9 @@ def check_layout(root: Path, n_train: int, n_test_good: int, n_test_anomalous: i
         assert n_anomalous >= n_test_anomalous
         lab = root / "labelled" / cat
         assert len(_files(lab / "normal")) == len(train) + len(_files(c / "test" / "good"))
-        assert len(_files(lab / "anomalous")) == n_anomalous
+        labelled = _files(lab / "anomalous")
+        assert {f"{d}_{name}" for d in defects for name in _files(c / "test" / d)} <= set(labelled)
+        assert len(labelled) >= max(n_anomalous, n_labelled_anomalous)
 
 
 def test_layout_matches_mvtec_and_labelled_folders(small_set):
@@ -74,6 +78,19 @@ def test_layout_matches_mvtec_and_labelled_folders(small_set):
     # labelled/ holds the same bytes as mvtec/
     a = (small_set / "labelled" / "coins" / "anomalous" / "hole_001.png").read_bytes()
     assert a == (small_set / "mvtec" / "coins" / "test" / "hole" / "001.png").read_bytes()
+
+
+def test_labelled_tree_continues_each_defect_type_with_the_same_seed_rule(small_set):
+    """The labelled-only images are the next indices of each defect type: the same pixels as
+    synthesise() gives for them, the same subtle / obvious alternation, and recorded."""
+    stamp = json.loads((small_set / "EMBEDDED.json").read_text())["categories"]["ihc"]
+    assert stamp["labelled_anomalous"] == 12 and stamp["defects"] == {"hue_stain": 4, "saturation_stain": 4}
+    extra = small_set / "labelled" / "ihc" / "anomalous" / "hue_stain_005.png"
+    assert not (small_set / "mvtec" / "ihc" / "test" / "hue_stain" / "005.png").exists()
+    _, image, _, s = E.synthesise("ihc", "hue_stain", 5, seed=0)
+    assert np.array_equal(np.asarray(Image.open(extra)), image)
+    assert stamp["labelled_severity"]["hue_stain/005"] == round(s, 4) and s >= 0.5
+    assert stamp["labelled_severity"]["hue_stain/004"] < 0.5
 
 
 def test_mvtec_dataset_reads_the_embedded_set(small_set):
@@ -175,6 +192,7 @@ def tiny_defaults(monkeypatch):
     monkeypatch.setattr(E, "N_TRAIN", 2)
     monkeypatch.setattr(E, "N_TEST_GOOD", 1)
     monkeypatch.setattr(E, "N_TEST_ANOMALOUS", 4)
+    monkeypatch.setattr(E, "N_LABELLED_ANOMALOUS", 4)
     calls = []
     real = E.generate_embedded
 
@@ -247,7 +265,7 @@ def test_full_set_from_the_command_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     subprocess.run([sys.executable, "-m", "adlib", "data", "embedded", "--out", str(out),
                     "--seed", "0"], check=True, env=env, capture_output=True, timeout=600)
-    check_layout(out, E.N_TRAIN, E.N_TEST_GOOD, E.N_TEST_ANOMALOUS)
+    check_layout(out, E.N_TRAIN, E.N_TEST_GOOD, E.N_TEST_ANOMALOUS, E.N_LABELLED_ANOMALOUS)
     assert E._is_full_set(E.read_stamp(out), seed=0)
     for cat in E.EMBEDDED_CATEGORIES:
         assert len(_files(out / "mvtec" / cat / "train" / "good")) >= 60

@@ -156,7 +156,7 @@ def test_gpucheck_runs_its_code_path_on_the_cpu(tmp_path):
     from adlib.gpucheck import gpucheck
 
     rows = gpucheck(tmp_path, device="cpu", tiny=True)
-    assert [r["chapter"] for r in rows] == ["00 kNN baseline", "01 C-SE on Patch SVDD", "02 MAAE", "05 RLR"]
+    assert [r["chapter"] for r in rows] == ["00 kNN baseline", "01 C-SE on Patch SVDD", "02 MAAE", "04 LEA-Net", "05 RLR"]
     for row in rows:
         assert row["train items/s"] > 0 and row["inference images/s"] > 0
         assert math.isfinite(row["estimated paper wall time (h)"]) and row["AMP"] == "off"

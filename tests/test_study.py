@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from adlib.study import ROWS_FILE, RowStore, StudyError, load_study, run_study
@@ -219,3 +220,46 @@ def test_a_local_worker_asks_to_die_with_the_study_process():
             "v = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(v)); print(v.value)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == signal.SIGTERM
+
+
+TOY_FOLDS = '''
+"""A toy cross-validated study: one task per (category, fold); the score depends on the fold."""
+from adlib.study import Cell, Study
+
+
+def protocol(cfg):
+    return {"folds": 3, "gain": 1.0}
+
+
+def run(task):
+    score = 0.5 + 0.1 * task.settings["gain"] + 0.01 * task.fold + 0.001 * task.seed
+    return [{"category": c, "fold": task.fold, "metrics": {"f1": score}, "train_seconds": 0.0,
+             "final_loss": None} for c in task.categories]
+
+
+GRIDS = {"tiny": [Cell("gain", "gain=1", {}), Cell("gain", "gain=2", {"gain": 2.0})]}
+STUDY = Study(paper="toy", grids=GRIDS, checks=(), sources=(), protocol=protocol, run=run,
+              unit="fold")
+'''
+
+
+def test_a_fold_study_runs_each_fold_once_and_summarises_over_seeds_and_folds(toy, tmp_path):
+    pkg, data = toy
+    (pkg / "toy_folds.py").write_text(TOY_FOLDS)
+    study = load_study("toy_folds")
+    args = dict(protocol=study.protocol(None), seeds=[0, 1], categories=["a"], dataset="labelled",
+                data_root=data, out=tmp_path / "f", show_progress=False)
+    first = run_study("toy_folds", "tiny", **args)
+    assert first.ran == 2 * 2 * 3 and first.missing == 0
+    rows = RowStore(tmp_path / "f").load()
+    assert sorted({r["fold"] for r in rows}) == [0, 1, 2] and len({r["key"] for r in rows}) == 12
+    summary = first.summary.loc["gain"]
+    assert list(summary[("n", "folds")]) == [3, 3] and list(summary[("n", "seeds")]) == [2, 2]
+    # the std runs over the 6 (seed, fold) values, as the paper's over folds does
+    values = [0.6 + 0.01 * f + 0.001 * s for s in (0, 1) for f in range(3)]
+    assert summary.loc["gain=1", ("f1", "std")] == pytest.approx(float(np.std(values, ddof=1)))
+    assert "folds" in first.ablation_table("gain").columns
+    again = run_study("toy_folds", "tiny", **args)
+    assert (again.ran, again.skipped) == (0, 12)
+    with pytest.raises(StudyError, match="folds"):
+        run_study("toy_folds", "tiny", **{**args, "protocol": {"folds": 1, "gain": 1.0}})

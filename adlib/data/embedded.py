@@ -11,7 +11,8 @@ them) and, for LEA-Net-style supervised use, the labelled-folder layout::
     <out>/mvtec/<category>/test/<defect_type>/000.png ...
     <out>/mvtec/<category>/ground_truth/<defect_type>/000_mask.png   (0 / 255)
     <out>/labelled/<category>/normal/{train,test}_000.png            (every good image)
-    <out>/labelled/<category>/anomalous/<defect_type>_000.png        (every defective one)
+    <out>/labelled/<category>/anomalous/<defect_type>_000.png        (every defective one, and
+                                                                      more: see below)
     <out>/EMBEDDED.json                                              (version, seed, counts,
                                                                       each defect's severity)
 
@@ -41,6 +42,11 @@ Difficulty (tuned on generator ranges only, never per image): the kNN baseline
 AUROC 0.71-0.92 at 128 px and 0.83-0.97 at 256 px on all categories except ihc at 256 px
 (about 0.6): ImageNet features, trained with colour augmentation, are nearly blind to
 hue-only changes, which is the gap LEA-Net's colour anomaly map is built for.
+
+Labelled folders. Five-fold cross-validation needs about 10 anomalous images a fold, so the
+labelled tree holds ``N_LABELLED_ANOMALOUS`` (60) defective images per category: the MVTec test
+split's 24 and, continuing the same indices of each defect type (same seed rule, same severity
+rule), images that only the labelled tree has.
 
 Train and test never share pixels of a texture photo: texture crops for training come
 from the top and bottom bands of the photo (rows 0-175 and 336-511), test crops from the
@@ -78,6 +84,7 @@ ALPHA_CUT = 0.25
 N_TRAIN = 64
 N_TEST_GOOD = 24
 N_TEST_ANOMALOUS = 24
+N_LABELLED_ANOMALOUS = 60
 STAMP = "EMBEDDED.json"
 MARKER = ".adlib-embedded"  # says "this generator wrote here" even while the stamp is away
 
@@ -634,14 +641,14 @@ def _link(src: Path, dst: Path) -> None:
 
 def _write_category(args) -> dict:
     """Write one category's MVTec and labelled trees under ``tmp``; return its record."""
-    tmp, category, seed, n_train, n_test_good, n_per_defect = args
+    tmp, category, seed, n_train, n_test_good, n_per_defect, n_labelled_per_defect = args
     cat = Path(tmp) / "mvtec" / category
     lab = Path(tmp) / "labelled" / category
     for sub in (cat / "train" / "good", cat / "test" / "good", lab / "normal", lab / "anomalous"):
         sub.mkdir(parents=True, exist_ok=True)
     record = {"kind": CATEGORY_INFO[category]["kind"], "source": CATEGORY_INFO[category]["source"],
               "defect_scale": CATEGORY_INFO[category].get("defect_scale", 1.0), "train_good": n_train,
-              "test_good": n_test_good, "defects": {}, "severity": {}}
+              "test_good": n_test_good, "defects": {}, "severity": {}, "labelled_severity": {}}
     for split, n in (("train", n_train), ("test", n_test_good)):
         for i in range(n):
             path = cat / split / "good" / f"{i:03d}.png"
@@ -659,18 +666,24 @@ def _write_category(args) -> dict:
             _link(path, lab / "anomalous" / f"{defect}_{i:03d}.png")
             record["severity"][f"{defect}/{i:03d}"] = round(s, 4)
         record["defects"][defect] = n_per_defect
+        for i in range(n_per_defect, n_labelled_per_defect):  # the labelled tree's extra ones
+            _, image, _, s = synthesise(category, defect, i, seed, "test")
+            (lab / "anomalous" / f"{defect}_{i:03d}.png").write_bytes(_png(image))
+            record["labelled_severity"][f"{defect}/{i:03d}"] = round(s, 4)
+    record["labelled_anomalous"] = len(list((lab / "anomalous").iterdir()))
     return record
 
 
 def generate_embedded(out_dir, seed: int = 0, *, categories=None, n_train: int | None = None,
                       n_test_good: int | None = None, n_test_anomalous: int | None = None,
-                      workers: int = 1) -> Path:
+                      n_labelled_anomalous: int | None = None, workers: int = 1) -> Path:
     """Write the embedded default data set (layout in the module docstring); return out_dir.
 
     categories: a subset of ``EMBEDDED_CATEGORIES`` (default all); n_train / n_test_good:
     good images per category; n_test_anomalous: defective test images per category, split
-    evenly over its defect types (defaults: N_TRAIN, N_TEST_GOOD, N_TEST_ANOMALOUS, read
-    at call time). ``workers`` > 1 writes categories in parallel (same bytes).
+    evenly over its defect types; n_labelled_anomalous: defective images in the labelled tree
+    (at least the test split's; defaults: N_TRAIN, N_TEST_GOOD, N_TEST_ANOMALOUS,
+    N_LABELLED_ANOMALOUS, read at call time). ``workers`` > 1 writes categories in parallel (same bytes).
     The tree is built in a temporary sibling folder and moved into place; the stamp
     ``EMBEDDED.json`` is written last, so an interrupted run leaves no stamp.
     """
@@ -678,6 +691,8 @@ def generate_embedded(out_dir, seed: int = 0, *, categories=None, n_train: int |
     n_train = N_TRAIN if n_train is None else n_train
     n_test_good = N_TEST_GOOD if n_test_good is None else n_test_good
     n_test_anomalous = N_TEST_ANOMALOUS if n_test_anomalous is None else n_test_anomalous
+    n_labelled = N_LABELLED_ANOMALOUS if n_labelled_anomalous is None else n_labelled_anomalous
+    n_labelled = max(n_labelled, n_test_anomalous)
     categories = tuple(categories or EMBEDDED_CATEGORIES)
     unknown = [c for c in categories if c not in CATEGORY_INFO]
     if unknown:
@@ -691,8 +706,9 @@ def generate_embedded(out_dir, seed: int = 0, *, categories=None, n_train: int |
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        jobs = [(str(tmp), c) + (seed, n_train, n_test_good, -(-n_test_anomalous //
-                len(CATEGORY_INFO[c]["defects"]))) for c in categories]
+        jobs = [(str(tmp), c, seed, n_train, n_test_good,
+                 -(-n_test_anomalous // len(CATEGORY_INFO[c]["defects"])),
+                 -(-n_labelled // len(CATEGORY_INFO[c]["defects"]))) for c in categories]
         if workers > 1:
             import multiprocessing as mp
 
@@ -752,7 +768,8 @@ def _is_full_set(stamp: dict | None, seed: int) -> bool:
     if sorted(cats) != sorted(EMBEDDED_CATEGORIES):
         return False
     return all(r.get("train_good") == N_TRAIN and r.get("test_good") == N_TEST_GOOD
-               and sum(r.get("defects", {}).values()) >= N_TEST_ANOMALOUS for r in cats.values())
+               and sum(r.get("defects", {}).values()) >= N_TEST_ANOMALOUS
+               and r.get("labelled_anomalous", 0) >= N_LABELLED_ANOMALOUS for r in cats.values())
 
 
 def ensure_embedded(root=None, seed: int = 0) -> Path:

@@ -29,8 +29,29 @@ def resolve_root(dataset: str, data_root: str | Path | None = None, seed: int = 
     return Path(data_root)
 
 
+def labelled_root(dataset: str, root: Path) -> Path:
+    """The folder whose sub-folders are labelled data sets (``<category>/normal``,
+    ``<category>/anomalous``): the embedded set's ``labelled/`` tree, or ``root`` itself."""
+    root = Path(root)
+    if dataset == "embedded":
+        return root.parent / "labelled" if root.name == "mvtec" else root / "labelled"
+    if dataset == "labelled":
+        return root
+    msg = (f"dataset {dataset!r} has no labelled folders; use dataset 'embedded' or 'labelled' "
+           f"(<root>/<category>/normal and <root>/<category>/anomalous, {see('labelled-folders-layout')})")
+    raise DataError(msg)
+
+
 def list_dataset_categories(dataset: str, root: Path) -> list[str]:
     """Every category present under ``root`` for this data set."""
+    if dataset == "labelled":
+        root = Path(root)
+        if not root.is_dir():
+            msg = (f"labelled-folder root {root} does not exist; expected <category>/normal and "
+                   f"<category>/anomalous inside ({see('labelled-folders-layout')}). Fix data_root.")
+            raise DataError(msg)
+        return sorted(p.name for p in root.iterdir()
+                      if (p / "normal").is_dir() and (p / "anomalous").is_dir())
     if dataset == "visa":
         from adlib.data.folders import read_visa_split
 
