@@ -162,5 +162,5 @@ def test_gpucheck_runs_its_code_path_on_the_cpu(tmp_path):
         assert math.isfinite(row["estimated paper wall time (h)"]) and row["AMP"] == "off"
         assert row["host syncs / step"] is None and row["peak GPU memory (GiB)"] is None  # CPU
     report = json.loads((tmp_path / "gpucheck.json").read_text())
-    assert report["tiny"] and report["pretrained"] is False and len(report["rows"]) == 4
+    assert report["tiny"] and report["pretrained"] is False and len(report["rows"]) == 5
     assert "| 02 MAAE |" in (tmp_path / "gpucheck.md").read_text()
