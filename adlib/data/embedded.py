@@ -785,15 +785,16 @@ def ensure_embedded(root=None, seed: int = 0) -> Path:
     if _is_full_set(read_stamp(root), seed):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock"):
         if not _is_full_set(read_stamp(root), seed):  # another process may have made it
             generate_embedded(root, seed=seed)
     return root
 
 
 @contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive advisory file lock (POSIX), so parallel notebooks generate once."""
+def file_lock(path: Path):
+    """An exclusive advisory file lock (POSIX): parallel notebooks generate the set once, and
+    parallel study workers train one colouriser per fold (chapter 4)."""
     with open(path, "a") as handle:
         try:
             import fcntl

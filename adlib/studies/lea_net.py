@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from adlib.claims import ClaimCheck
+from adlib.data.embedded import file_lock as _file_lock
 from adlib.study import Cell, Study, Task
 
 MODEL_KEYS = ("folds", "adn", "caan", "point", "input", "width", "gate", "lr",
@@ -211,24 +212,6 @@ def fold_maps(images, labels, s: dict, seed: int, fold: int, device: str = "cpu"
         torch.save({"maps": maps, "max": peak, "seconds": seconds}, str(path) + ".part")
         os.replace(str(path) + ".part", path)
     return maps, peak, seconds
-
-
-class _file_lock:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.handle = open(self.path, "a")
-        try:
-            import fcntl
-
-            fcntl.flock(self.handle, fcntl.LOCK_EX)
-        except ImportError:   # Windows: two workers may both train it; the rename keeps it whole
-            pass
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
 
 
 # ----------------------------------------------------------------------------- one task
