@@ -3,7 +3,8 @@
     python -m adlib data embedded --out DIR --seed S   write the embedded default data set
     python -m adlib bench metrics                      pixel AUROC speed vs scikit-learn
     python -m adlib bench baseline                     kNN baseline per embedded category
-    python -m adlib bench patchsvdd-nn                 Patch SVDD NN scoring vs scikit-learn
+    python -m adlib bench patchsvdd-nn                 Patch SVDD NN scoring vs sklearn / official
+    python -m adlib bench patchsvdd-embed              dense embeddings: one pass vs patch by patch
     python -m adlib study <paper> --grid study ...     run / resume a paper's ablation grid
     python -m adlib gpucheck --out DIR                 every chapter's paper profile, timed on a GPU
 """
@@ -37,7 +38,13 @@ def _bench_patchsvdd_nn(args: argparse.Namespace) -> None:
     from adlib.bench import bench_patchsvdd_nn
 
     bench_patchsvdd_nn(image_size=args.image_size, category=args.category, seed=args.seed,
-                       device=args.device)
+                       n_bank=args.bank_images, n_query=args.query_images)
+
+
+def _bench_patchsvdd_embed(args: argparse.Namespace) -> None:
+    from adlib.bench import bench_patchsvdd_embed
+
+    bench_patchsvdd_embed(image_size=args.image_size, n_images=args.images)
 
 
 def _study(args: argparse.Namespace) -> None:
@@ -68,7 +75,7 @@ def _study(args: argparse.Namespace) -> None:
                        dataset=cfg.dataset, data_root=root, out=out, executor=args.executor,
                        workers=args.workers, device=args.device, profile=args.profile,
                        run=not args.summarise, include_stale=args.include_stale,
-                       slurm={"cluster": args.slurm_cluster, "partition": args.partition,
+                       test_curve=args.test_curve, slurm={"cluster": args.slurm_cluster, "partition": args.partition,
                               "time_min": args.time_min, "gpus": args.gpus, "cpus": args.cpus})
     result = write_outputs(result, paper=args.paper, grid=grid, out=out, protocol=protocol,
                            seeds=seeds, categories=categories, dataset=cfg.dataset,
@@ -110,13 +117,18 @@ def main(argv: list[str] | None = None) -> None:
     bb.add_argument("--image-size", type=int, default=256)
     bb.add_argument("--seed", type=int, default=0)
     bb.set_defaults(func=_bench_baseline)
-    bp = bench.add_parser("patchsvdd-nn", help="Patch SVDD nearest-neighbour scoring vs scikit-learn")
-    bp.add_argument("--image-size", type=int, default=128)
+    bp = bench.add_parser("patchsvdd-nn", help="Patch SVDD nearest-neighbour scoring vs "
+                          "scikit-learn brute force, the official path and the sgemm rate")
+    bp.add_argument("--image-size", type=int, default=256)
     bp.add_argument("--category", default="brick")
     bp.add_argument("--seed", type=int, default=0)
-    bp.add_argument("--device", default="auto",
-                    help="where adlib's search runs: auto (CUDA if present), cpu, cuda")
+    bp.add_argument("--bank-images", type=int, default=20, help="training images in the bank")
+    bp.add_argument("--query-images", type=int, default=5, help="test images queried")
     bp.set_defaults(func=_bench_patchsvdd_nn)
+    be = bench.add_parser("patchsvdd-embed", help="dense Patch SVDD embeddings: one pass vs patch by patch")
+    be.add_argument("--image-size", type=int, default=256)
+    be.add_argument("--images", type=int, default=2)
+    be.set_defaults(func=_bench_patchsvdd_embed)
 
     st = sub.add_parser("study", help="run / resume a paper's ablation grid, then summarise it")
     st.add_argument("paper", help="paper key (see adlib/papers.py), or a module declaring STUDY")
@@ -135,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--device", default="auto")
     st.add_argument("--out", default=None, help="study folder (default runs/study/<paper>)")
     st.add_argument("--summarise", action="store_true", help="only summarise the rows there")
+    st.add_argument("--test-curve", action="store_true",
+                    help="also score the test split after every epoch (reporting only; rows "
+                         "without a curve are made again)")
     st.add_argument("--include-stale", action="store_true",
                     help="summarise rows made by other code too (said so in the claims)")
     st.add_argument("--partition", default=None, help="slurm partition")

@@ -2,7 +2,9 @@
 
     bench_metrics    exact pixel AUROC of adlib.metrics vs scikit-learn on ~50 M pixels
     bench_baseline   the kNN baseline on every category of an MVTec-layout root
-    bench_patchsvdd_nn  Patch SVDD nearest-neighbour scoring vs scikit-learn brute force
+    bench_patchsvdd_nn  Patch SVDD nearest-neighbour scoring vs scikit-learn brute force,
+                        the official path (KDTree / NGT) and the sgemm rate
+    bench_patchsvdd_embed  dense Patch SVDD embeddings, one pass vs patch by patch
 
 Imports stay inside the functions so ``import adlib.bench`` is light.
 """
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
 
 def _blob_masks(n_maps: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,83 +134,225 @@ def bench_baseline(data_root=None, image_size: int = 256, seed: int = 0, *,
     return table
 
 
-def bench_patchsvdd_nn(image_size: int = 128, category: str = "brick", seed: int = 0,
-                       patch_size: int = 32, stride: int = 4, device: str = "auto") -> dict:
-    """Patch SVDD's scoring step: nearest training embedding of every test patch.
-
-    Realistic data: the K-px patch embeddings (D=64) of an embedded category's 64 training
-    and 48 test images at ``image_size``, on Patch SVDD's dense grid (K=32, stride 4: 25x25
-    positions per image at 128 px, 57x57 at 256 px), from a seeded, untrained plain encoder
-    (computed fully convolutionally, which equals per-patch encoding without attention), on
-    mean-subtracted images.
-    scikit-learn ``NearestNeighbors(algorithm="brute")`` and
-    :func:`adlib.nn.knn.nearest_neighbour_distance` run in the same process on the same
-    float32 arrays, each timed best of 2. ``device="auto"`` runs adlib's search on CUDA when
-    there is a GPU (timed from host arrays to host distances, transfers included) and on the
-    CPU otherwise; scikit-learn always runs on the CPU. The last line printed is
-    ``patchsvdd nn speedup vs sklearn: <ratio>x (max abs diff <d>)``.
-    """
+def _best_of(fn, repeats: int = 2):
+    """(best wall time of ``repeats`` calls, the last call's result)."""
     import time
+
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def _patchsvdd_embeddings(category: str, seed: int, image_size: int, n_bank: int, n_query: int,
+                          grids: dict[int, int]):
+    """Embeddings ``{K: (bank (M, D), queries (N, G, G, D))}`` of an embedded category's first
+    ``n_bank`` training and ``n_query`` test images (mean-subtracted, as Patch SVDD) through a
+    seeded, untrained plain encoder, on the grids ``{K: stride}``."""
+    import torch
+
+    from adlib.data.embedded import ensure_embedded
+    from adlib.data.sources import open_split
+    from adlib.models.patch_svdd import PatchSVDDNet, dense_embeddings
+
+    root = ensure_embedded(seed=seed) / "mvtec"
+    torch.manual_seed(seed)
+    net = PatchSVDDNet(attention="none", patch_sizes=tuple(grids)).eval()
+
+    def load(split: str, n: int) -> torch.Tensor:
+        ds = open_split("embedded", root, category, split, image_size)
+        return torch.stack([ds[i]["image"] for i in range(min(n, len(ds)))])
+
+    train = load("train", n_bank)
+    mean = train.mean(0, keepdim=True)
+    test = load("test", n_query) - mean
+    out = {}
+    for k, stride in grids.items():
+        bank = dense_embeddings(net, train - mean, k, stride)
+        out[k] = (bank.reshape(-1, bank.shape[-1]).numpy(), dense_embeddings(net, test, k, stride).numpy())
+    return out
+
+
+def _official_kdtree(queries, bank):
+    """The official inference path for K=64: a scikit-learn KDTree on the bank, queried one
+    row of the patch grid at a time."""
+    import numpy as np
+    from sklearn.neighbors import KDTree
+
+    tree = KDTree(bank)
+    n, g, g2, d = queries.shape
+    out = np.empty((n, g, g2), dtype=np.float32)
+    for i in range(n):
+        for r in range(g):
+            out[i, r] = tree.query(queries[i, r], k=1)[0][:, 0]
+    return out.ravel()
+
+
+def _official_ngt(queries, bank):
+    """The official inference path for K=32: an NGT graph index (approximate) built on the
+    bank, searched one patch at a time, the distance re-measured to the returned neighbour."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import ngtpy
+
+    folder = tempfile.mkdtemp(prefix="adlib-ngt-")
+    try:
+        ngtpy.create(folder + "/index", bank.shape[1])
+        index = ngtpy.Index(folder + "/index")
+        index.batch_insert(bank)
+        flat = queries.reshape(-1, queries.shape[-1])
+        out = np.empty(len(flat), dtype=np.float32)
+        for i, q in enumerate(flat):
+            nearest = index.search(q, 1)[0][0]
+            out[i] = np.linalg.norm(q - np.asarray(index.get_object(nearest), dtype=np.float32))
+        return out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _matmul_rate(queries, bank, device) -> float:
+    """This machine's float32 matrix-product rate (FLOP/s) at the search's shapes: the
+    ``queries @ bank.T`` products of adlib's chunking alone, nothing else."""
+    import torch
+
+    from adlib.nn import knn
+
+    q, b = torch.from_numpy(queries).to(device), torch.from_numpy(bank).to(device)
+    bank_chunk = -(-min(len(b), knn._BANK_CHUNK) // knn._GROUP) * knn._GROUP
+    query_chunk = max(1, knn._SCORE_BUDGET // bank_chunk)
+
+    def products():
+        for b0 in range(0, len(b), bank_chunk):
+            bt = b[b0:b0 + bank_chunk].T.contiguous()
+            for q0 in range(0, len(q), query_chunk):
+                torch.mm(q[q0:q0 + query_chunk], bt)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    seconds, _ = _best_of(products, 3)
+    return 2.0 * len(q) * len(b) * q.shape[1] / seconds
+
+
+def bench_patchsvdd_nn(image_size: int = 256, category: str = "brick", seed: int = 0,
+                       n_bank: int = 20, n_query: int = 5, device: str = "cpu") -> dict:
+    """Patch SVDD's scoring step at the paper's grids: every test patch's nearest training patch.
+
+    Embeddings (D=64) of ``n_bank`` training images (the bank) and ``n_query`` test images
+    (the queries) of an embedded category at ``image_size`` on the paper's grids (K=64
+    stride 16: 13x13 patches per image at 256 px; K=32 stride 4: 57x57), from a seeded,
+    untrained plain encoder. Per K, on the CPU, in one process: adlib's exact search
+    (:func:`adlib.nn.knn.nearest_neighbour_distance`), scikit-learn's brute force, and the
+    official code's path (K=64: KDTree; K=32: NGT, approximate, so its recall is given:
+    the share of queries whose distance equals the exact nearest one), each best of 2; and
+    adlib's search as a share of the float32 matrix-product rate measured at its shapes.
+    The last line: ``patchsvdd nn: <x>x sklearn brute, <y>x official path, <z>% of sgemm
+    peak (max abs diff <d>)`` (ratios: time summed over both K; the peak share and max diff
+    over both). NGT needs the ``ngt`` package (``pip install ngt``); without it the K=32
+    official path is skipped and said so. ``device="cuda"`` runs adlib's search (host arrays
+    to host distances) and the matrix products on the GPU (``gpucheck``).
+    """
+    import importlib.util
 
     import numpy as np
     import torch
     from sklearn.neighbors import NearestNeighbors
 
-    from adlib.data.embedded import ensure_embedded
-    from adlib.data.sources import open_split
-    from adlib.models.patch_svdd import PatchSVDDNet, grid_size
     from adlib.nn.knn import nearest_neighbour_distance
 
-    root = ensure_embedded(seed=seed) / "mvtec"
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    grids = {64: 16, 32: 4}
+    data = _patchsvdd_embeddings(category, seed, image_size, n_bank, n_query, grids)
+    has_ngt = importlib.util.find_spec("ngtpy") is not None
+    print(f"Patch SVDD nearest-neighbour scoring, {category} at {image_size} px: bank = "
+          f"{n_bank} training images, queries = {n_query} test images; float32, CPU, torch "
+          f"threads {torch.get_num_threads()}, adlib on {dev}")
+    print(f"{'K':>3} {'bank':>8} {'queries':>8} {'sklearn brute':>14} {'official':>22} "
+          f"{'adlib':>8} {'vs brute':>9} {'vs official':>12} {'% sgemm':>8} {'recall':>7}")
+    totals = {"brute": 0.0, "official": 0.0, "ours": 0.0, "ours_with_official": 0.0}
+    shares, diffs, rows = [], [], []
+    for k, (bank, queries) in data.items():
+        flat = queries.reshape(-1, queries.shape[-1])
+        brute_s, brute = _best_of(lambda: NearestNeighbors(n_neighbors=1, algorithm="brute")
+                                  .fit(bank).kneighbors(flat)[0][:, 0])
+        ours_s, ours = _best_of(lambda: nearest_neighbour_distance(
+            torch.from_numpy(flat).to(dev), torch.from_numpy(bank).to(dev))[0].cpu().numpy())
+        official, recall, official_s = "KDTree", None, None
+        if k == 32 and not has_ngt:
+            official = "NGT: not installed"
+        else:
+            fn = _official_kdtree if k == 64 else _official_ngt
+            official = "KDTree" if k == 64 else "NGT"
+            official_s, found = _best_of(lambda: fn(queries, bank))
+            if k == 32:
+                recall = float(np.mean(np.abs(found - brute) <= 1e-5 * np.maximum(brute, 1e-6)))
+            totals["official"] += official_s
+            totals["ours_with_official"] += ours_s
+        share = 2.0 * len(flat) * len(bank) * bank.shape[1] / ours_s / _matmul_rate(flat, bank, dev)
+        diff = float(np.abs(ours.astype(np.float64) - brute.astype(np.float64)).max())
+        totals["brute"] += brute_s
+        totals["ours"] += ours_s
+        shares.append(share)
+        diffs.append(diff)
+        rows.append({"K": k, "bank": len(bank), "queries": len(flat), "sklearn_brute_s": brute_s,
+                     "official": official, "official_s": official_s, "ours_s": ours_s,
+                     "sgemm_share": share, "recall": recall, "max_abs_diff": diff})
+        off = f"{official} {official_s:.2f} s" if official_s is not None else official
+        print(f"{k:>3} {len(bank):>8,} {len(flat):>8,} {brute_s:>12.2f} s {off:>22} {ours_s:>6.2f} s "
+              f"{brute_s / ours_s:>8.1f}x "
+              + (f"{official_s / ours_s:>11.1f}x" if official_s else f"{'—':>12}")
+              + f" {100 * share:>7.0f}% " + (f"{recall:>7.3f}" if recall is not None else f"{'exact':>7}"))
+    x = totals["brute"] / totals["ours"]
+    y = totals["official"] / totals["ours_with_official"] if totals["ours_with_official"] else float("nan")
+    z = 100 * min(shares)
+    d = max(diffs)
+    print(f"patchsvdd nn: {x:.1f}x sklearn brute, {y:.1f}x official path, {z:.0f}% of sgemm peak "
+          f"(max abs diff {d:.1e})")
+    return {"rows": rows, "vs_brute": x, "vs_official": y, "sgemm_share": min(shares),
+            "max_abs_diff": d, "device": str(dev)}
+
+
+def bench_patchsvdd_embed(image_size: int = 256, n_images: int = 2, seed: int = 0) -> "pd.DataFrame":
+    """Dense Patch SVDD embeddings at the paper's grids, one pass vs patch by patch.
+
+    For the plain encoder, SE and C-SE (last 6 convs) with random weights, K=32 stride 4 and
+    K=64 stride 16 on ``n_images`` random ``image_size`` images: the time per image of
+    :func:`adlib.models.patch_svdd.dense_embeddings` (shared convolutions) and of
+    :func:`~adlib.models.patch_svdd.dense_embeddings_reference` (each patch encoded on its
+    own, batch 64), their ratio and the largest difference; then the patch batch size of the
+    part after the first attention block (C-SE, K=32). Prints the tables, returns the first.
+    """
+    import pandas as pd
+    import torch
+
+    from adlib.models.patch_svdd import PatchSVDDNet, dense_embeddings, dense_embeddings_reference
+
     torch.manual_seed(seed)
-    net = PatchSVDDNet(attention="none", patch_sizes=(32,)).eval()
-
-    def load(split: str) -> torch.Tensor:
-        ds = open_split("embedded", root, category, split, image_size)
-        return torch.stack([ds[i]["image"] for i in range(len(ds))])
-
-    train_images = load("train")
-    mean_image = train_images.mean(0, keepdim=True)  # Patch SVDD's preprocessing
-
-    def embed(split: str) -> np.ndarray:
-        images = (train_images if split == "train" else load(split)) - mean_image
-        g = grid_size(image_size, patch_size, stride)
-        step = stride // 2  # the dense map has stride 2 (conv1)
-        with torch.no_grad():
-            maps = torch.cat([net.encoder32(images[i:i + 8]) for i in range(0, len(images), 8)])
-        maps = maps[:, :, ::step, ::step][:, :, :g, :g]
-        return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).contiguous().numpy()
-
-    bank, queries = embed("train"), embed("test")
-
-    def best_of_two(fn):
-        best, out = float("inf"), None
-        for _ in range(2):
-            start = time.perf_counter()
-            out = fn()
-            best = min(best, time.perf_counter() - start)
-        return best, out
-
-    sk_s, sk = best_of_two(lambda: NearestNeighbors(n_neighbors=1, algorithm="brute")
-                           .fit(bank).kneighbors(queries)[0][:, 0])
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-
-    def ours_fn() -> np.ndarray:
-        q, b = torch.from_numpy(queries).to(dev), torch.from_numpy(bank).to(dev)
-        return nearest_neighbour_distance(q, b)[0].cpu().numpy()
-
-    ours_fn()  # warm-up (CUDA context, kernels); sklearn needs none
-    ours_s, ours = best_of_two(ours_fn)
-    diff = float(np.abs(ours.astype(np.float64) - sk.astype(np.float64)).max())
-    ratio = sk_s / ours_s
-    print(f"Patch SVDD nearest-neighbour scoring, {category} at {image_size} px, K={patch_size} "
-          f"stride {stride}: bank {bank.shape[0]:,} x {bank.shape[1]}, queries "
-          f"{queries.shape[0]:,} (float32), torch threads {torch.get_num_threads()}, adlib on {dev}")
-    print(f"{'method':<44}{'time [s]':>10}")
-    print(f"{'sklearn NearestNeighbors(brute) (best/2)':<44}{sk_s:>10.2f}")
-    print(f"{'adlib nearest_neighbour_distance (best/2)':<44}{ours_s:>10.2f}")
-    print(f"patchsvdd nn speedup vs sklearn: {ratio:.1f}x (max abs diff {diff:.1e})")
-    return {"n_bank": bank.shape[0], "n_queries": queries.shape[0], "sklearn_s": sk_s,
-            "ours_s": ours_s, "ratio": ratio, "max_abs_diff": diff, "device": str(dev)}
+    images = torch.randn(n_images, 3, image_size, image_size)
+    rows = []
+    for name, attention in (("Patch SVDD", "none"), ("+SE", "se"), ("+C-SE", "cse")):
+        net = PatchSVDDNet(attention=attention).eval()
+        for k, stride in ((32, 4), (64, 16)):
+            ref_s, ref = _best_of(lambda: dense_embeddings_reference(net, images, k, stride), 1)
+            fast_s, fast = _best_of(lambda: dense_embeddings(net, images, k, stride))
+            rows.append({"variant": name, "K": k, "stride": stride, "grid": f"{ref.shape[1]}x{ref.shape[2]}",
+                         "patch by patch [ms/image]": 1000 * ref_s / n_images,
+                         "one pass [ms/image]": 1000 * fast_s / n_images, "ratio": ref_s / fast_s,
+                         "max abs diff": float((fast - ref).abs().max())})
+    table = pd.DataFrame(rows).set_index(["variant", "K"])
+    print(f"Dense embeddings at {image_size} px, random weights, {n_images} images, torch threads "
+          f"{torch.get_num_threads()}")
+    print(table.to_string(float_format=lambda v: f"{v:.3g}"))
+    net = PatchSVDDNet(attention="cse").eval()
+    sweep = {b: _best_of(lambda: dense_embeddings(net, images[:1], 32, 4, batch_size=b))[0]
+             for b in (16, 64, 256, 1024)}
+    print("C-SE, K=32: patch batch after the first attention block -> ms/image: "
+          + ", ".join(f"{b}: {1000 * t:.0f}" for b, t in sweep.items()))
+    for (variant, k), row in table.iterrows():
+        print(f"patchsvdd embeddings {variant} K={k}: {row['ratio']:.1f}x patch by patch "
+              f"(max abs diff {row['max abs diff']:.1e})")
+    return table

@@ -47,7 +47,7 @@ EXECUTORS = ("serial", "local", "slurm")
 ROWS_FILE = "rows.jsonl"
 ROW_FIELDS = ("paper", "ablation", "config", "overrides", "seed", "category", "fold", "metrics",
               "train_seconds", "final_loss", "protocol", "hardware", "revision", "model_hash",
-              "key", "created")
+              "key", "created", "test_curve", "train_curve")
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1", "final_loss")
 
 
@@ -80,6 +80,7 @@ class Task:
     data_root: str
     device: str = "auto"
     fold: int | None = None        # unit "fold": the test fold of k-fold cross-validation
+    test_curve: bool = False       # run ``study.curve``: the test split scored every epoch too
 
 
 @dataclass
@@ -101,6 +102,11 @@ class Study:
         default: the config label of the chapter's main model (the record's metrics).
         titles: a title per ablation, for the notebook's tables and plots.
         helpers: the study module's functions ``run`` calls (hashed with it).
+        curve: optional, ``run`` with the test split also scored after every epoch, for
+            reporting what picking the epoch on the test set would add (never for choosing):
+            the same rows plus ``test_curve`` = ``{"epoch": [...], <metric>: [...]}``. Its last
+            epoch is ``run``'s model (tested per study), so its rows count under ``run``'s
+            model hash and replace ``run``'s rows of the same settings.
     """
 
     paper: str
@@ -114,6 +120,7 @@ class Study:
     titles: Mapping[str, str] = field(default_factory=dict)   # ablation -> table title
     helpers: Sequence[Callable] = ()   # functions of the study module that ``run`` calls
     module: str = ""
+    curve: Callable[[Task], list[dict]] | None = None
 
     def grid(self, name: str) -> list[Cell]:
         if name not in self.grids:
@@ -239,7 +246,7 @@ def execute(task: Task) -> list[dict]:
     from adlib.results import hardware_info
 
     study = load_study(task.study)
-    results = study.run(task)
+    results = (study.curve if task.test_curve else study.run)(task)
     hardware = hardware_info(task.device)
     return [{**r, "hardware": hardware} for r in results]
 
@@ -382,8 +389,8 @@ def _settings(protocol: Mapping[str, Any], cell: Cell) -> dict:
 
 
 def plan(study: Study, cells: Sequence[Cell], protocol: Mapping[str, Any], seeds: Sequence[int],
-         categories: Sequence[str], *, dataset: str, data_root: str, device: str = "auto"
-         ) -> tuple[list[Task], list[tuple[Cell, int, str, int | None, str]]]:
+         categories: Sequence[str], *, dataset: str, data_root: str, device: str = "auto",
+         test_curve: bool = False) -> tuple[list[Task], list[tuple[Cell, int, str, int | None, str]]]:
     """The tasks to run (identical settings once) and every (cell, seed, category, fold, key)."""
     tasks: dict[tuple, Task] = {}
     slots = []
@@ -398,7 +405,7 @@ def plan(study: Study, cells: Sequence[Cell], protocol: Mapping[str, Any], seeds
                     tasks.setdefault(ident, Task(study.module or study.paper, study.paper,
                                                  cell.ablation, cell.config, dict(cell.overrides),
                                                  settings, int(seed), unit, dataset,
-                                                 str(data_root), device, fold))
+                                                 str(data_root), device, fold, test_curve))
                     slots += [(cell, int(seed), c, fold, run_key(study.paper, settings, seed, c, fold))
                               for c in unit]
     return list(tasks.values()), slots
@@ -486,6 +493,14 @@ def committed_summary(paper: str, folder: str | os.PathLike | None = None) -> pd
     return pd.concat(tables, names=["study run"])
 
 
+def committed_rows(paper: str, folder: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Every row of the committed study records of ``paper`` (one frame, a ``grid`` column
+    naming the record's grid), e.g. for :func:`adlib.curves.best_minus_last`."""
+    frames = [pd.DataFrame(record.ablations).assign(grid=record.params.get("grid"))
+              for record in committed_records(paper, folder) if record.ablations]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def committed_claims(paper: str, folder: str | os.PathLike | None = None) -> list[dict]:
     """The claims rows of the committed study records, the best record's row per check and
     level (the same choice as the scoreboard's: most pairs, then longest training)."""
@@ -512,7 +527,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
               device: str = "auto", profile: str = "study", run: bool = True,
               include_stale: bool = False, known: Iterable[Mapping[str, Any]] = (),
               slurm: Mapping[str, Any] | None = None, show_progress: bool = True,
-              revision: str | None = None) -> StudyResult:
+              revision: str | None = None, test_curve: bool = False) -> StudyResult:
     """Run (or resume) ``grid`` over ``seeds`` x ``categories`` and summarise it.
 
     Args:
@@ -526,6 +541,8 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
             dicts ``{"overrides", "seed", "category", "metrics", "train_seconds",
             "final_loss"}``; their settings are not run again.
         slurm: options of the ``slurm`` executor (cluster, partition, time_min, gpus, cpus).
+        test_curve: run the study's ``curve`` (the test split scored after every epoch, for
+            reporting only); finished rows without a curve are made again, with one.
     """
     from adlib.progress import progress
     from adlib.results import adlib_revision, hardware_info
@@ -538,9 +555,12 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     study = load_study(paper)
     cells = study.grid(grid) if isinstance(grid, str) else list(grid)
     model_hash = study.model_hash()
+    if test_curve and study.curve is None:
+        msg = f"{study.paper} declares no curve runner (Study.curve); run it without test_curve"
+        raise StudyError(msg)
     store = RowStore(out)
     tasks, slots = plan(study, cells, protocol, seeds, categories, dataset=dataset,
-                        data_root=str(data_root), device=device)
+                        data_root=str(data_root), device=device, test_curve=test_curve)
 
     here = hardware_info(device)  # rows from the workers carry their own
 
@@ -551,6 +571,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                 "config": task_like["config"], "overrides": dict(task_like["overrides"]),
                 "seed": int(seed), "category": category, "fold": fold,
                 "metrics": result["metrics"], "train_seconds": result.get("train_seconds"),
+                **{k: result[k] for k in ("test_curve", "train_curve") if result.get(k)},
                 "final_loss": result.get("final_loss"),
                 "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},
                 "hardware": result.get("hardware") or here,
@@ -559,7 +580,8 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
     existing = store.load()
-    valid = {r["key"] for r in existing if r.get("model_hash") == model_hash}
+    valid = {r["key"] for r in existing if r.get("model_hash") == model_hash
+             and (r.get("test_curve") or not test_curve)}
     new_known = [provenance({"ablation": k.get("ablation", ""), "config": k.get("config", ""),
                              "overrides": k.get("overrides", {})}, k, k["seed"]) for k in known]
     new_known = [r for r in new_known if r["key"] not in valid]
@@ -576,9 +598,18 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         bar = progress(total=len(tasks), initial=skipped, desc=f"{study.paper} runs",
                        disable=not show_progress)
 
+        earlier = {r["key"]: r["metrics"] for r in existing if r.get("model_hash") == model_hash}
+        remade: list[float] = []
+
         def done(task: Task, results: list[dict]) -> None:
             meta = {"ablation": task.ablation, "config": task.config, "overrides": task.overrides}
-            store.append(provenance(meta, r, task.seed) for r in results)
+            rows = [provenance(meta, r, task.seed) for r in results]
+            for row in rows:  # a curve run must give the metrics of the row it replaces
+                if row["key"] in earlier:
+                    old = earlier[row["key"]]
+                    remade.append(max((abs(v - old.get(k, math.nan)) for k, v in row["metrics"].items()),
+                                      default=0.0))
+            store.append(rows)
             bar.update(1)
 
         def failed(task: Task, err: Exception) -> None:
@@ -601,6 +632,9 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                            name=f"adlib-{study.paper}")
         finally:
             bar.close()
+        if remade:
+            print(f"{study.paper}: {len(remade)} rows made again with their test curves; largest "
+                  f"metric change against the rows they replace: {max(remade):.2g} (points)", flush=True)
     if failures:
         msg = (f"{study.paper}: {len(failures)} of {len(pending)} runs failed, the first: "
                f"{failures[0]}. The rows of the runs that finished are in {store.path}; fix "
@@ -608,7 +642,10 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         raise StudyError(msg)
 
     all_rows = store.load()
-    by_key = {row["key"]: row for row in all_rows if row.get("model_hash") == model_hash}
+    by_key = {}
+    for row in all_rows:  # the last row of a key wins: a rerun with a curve replaces one without
+        if row.get("model_hash") == model_hash:
+            by_key[row["key"]] = row
     wanted = {key for *_, key in slots}
     # rows of these very settings made by other code: never reused silently, always reported
     stale = [r for r in all_rows if r["key"] in wanted and r.get("model_hash") != model_hash]

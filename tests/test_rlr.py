@@ -228,3 +228,27 @@ def test_short_unified_training_ranks_anomalous_images_higher(embedded_root):
                               show_progress=False)
     gain = np.mean(list(aurocs.values())) - np.mean([r.metrics["image_auroc"] for r in before])
     assert gain > 0.05, (aurocs, [r.metrics for r in before])
+
+
+def test_the_rlr_test_curve_ends_in_the_uninterrupted_run(embedded_root, tmp_path, capsys):
+    """The study's curve runner (test split scored after every epoch) gives the rows of its
+    plain runner, so curve rows may replace them under the same model hash."""
+    from adlib.profiles import resolve
+    from adlib.study import Cell, load_study, run_study
+
+    study = load_study("rlr")
+    protocol = study.protocol(resolve("rlr", "smoke"))
+    protocol.update(epochs=2, image_size=64)
+    kw = dict(protocol=protocol, seeds=[0], categories=["brick", "coins"], dataset="embedded",
+              data_root=embedded_root, out=tmp_path, show_progress=False)
+    cells = [Cell("Table 3", "MLKA+LCA", {})]
+    plain = run_study("rlr", cells, **kw)
+    curved = run_study("rlr", cells, test_curve=True, **kw)
+    assert curved.ran == 1
+    assert "2 rows made again with their test curves; largest metric change against the rows " \
+           "they replace: 0 " in capsys.readouterr().out
+    for (_, a), (_, b) in zip(plain.rows.iterrows(), curved.rows.iterrows()):
+        assert a["image_auroc"] == b["image_auroc"] and a["pixel_auroc"] == b["pixel_auroc"]
+        assert b["test_curve"]["epoch"] == [0, 1, 2]
+        assert b["test_curve"]["image_auroc"][-1] == pytest.approx(b["image_auroc"])
+        assert len(b["train_curve"]["train_loss"]) == 2

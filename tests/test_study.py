@@ -46,11 +46,20 @@ def run(task):
     return out
 
 
+def run_curve(task):
+    """run, with a 'test curve' whose last epoch is run's number and whose best is 2 above."""
+    rows = run(task)
+    for row in rows:
+        last = row["metrics"]["image_auroc"]
+        row["test_curve"] = {"epoch": [0, 1, 2], "image_auroc": [50.0, last + 2.0, last]}
+    return rows
+
+
 GRIDS = {"tiny": [Cell("gain", "gain=1", {}), Cell("gain", "gain=2", {"gain": 2.0}),
                   Cell("gain", "gain=3", {"gain": 3.0}), Cell("offset", "offset=0", {}),
                   Cell("offset", "offset=1", {"offset": 1.0})]}
 STUDY = Study(paper="toy", grids=GRIDS, checks=(), sources=("toy_model",), protocol=protocol,
-              run=run, unit="category")
+              run=run, unit="category", curve=run_curve)
 '''
 
 
@@ -109,6 +118,34 @@ def test_identical_settings_run_once_and_a_rerun_skips_finished_rows(toy, tmp_pa
     same = first.rows[first.rows["config"].isin(["gain=1", "offset=0"])]
     by_config = same.groupby("config")["image_auroc"].apply(sorted)
     assert len(same) == 8 and by_config["gain=1"] == by_config["offset=0"]
+
+
+def test_a_test_curve_run_remakes_rows_without_curves_and_reports_best_minus_last(toy, tmp_path, capsys):
+    from adlib.curves import best_minus_last
+
+    _, data = toy
+    plain = _run(tmp_path / "s", data)
+    assert "test_curve" not in plain.rows or plain.rows["test_curve"].isna().all()
+    curved = _run(tmp_path / "s", data, test_curve=True)
+    assert curved.ran == 16 and _values(curved) == _values(plain)
+    assert "16 rows made again with their test curves; largest metric change against the rows " \
+           "they replace: 0" in capsys.readouterr().out
+    again = _run(tmp_path / "s", data, test_curve=True)
+    assert (again.ran, again.skipped) == (0, 16)
+    table = best_minus_last(curved.rows, metrics=("image_auroc",))
+    assert list(table.index) == ["gain=1", "gain=2", "gain=3", "offset=0", "offset=1"]
+    assert (table["image_auroc: best − last"] == "+2.00 [+2.00, +2.00]").all()
+    assert (table["runs"] == 4).all() and (table["image_auroc: best epoch (median)"] == 1).all()
+
+
+def test_a_test_curve_needs_a_declared_curve_runner(toy, tmp_path):
+    _, data = toy
+    study = load_study("toy_study")
+    study.curve = None
+    with pytest.raises(StudyError, match="declares no curve runner"):
+        run_study("toy_study", "tiny", protocol=study.protocol(None), seeds=[0],
+                  categories=["a"], dataset="mvtec_ad", data_root=data, out=tmp_path / "x",
+                  show_progress=False, test_curve=True)
 
 
 def test_a_killed_study_resumes_without_duplicates_or_gaps(toy, tmp_path):

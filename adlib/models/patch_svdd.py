@@ -141,7 +141,14 @@ class HierarchicalEncoder64(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 class NormalizedLinear(nn.Linear):
-    """A linear layer whose weight rows are renormalised to unit L2 norm at every call."""
+    """A linear layer whose weight rows are renormalised to unit L2 norm at every call.
+
+    The gradient flows through the normalisation, so the 8 class directions are learnt. The
+    official code normalises inside ``torch.no_grad()`` (and over the other axis): its weight
+    never receives a gradient, so that layer stays a fixed random projection and only its
+    bias trains. Neither paper describes the layer; the book trains it (a classifier whose
+    last layer cannot learn is an odd thing to teach), and says so in chapter 1.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, F.normalize(self.weight, dim=1), self.bias)
@@ -334,13 +341,11 @@ def grid_size(image_size: int, k: int, stride: int) -> int:
 
 
 @torch.no_grad()
-def dense_embeddings(model: PatchSVDDNet, images: torch.Tensor, k: int, stride: int,
-                     batch_size: int = 512) -> torch.Tensor:
-    """Every ``k``-px patch on a grid of ``stride`` px: ``(N,3,S,S) -> (N, G, G, D)``.
-
-    Patches are encoded one by one (batched): with SE / C-SE the global pooling runs over
-    each patch, so a fully convolutional pass over the whole image would give other values.
-    """
+def dense_embeddings_reference(model: PatchSVDDNet, images: torch.Tensor, k: int, stride: int,
+                               batch_size: int = 64) -> torch.Tensor:
+    """Every ``k``-px patch on a grid of ``stride`` px, each patch cut out and encoded on its
+    own: ``(N,3,S,S) -> (N, G, G, D)``. The definition :func:`dense_embeddings` is tested
+    against, and its path for odd strides."""
     model.eval()
     device = next(model.parameters()).device
     n, _, size, _ = images.shape
@@ -351,6 +356,73 @@ def dense_embeddings(model: PatchSVDDNet, images: torch.Tensor, k: int, stride: 
     rows = [encoder(patches[i:i + batch_size].to(device)).flatten(1)
             for i in range(0, len(patches), batch_size)]
     return torch.cat(rows).view(n, g, g, -1)
+
+
+def _split_at_attention(encoder: PatchEncoder32) -> tuple[nn.Sequential, nn.Sequential]:
+    """The encoder's layers before its first channel attention (local operations only, exact
+    over a whole image) and from there on (pooling over one patch at a time)."""
+    layers = list(encoder.layers)
+    first = next((i for i, m in enumerate(layers)
+                  if not isinstance(m, (nn.Conv2d, nn.LeakyReLU, nn.Tanh, nn.Identity))), len(layers))
+    return nn.Sequential(*layers[:first]), nn.Sequential(*layers[first:])
+
+
+def _embedding_map32(encoder: PatchEncoder32, images: torch.Tensor, step: int,
+                     batch_size: int) -> torch.Tensor:
+    """The 32-px embedding of every patch whose corner lies on a ``step``-px grid (``step``
+    even): ``(N,3,S,S) -> (N, D, G, G)``, G = (S - 32) // step + 1.
+
+    Conv1 has stride 2 and no conv pads, so the layers before the first attention block, run
+    over the whole image, give at position j exactly what the 32-px patch at pixel 2j gives;
+    the rest (SE / C-SE pool over the patch) runs per patch on windows of that map.
+    """
+    trunk, rest = _split_at_attention(encoder)
+    g = (images.shape[-1] - 32) // step + 1
+    shared = trunk(images)                                                 # (N,C,(S-32)/2+w,..)
+    if not len(rest):
+        return shared[:, :, ::step // 2, ::step // 2][:, :, :g, :g]
+    window = trunk(images.new_zeros(1, 3, 32, 32)).shape[-1]
+    windows = shared.unfold(2, window, step // 2).unfold(3, window, step // 2)[:, :, :g, :g]
+    rows_per_call = max(1, batch_size // g)   # copy a few grid rows of windows at a time
+    out = []
+    for image in windows:                                                  # (C,G,G,w,w)
+        for r in range(0, g, rows_per_call):
+            chunk = image[:, r:r + rows_per_call].permute(1, 2, 0, 3, 4)
+            out.append(rest(chunk.reshape(-1, *chunk.shape[2:])).flatten(1))
+    return torch.cat(out).view(len(images), g, g, -1).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def dense_embeddings(model: PatchSVDDNet, images: torch.Tensor, k: int, stride: int,
+                     batch_size: int = 64, image_batch: int = 8) -> torch.Tensor:
+    """Every ``k``-px patch on a grid of ``stride`` px: ``(N,3,S,S) -> (N, G, G, D)``.
+
+    Equal to encoding each patch on its own (:func:`dense_embeddings_reference`) but shares
+    the convolutions of overlapping patches: without attention the 32-px encoder runs once
+    over each image; with SE / C-SE, up to its first attention block. A 64-px patch's four
+    quadrants are 32-px patches 32 px apart, so the hierarchical head runs as a 2x2
+    convolution dilated to that distance over the 32-px embedding map. Odd strides (the map
+    has stride 2) take the reference path. ``batch_size``: patches per call after the first
+    attention block (64 was faster than 512 on a 2-core CPU); ``image_batch``: images per
+    whole-image pass.
+    """
+    if stride % 2:
+        return dense_embeddings_reference(model, images, k, stride, batch_size)
+    model.eval()
+    device = next(model.parameters()).device
+    g = grid_size(images.shape[-1], k, stride)
+    step = stride if k == 32 else math.gcd(stride, 32)        # 32-px corners needed
+    if step % 2:
+        return dense_embeddings_reference(model, images, k, stride, batch_size)
+    out = []
+    for i in range(0, len(images), image_batch):
+        h = _embedding_map32(model.encoder32, images[i:i + image_batch].to(device), step, batch_size)
+        if k == 64:
+            head = model.encoder64.head
+            h = F.conv2d(h, head[0].weight, head[0].bias, dilation=32 // step)
+            h = head[1:](h)[:, :, ::stride // step, ::stride // step]
+        out.append(h[:, :, :g, :g].permute(0, 2, 3, 1))
+    return torch.cat(out)
 
 
 def spread_patch_scores(scores: torch.Tensor, k: int, stride: int, image_size: int) -> torch.Tensor:
@@ -402,6 +474,8 @@ class PatchSVDD:
         device, seed, progress: as in :func:`adlib.train.fit`.
         checkpoint_root: where to keep ``last.pt`` per category and settings, so that a run
             killed mid-training resumes (e.g. under the notebook's ``output_dir``).
+        checkpoint_dir: this one folder instead (a later ``fit`` with more ``epochs`` continues
+            the run there: :mod:`adlib.curves` trains one epoch at a time this way).
 
     After ``fit``: ``net``, ``history`` (loss per epoch), ``mean_image``, ``train_embeddings``.
     After ``predict``: ``maps_by_kind`` holds all four maps ``(N, S, S)`` and
@@ -414,7 +488,8 @@ class PatchSVDD:
                  samples_per_image: int = 100, strides: dict[int, int] | None = None,
                  anomaly_map: str = "mult", train_noise_var: float = 0.0, dim: int = 64,
                  device: str = "auto", seed: int = 0, progress: bool | str = True,
-                 desc: str | None = None, checkpoint_root: str | os.PathLike | None = None) -> None:
+                 desc: str | None = None, checkpoint_root: str | os.PathLike | None = None,
+                 checkpoint_dir: str | os.PathLike | None = None) -> None:
         if anomaly_map not in MAP_KINDS:
             msg = f"anomaly_map must be one of {MAP_KINDS}, found {anomaly_map!r}."
             raise ValueError(msg)
@@ -425,7 +500,7 @@ class PatchSVDD:
         self.strides = {64: 16, 32: 4, **(strides or {})}
         self.anomaly_map, self.train_noise_var, self.dim = anomaly_map, train_noise_var, dim
         self.device, self.seed, self.progress = device, seed, progress
-        self.checkpoint_root = checkpoint_root
+        self.checkpoint_root, self.checkpoint_dir = checkpoint_root, checkpoint_dir
         self.desc = desc or f"Patch SVDD ({attention}{'+LBR' if lbr else ''})"
         with torch.random.fork_rng():  # the initial weights depend on the seed only
             torch.manual_seed(seed)
@@ -460,7 +535,7 @@ class PatchSVDD:
                          drop_last=len(pairs) > self.batch_size, desc=self.desc,
                          progress=self.progress)
             self.history = result.history
-            if result.resumed_from is not None:
+            if result.resumed_from is not None and self.progress:
                 print(f"{self.desc}: resumed from epoch {result.resumed_from} ({ckpt})", flush=True)
         else:  # epochs=0: the randomly initialised encoder (a reference point)
             import pandas as pd
@@ -474,6 +549,8 @@ class PatchSVDD:
     def _checkpoint_dir(self, train_dataset: Any, image_size: int) -> Path | None:
         """``checkpoint_root/<category>__<hash of every training setting>``: a rerun with the
         same settings resumes from its ``last.pt``, one with other settings starts afresh."""
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir)
         if self.checkpoint_root is None:
             return None
         import hashlib

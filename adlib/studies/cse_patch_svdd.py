@@ -21,7 +21,8 @@ def protocol(cfg) -> dict:
     """The chapter's defaults under a profile: data, patch sampling, training, model."""
     x = cfg.extra
     return {"dataset": cfg.dataset, "image_size": cfg.image_size, "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size, "lr": 1e-4, "samples_per_image": x["samples_per_image"],
+            "batch_size": cfg.batch_size, "lr": x.get("lr", 1e-4),
+            "samples_per_image": x["samples_per_image"],
             "patch_sizes": str(x["patch_sizes"]), "stride32": x["stride32"],
             "stride64": x.get("stride64") or 16, "lam": x["lam"], **MODEL}
 
@@ -40,11 +41,16 @@ REFERENCE = [Cell("reference", "random init Patch SVDD", {"epochs": 0, "attentio
              Cell("reference", "random init +C-SE+LBR", {"epochs": 0})]
 GRIDS = {
     "smoke": [VARIANTS[0], VARIANTS[3], REFERENCE[1]],
-    "cpu": VARIANTS + [LAYERS[2], LAYERS[6], R[4], R[16], LAM[0.001], LAM[1.0], NOISE[0.0],
-                       NOISE[0.01]] + REFERENCE,
-    "study": (VARIANTS + list(LAYERS.values()) + list(R.values()) + list(LAM.values())
-              + list(NOISE.values()) + REFERENCE),
+    # the variant axis with both references: on the profile's categories, 3 seeds
+    "study": VARIANTS + REFERENCE,
+    # the other axes (the default cell of each is in `study`): run them on fewer categories
+    "axes": list(LAYERS.values()) + list(R.values()) + list(LAM.values()) + list(NOISE.values()),
+    # where position is not defined: does training beat the random encoder there?
+    "textures": [VARIANTS[0], REFERENCE[0]],
+    # the notebook's cpu run: its trained model against both random encoders
+    "cpu": [VARIANTS[3]] + REFERENCE,
 }
+GRIDS["paper"] = VARIANTS + GRIDS["axes"] + REFERENCE
 
 _SANITY = "random init +C-SE+LBR"
 CHECKS = (
@@ -77,6 +83,23 @@ def run(task: Task) -> list[dict]:
         s["dataset"], task.data_root, task.categories, s["image_size"], show_progress=False))
 
 
+def run_curve(task: Task) -> list[dict]:
+    """:func:`run`, the test split also scored after every epoch (reporting only)."""
+    from adlib.curves import curve_rows, separate_curves
+
+    s = dict(task.settings)
+    results, curves = separate_curves(
+        lambda: make_model(s, seed=task.seed, device=task.device, progress=False),
+        set_epochs, s["dataset"], task.data_root, task.categories, s["image_size"],
+        epochs=s["epochs"])
+    return curve_rows(results, curves)
+
+
+def set_epochs(model, epochs: int, checkpoint_dir: str) -> None:
+    """Make the next ``fit`` of a :class:`PatchSVDD` train up to ``epochs``, resuming there."""
+    model.epochs, model.checkpoint_dir = epochs, checkpoint_dir
+
+
 TITLES = {"variant": "Modules: none / SE / C-SE / C-SE + LBR",
           "layers": "C-SE in the last n convolutions", "r": "Reduction r of C-SE",
           "λ": "Loss weight λ", "noise": "Gaussian noise variance on the training images",
@@ -101,6 +124,42 @@ def make_model(settings, *, seed: int, device: str, progress: bool = True,
 
 STUDY = Study(paper="cse_patch_svdd", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
               unit="category", default=DEFAULT, titles=TITLES, helpers=(make_model,),
+              curve=run_curve,
               sources=("adlib.models.patch_svdd", "adlib.nn.squeeze_excite", "adlib.nn.knn",
                        "adlib.evaluation", "adlib.maps", "adlib.metrics", "adlib.train",
                        "adlib.checkpoint"))
+
+
+# ------------------------------------------------------------------ the chapter's figures
+
+def trained_vs_random_figure(trained, random_init, indices):
+    """Test images (defect outlined) with the trained model's map and the random encoder's
+    map of the same images; each model's maps share one colour scale (their distances live on
+    different scales), so within a column hotter means more anomalous to that model."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from adlib.viz import _draw_mask_outline, _hide_ticks, _image_extent
+
+    fig, axes = plt.subplots(len(indices), 3, figsize=(7.2, 2.4 * len(indices)), squeeze=False)
+    columns = [(trained, f"trained (image AUROC {100 * trained.metrics['image_auroc']:.1f})"),
+               (random_init, f"random init ({100 * random_init.metrics['image_auroc']:.1f})")]
+    for row, i in zip(axes, indices):
+        image = trained.test[i]["image"].permute(1, 2, 0).numpy()
+        row[0].imshow(np.clip(image, 0, 1))
+        extent = _image_extent(image)
+        _draw_mask_outline(row[0], trained.masks[i], extent)
+        row[0].set_ylabel(trained.test[i]["defect_type"], fontsize=9)
+        for ax, (result, name) in zip(row[1:], columns):
+            lo, hi = np.percentile(result.maps[indices], [1, 99.5])
+            ax.imshow(result.maps[i], cmap="inferno", vmin=lo, vmax=hi)
+            _draw_mask_outline(ax, result.masks[i], extent)
+            if i == indices[0]:
+                ax.set_title(name, fontsize=9)
+        if i == indices[0]:
+            row[0].set_title("test image", fontsize=9)
+        for ax in row:
+            _hide_ticks(ax)
+    fig.suptitle(f"{trained.category}: where the maps put the defects", fontsize=11)
+    fig.tight_layout()
+    return fig

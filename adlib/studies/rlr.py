@@ -97,6 +97,33 @@ def run(task: Task) -> list[dict]:
     return study_results(results)
 
 
+def run_curve(task: Task) -> list[dict]:
+    """:func:`run`, the test splits also scored after every epoch (reporting only; the last
+    epoch is :func:`run`'s model, so the rows keep its model hash)."""
+    from adlib.curves import curve_rows, separate_curves, unified_curves
+    from adlib.features import shared_feature_cache
+    from adlib.models.rlr import RLRConfig, RLRDetector
+
+    s = dict(task.settings)
+    cache = shared_feature_cache(s["backbone"], stages=s["stages"], image_size=s["image_size"],
+                                 device=None if task.device == "auto" else task.device)
+    config = {f.name: s[f.name] for f in fields(RLRConfig) if f.name in s}
+    config["seed"] = task.seed
+
+    def detector():
+        return RLRDetector(cache, device=task.device, progress=False, **config)
+
+    def set_epochs(det, epochs: int, checkpoint_dir: str) -> None:
+        det.config.epochs, det.checkpoint_dir = epochs, checkpoint_dir
+
+    where = (s["dataset"], task.data_root, task.categories, s["image_size"])
+    if s["separate"]:
+        results, curves = separate_curves(detector, set_epochs, *where, epochs=s["epochs"])
+    else:
+        results, curves = unified_curves(detector(), set_epochs, *where, epochs=s["epochs"])
+    return curve_rows(results, curves)
+
+
 TITLES = {"Table 3": "Table 3: residual and attention variants",
           "Table 4": "Table 4: which backbone stages are reconstructed",
           "Table 5": "Table 5: LCA weight alpha", "perturbation": "Feature perturbation",
@@ -104,7 +131,7 @@ TITLES = {"Table 3": "Table 3: residual and attention variants",
           "reference": "Reference: the untrained model"}
 
 STUDY = Study(paper="rlr", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run, unit="all",
-              default=DEFAULT, titles=TITLES,
+              default=DEFAULT, titles=TITLES, curve=run_curve,
               sources=("adlib.models.rlr", "adlib.nn.reference_attention", "adlib.features",
                        "adlib.nn.backbones", "adlib.evaluation", "adlib.maps", "adlib.metrics",
                        "adlib.train", "adlib.checkpoint"))
