@@ -11,8 +11,10 @@ evaluates one task. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adl
 
 Rows. Every finished run appends one row per (cell, seed, category[, fold]) to ``rows.jsonl``
 in ``out`` (:data:`ROW_FIELDS`): paper, ablation, config, overrides, seed, category, fold,
-metrics, training seconds, final loss, protocol, hardware, revision, model hash, key. The
-key hashes the paper, the full settings (protocol + overrides), seed, category and fold, so a
+metrics, training seconds, final loss, protocol, hardware, revision, model hash, key, and
+with ``--test-curve`` the test metrics after every epoch and the training losses per epoch
+(``test_curve``, ``train_curve``: for reporting what test-set epoch picking would add,
+:mod:`adlib.curves`). The key hashes the paper, the full settings (protocol + overrides), seed, category and fold, so a
 rerun skips rows already present for the same protocol *and* model hash (a study killed at
 any point loses at most the runs in flight); rows whose model hash differs are *stale*:
 never reused silently, and listed in the summary. Identical settings reached from two
