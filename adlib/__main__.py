@@ -55,6 +55,9 @@ def _study(args: argparse.Namespace) -> None:
     from adlib.study import load_study, parse_value, run_study, write_outputs
 
     study = load_study(args.paper)
+    if args.verify:
+        _verify(study, args)
+        return
     cfg = resolve(study.paper, args.profile, dataset=args.dataset, data_root=args.data_root,
                   epochs=args.epochs)
     protocol = study.protocol(cfg)
@@ -75,7 +78,9 @@ def _study(args: argparse.Namespace) -> None:
                        dataset=cfg.dataset, data_root=root, out=out, executor=args.executor,
                        workers=args.workers, device=args.device, profile=args.profile,
                        run=not args.summarise, include_stale=args.include_stale,
-                       test_curve=args.test_curve, slurm={"cluster": args.slurm_cluster, "partition": args.partition,
+                       test_curve=args.test_curve, refuse_dirty=not args.allow_dirty,
+                       fingerprint=lambda: _fingerprint_digest(study, root),
+                       slurm={"cluster": args.slurm_cluster, "partition": args.partition,
                               "time_min": args.time_min, "gpus": args.gpus, "cpus": args.cpus})
     result = write_outputs(result, paper=args.paper, grid=grid, out=out, protocol=protocol,
                            seeds=seeds, categories=categories, dataset=cfg.dataset,
@@ -88,6 +93,34 @@ def _study(args: argparse.Namespace) -> None:
               f"{'included' if args.include_stale else 'not reused'}.")
     print(f"run record: {result.record_path}")
     print(result.summary_path)
+
+
+def _fingerprint_digest(study, root) -> str | None:
+    from adlib.verify import fingerprint
+
+    if study.fingerprint is None:
+        return None
+    printed = fingerprint(study)
+    print(f"{study.paper}: fingerprint {printed['digest']} ({printed['seconds']:.1f} s)", flush=True)
+    return printed["digest"]
+
+
+def _verify(study, args: argparse.Namespace) -> None:
+    import time
+
+    from adlib.provenance import ProvenanceError
+    from adlib.verify import provenance_table, verify
+    from adlib.study import _results_dir
+
+    out = args.out or _results_dir(study.paper)
+    started = time.perf_counter()
+    try:
+        verify(study.paper, folder=out, budget_s=args.budget, workers=args.workers,
+               allow_dirty=args.allow_dirty)
+    except ProvenanceError as err:
+        raise SystemExit(str(err)) from None
+    print(provenance_table(study.paper, out).to_string(index=False))
+    print(f"{study.paper}: verify took {time.perf_counter() - started:.0f} s")
 
 
 def _gpucheck(args: argparse.Namespace) -> None:
@@ -152,6 +185,13 @@ def main(argv: list[str] | None = None) -> None:
                          "without a curve are made again)")
     st.add_argument("--include-stale", action="store_true",
                     help="summarise rows made by other code too (said so in the claims)")
+    st.add_argument("--verify", action="store_true",
+                    help="link the committed rows to the current code (fingerprint + a seeded "
+                         "draw of rows rerun) or say which metric moved; --out: another folder")
+    st.add_argument("--budget", type=float, default=600.0,
+                    help="--verify: seconds of recorded training to rerun per worker (600)")
+    st.add_argument("--allow-dirty", action="store_true",
+                    help="run even with uncommitted changes to hashed code (rows marked dirty)")
     st.add_argument("--partition", default=None, help="slurm partition")
     st.add_argument("--time-min", type=int, default=120, help="slurm time limit per task")
     st.add_argument("--gpus", type=int, default=0, help="slurm GPUs per task")

@@ -43,6 +43,7 @@ class CategoryResult:
     n_train: int = 0
     history: pd.DataFrame | None = field(default=None, repr=False)  # the model's loss per epoch
     train_seconds: float = 0.0   # fitting only (unified: the category's share)
+    model: Any = field(default=None, repr=False)   # the fitted model that made these scores
 
     def roc(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Image-level ROC points and AUROC, for :func:`adlib.viz.roc_curves`."""
@@ -70,7 +71,7 @@ def _score(model, test, category: str, seconds_before: float, n_train: int, star
     metrics = evaluate(scores, labels, maps, masks)
     return CategoryResult(category, metrics, np.asarray(scores), labels, maps, masks, test,
                           seconds_before + time.perf_counter() - start, n_train,
-                          getattr(model, "history", None), train_seconds)
+                          getattr(model, "history", None), train_seconds, model)
 
 
 def evaluate_categories(make_model: Callable[[], Any], dataset: str, root, categories,
@@ -124,13 +125,15 @@ def metrics_for_record(results: list[CategoryResult]) -> dict[str, dict[str, flo
 
 def study_results(results: list[CategoryResult], **labels) -> list[dict]:
     """Per-category results in the study engine's form (metrics in %, training seconds, final
-    loss); ``labels`` (seed, overrides, ablation, config) are added to each, so a notebook
-    can hand its main run to :func:`adlib.study.run_study` as ``known`` results."""
+    loss, and the fitted ``model`` with its loss ``history``, which the engine keeps out of the
+    rows but a fingerprint hashes); ``labels`` (seed, overrides, ablation, config) are added to
+    each, so a notebook can hand its main run to :func:`adlib.study.run_study` as ``known``."""
     out = []
     for r in results:
         history = r.history if r.history is not None and len(r.history) else None
         final = float(history["train_loss"].iloc[-1]) if history is not None else None
         out.append({**labels, "category": r.category,
                     "metrics": {k: 100.0 * v for k, v in r.metrics.items() if v is not None},
-                    "train_seconds": round(r.train_seconds, 3), "final_loss": final})
+                    "train_seconds": round(r.train_seconds, 3), "final_loss": final,
+                    "model": r.model, "history": history})
     return out

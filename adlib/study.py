@@ -2,8 +2,9 @@
 
 A chapter declares its :class:`Study` once (``adlib/studies/<paper>.py``): named grids of
 :class:`Cell` (ablation, config label, overrides of the chapter's defaults), its claim
-checks, the source modules its model depends on, and a ``run(task)`` that trains and
-evaluates one task. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adlib study``
+checks, a tiny fingerprint run, and a ``run(task)`` that trains and evaluates one task. The
+code identity of its rows is computed from the study module's imports
+(:mod:`adlib.provenance`), never listed by hand. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adlib study``
 (``study`` grid) both go through :func:`run_study`::
 
     python -m adlib study rlr --grid study --seeds 0,1,2 --executor local --workers 2 \\
@@ -15,9 +16,10 @@ metrics, training seconds, final loss, protocol, hardware, revision, model hash,
 with ``--test-curve`` the test metrics after every epoch and the training losses per epoch
 (``test_curve``, ``train_curve``: for reporting what test-set epoch picking would add,
 :mod:`adlib.curves`). The key hashes the paper, the full settings (protocol + overrides), seed, category and fold, so a
-rerun skips rows already present for the same protocol *and* model hash (a study killed at
-any point loses at most the runs in flight); rows whose model hash differs are *stale*:
-never reused silently, and listed in the summary. Identical settings reached from two
+rerun skips rows already present for the same protocol *and* model hash, or a hash linked to
+it by a verified equivalence (``equivalences.jsonl``, :mod:`adlib.verify`); a study killed at
+any point loses at most the runs in flight. Other rows are *stale*: never reused silently,
+and listed in the summary. Identical settings reached from two
 ablations (the default model sits in every table) run once.
 
 Executors: ``serial`` (in this process), ``local`` (a process pool, each worker pinned to
@@ -44,12 +46,16 @@ from typing import Any
 import pandas as pd
 
 from adlib.claims import ClaimCheck, check_claims, claims_table
+from adlib.provenance import Fingerprint, code_hash, linked_hashes, load_equivalences
 
 EXECUTORS = ("serial", "local", "slurm")
 ROWS_FILE = "rows.jsonl"
 ROW_FIELDS = ("paper", "ablation", "config", "overrides", "seed", "category", "fold", "metrics",
               "train_seconds", "final_loss", "protocol", "hardware", "revision", "model_hash",
-              "key", "created", "test_curve", "train_curve")
+              "fingerprint", "dirty", "key", "created", "test_curve", "train_curve")
+#: What a worker hands back of ``run``'s results (the fitted model stays in the worker).
+RESULT_FIELDS = ("category", "fold", "metrics", "train_seconds", "final_loss", "test_curve",
+                 "train_curve")
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1", "final_loss")
 
 
@@ -93,36 +99,47 @@ class Study:
         paper: the paper key (:mod:`adlib.papers`).
         grids: grid name -> cells; ``smoke`` / ``cpu`` / ``study`` are the profiles' grids.
         checks: the claim checks (:class:`adlib.claims.ClaimCheck`).
-        sources: modules whose source defines the results (hashed into ``model_hash``).
         protocol: ``RunConfig -> dict`` of the chapter's defaults under a profile (image size,
             epochs, backbone, model settings, ...); a cell's overrides change some of them.
-        run: ``Task -> [{"category", "metrics", "train_seconds", "final_loss"}, ...]``.
+        run: ``Task -> [{"category", "metrics", "train_seconds", "final_loss"}, ...]``, each
+            optionally with the fitted ``model`` and its loss ``history`` (a fingerprint hashes
+            them; rows keep :data:`RESULT_FIELDS` only).
         unit: ``"category"`` (one task per category: separate models), ``"all"`` (one
             task trains on every category: unified models; it returns one row per category),
             or ``"fold"`` (supervised k-fold cross-validation: one task per category and test
             fold, k = the protocol's ``folds``; rows carry the fold, claims pair on it).
         default: the config label of the chapter's main model (the record's metrics).
         titles: a title per ablation, for the notebook's tables and plots.
-        helpers: the study module's functions ``run`` calls (hashed with it).
         curve: optional, ``run`` with the test split also scored after every epoch, for
             reporting what picking the epoch on the test set would add (never for choosing):
             the same rows plus ``test_curve`` = ``{"epoch": [...], <metric>: [...]}``. Its last
             epoch is ``run``'s model (tested per study), so its rows count under ``run``'s
             model hash and replace ``run``'s rows of the same settings.
+        fingerprint: the tiny deterministic run whose digest identifies the code's behaviour
+            (:class:`adlib.provenance.Fingerprint`); ``--verify`` compares it.
+        tolerance: the largest metric change (points) ``--verify`` accepts as equal; 0 unless
+            the study says why (``tolerance_why``), e.g. a reduction-order change.
     """
 
     paper: str
     grids: Mapping[str, Sequence[Cell]]
     checks: Sequence[ClaimCheck]
-    sources: Sequence[str]
     protocol: Callable[[Any], dict]
     run: Callable[[Task], list[dict]]
     unit: str = "category"
     default: str | None = None
     titles: Mapping[str, str] = field(default_factory=dict)   # ablation -> table title
-    helpers: Sequence[Callable] = ()   # functions of the study module that ``run`` calls
     module: str = ""
     curve: Callable[[Task], list[dict]] | None = None
+    fingerprint: Fingerprint | None = None
+    tolerance: float = 0.0
+    tolerance_why: str = ""
+
+    def __post_init__(self) -> None:
+        self.module = self.module or self.run.__module__
+        if self.tolerance and not self.tolerance_why:
+            msg = f"{self.paper}: a verification tolerance needs its reason (tolerance_why)"
+            raise StudyError(msg)
 
     def grid(self, name: str) -> list[Cell]:
         if name not in self.grids:
@@ -131,22 +148,9 @@ class Study:
         return list(self.grids[name])
 
     def model_hash(self) -> str:
-        """SHA-256 (16 hex digits) of what the results depend on: the ``sources`` modules'
-        files and the code of ``run``, ``protocol`` and ``helpers`` (not the grids or the
-        claim checks, so declaring another cell or check never makes finished rows stale)."""
-        import inspect
-
-        digest = hashlib.sha256()
-        for fn in (self.run, self.protocol, *self.helpers):
-            digest.update(inspect.getsource(fn).encode())
-        for name in sorted(set(self.sources)):
-            spec = importlib.util.find_spec(name)
-            if spec is None or not spec.origin:
-                msg = f"{self.paper}: source module {name!r} not found"
-                raise StudyError(msg)
-            digest.update(name.encode())
-            digest.update(Path(spec.origin).read_bytes().replace(b"\r\n", b"\n"))
-        return digest.hexdigest()[:16]
+        """The code identity of the study's rows: :func:`adlib.provenance.code_hash` of its
+        module (the normalised import closure; grids and claim checks left out)."""
+        return code_hash(self.module)
 
     def check(self, rows: pd.DataFrame, **context: Any) -> list[dict]:
         """The declared claim checks on ``rows`` (see :func:`adlib.claims.check_claims`)."""
@@ -250,7 +254,7 @@ def execute(task: Task) -> list[dict]:
     study = load_study(task.study)
     results = (study.curve if task.test_curve else study.run)(task)
     hardware = hardware_info(task.device)
-    return [{**r, "hardware": hardware} for r in results]
+    return [{**{k: r[k] for k in RESULT_FIELDS if k in r}, "hardware": hardware} for r in results]
 
 
 def _die_with_parent() -> None:
@@ -529,7 +533,9 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
               device: str = "auto", profile: str = "study", run: bool = True,
               include_stale: bool = False, known: Iterable[Mapping[str, Any]] = (),
               slurm: Mapping[str, Any] | None = None, show_progress: bool = True,
-              revision: str | None = None, test_curve: bool = False) -> StudyResult:
+              revision: str | None = None, test_curve: bool = False,
+              refuse_dirty: bool = False,
+              fingerprint: Callable[[], str] | str | None = None) -> StudyResult:
     """Run (or resume) ``grid`` over ``seeds`` x ``categories`` and summarise it.
 
     Args:
@@ -545,6 +551,14 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         slurm: options of the ``slurm`` executor (cluster, partition, time_min, gpus, cpus).
         test_curve: run the study's ``curve`` (the test split scored after every epoch, for
             reporting only); finished rows without a curve are made again, with one.
+        refuse_dirty: refuse to run when a module the study hashes has uncommitted changes
+            (``python -m adlib study`` does unless ``--allow-dirty``); rows made from such a
+            tree are marked ``dirty`` either way.
+        fingerprint: the code's fingerprint digest for the rows (or a function giving it,
+            called only when something runs); None in notebooks.
+
+    Rows count when their model hash is the current code's or is linked to it by recorded
+    equivalences (``equivalences.jsonl`` in ``out``, written by ``--verify``); others are stale.
     """
     from adlib.progress import progress
     from adlib.results import adlib_revision, hardware_info
@@ -557,6 +571,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     study = load_study(paper)
     cells = study.grid(grid) if isinstance(grid, str) else list(grid)
     model_hash = study.model_hash()
+    accepted = linked_hashes(model_hash, load_equivalences(out))
     if test_curve and study.curve is None:
         msg = f"{study.paper} declares no curve runner (Study.curve); run it without test_curve"
         raise StudyError(msg)
@@ -577,12 +592,17 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                 "final_loss": result.get("final_loss"),
                 "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},
                 "hardware": result.get("hardware") or here,
-                "revision": revision, "model_hash": model_hash,
+                "revision": revision, "model_hash": model_hash, "fingerprint": printed,
+                **({"dirty": True} if dirty else {}),
                 "key": run_key(study.paper, settings, seed, category, fold),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
+    from adlib.provenance import dirty_files, dirty_message
+
+    dirty = dirty_files(study.module)
+    printed = None
     existing = store.load()
-    valid = {r["key"] for r in existing if r.get("model_hash") == model_hash
+    valid = {r["key"] for r in existing if r.get("model_hash") in accepted
              and (r.get("test_curve") or not test_curve)}
     new_known = [provenance({"ablation": k.get("ablation", ""), "config": k.get("config", ""),
                              "overrides": k.get("overrides", {})}, k, k["seed"]) for k in known]
@@ -597,10 +617,13 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     skipped = len(tasks) - len(pending)
     failures: list[str] = []
     if run and pending:
+        if dirty and refuse_dirty:
+            raise StudyError(dirty_message(study.paper, dirty))
+        printed = fingerprint() if callable(fingerprint) else fingerprint
         bar = progress(total=len(tasks), initial=skipped, desc=f"{study.paper} runs",
                        disable=not show_progress)
 
-        earlier = {r["key"]: r["metrics"] for r in existing if r.get("model_hash") == model_hash}
+        earlier = {r["key"]: r["metrics"] for r in existing if r.get("model_hash") in accepted}
         remade: list[float] = []
 
         def done(task: Task, results: list[dict]) -> None:
@@ -646,11 +669,11 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     all_rows = store.load()
     by_key = {}
     for row in all_rows:  # the last row of a key wins: a rerun with a curve replaces one without
-        if row.get("model_hash") == model_hash:
+        if row.get("model_hash") in accepted:
             by_key[row["key"]] = row
     wanted = {key for *_, key in slots}
     # rows of these very settings made by other code: never reused silently, always reported
-    stale = [r for r in all_rows if r["key"] in wanted and r.get("model_hash") != model_hash]
+    stale = [r for r in all_rows if r["key"] in wanted and r.get("model_hash") not in accepted]
     if include_stale:
         for row in stale:
             by_key.setdefault(row["key"], row)

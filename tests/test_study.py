@@ -25,6 +25,7 @@ TOY_STUDY = '''
 import time
 import zlib
 
+from adlib.provenance import Fingerprint
 from adlib.study import Cell, Study
 
 
@@ -58,8 +59,8 @@ def run_curve(task):
 GRIDS = {"tiny": [Cell("gain", "gain=1", {}), Cell("gain", "gain=2", {"gain": 2.0}),
                   Cell("gain", "gain=3", {"gain": 3.0}), Cell("offset", "offset=0", {}),
                   Cell("offset", "offset=1", {"offset": 1.0})]}
-STUDY = Study(paper="toy", grids=GRIDS, checks=(), sources=("toy_model",), protocol=protocol,
-              run=run, unit="category", curve=run_curve)
+STUDY = Study(paper="toy", grids=GRIDS, checks=(), protocol=protocol,
+              run=run, unit="category", curve=run_curve, fingerprint=Fingerprint(("gain=2",), "a"))
 '''
 
 
@@ -152,7 +153,8 @@ def test_a_killed_study_resumes_without_duplicates_or_gaps(toy, tmp_path):
     pkg, data = toy
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "adlib", "study", "toy_study", "--grid", "tiny",
-           "--seeds", "0,1", "--data-root", str(data), "--set", "sleep=0.25", "--out", str(out)]
+           "--seeds", "0,1", "--data-root", str(data), "--set", "sleep=0.25", "--out", str(out),
+           "--allow-dirty"]   # a developer's tree may be dirty; CI's is clean
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     rows_file = out / ROWS_FILE
@@ -261,6 +263,7 @@ def test_a_local_worker_asks_to_die_with_the_study_process():
 
 TOY_FOLDS = '''
 """A toy cross-validated study: one task per (category, fold); the score depends on the fold."""
+from adlib.provenance import Fingerprint
 from adlib.study import Cell, Study
 
 
@@ -275,7 +278,7 @@ def run(task):
 
 
 GRIDS = {"tiny": [Cell("gain", "gain=1", {}), Cell("gain", "gain=2", {"gain": 2.0})]}
-STUDY = Study(paper="toy", grids=GRIDS, checks=(), sources=(), protocol=protocol, run=run,
+STUDY = Study(paper="toy", grids=GRIDS, checks=(), protocol=protocol, run=run,
               unit="fold")
 '''
 

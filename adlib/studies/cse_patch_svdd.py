@@ -9,6 +9,7 @@ reference every direction claim needs the trained model to beat.
 from __future__ import annotations
 
 from adlib.claims import ClaimCheck
+from adlib.provenance import Fingerprint
 from adlib.study import Cell, Study, Task
 
 DEFAULT = "+C-SE+LBR"
@@ -123,11 +124,9 @@ def make_model(settings, *, seed: int, device: str, progress: bool = True,
 
 
 STUDY = Study(paper="cse_patch_svdd", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
-              unit="category", default=DEFAULT, titles=TITLES, helpers=(make_model,),
+              unit="category", default=DEFAULT, titles=TITLES,
               curve=run_curve,
-              sources=("adlib.models.patch_svdd", "adlib.nn.squeeze_excite", "adlib.nn.knn",
-                       "adlib.evaluation", "adlib.maps", "adlib.metrics", "adlib.train",
-                       "adlib.checkpoint"))
+              fingerprint=Fingerprint((DEFAULT,), "retina"))
 
 
 # ------------------------------------------------------------------ the chapter's figures

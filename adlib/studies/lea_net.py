@@ -22,6 +22,7 @@ import numpy as np
 
 from adlib.claims import ClaimCheck
 from adlib.data.embedded import file_lock as _file_lock
+from adlib.provenance import Fingerprint
 from adlib.study import Cell, Study, Task
 
 MODEL_KEYS = ("folds", "adn", "caan", "point", "input", "width", "gate", "lr",
@@ -167,11 +168,12 @@ def map_cache_dir() -> Path:
 
 
 def map_cache_path(images, s: dict, seed: int, fold: int, tag: str = "") -> Path:
-    """The cache file of one fold's maps: named by data, settings, seed, fold and model code."""
-    import adlib.models.lea_net as lea
+    """The cache file of one fold's maps: named by data, settings, seed, fold and the code hash
+    of this study (the same hash its rows carry)."""
+    from adlib.provenance import code_hash
 
     keys = ("image_size", "folds", "colouriser_epochs", "colouriser_width", "colouriser_lr", "fancy_pca")
-    code = hashlib.sha256(Path(lea.__file__).read_bytes()).hexdigest()[:12]
+    code = code_hash(__name__)
     data = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:12]
     name = json.dumps([tag, data, code, seed, fold, {k: s[k] for k in keys}], sort_keys=True)
     return map_cache_dir() / f"{hashlib.sha256(name.encode()).hexdigest()[:20]}.pt"
@@ -255,12 +257,13 @@ def run(task: Task) -> list[dict]:
     maps, peak, _ = fold_maps(images, labels, s, task.seed, task.fold, device, tag=category)
     out = train_fold(s, images, labels, maps, peak, task.seed, task.fold, device)
     return [{"category": category, "fold": task.fold, "metrics": out["metrics"],
-             "train_seconds": out["train_seconds"], "final_loss": out["final_loss"]}]
+             "train_seconds": out["train_seconds"], "final_loss": out["final_loss"],
+             "model": out["model"], "history": out.get("history")}]
 
 
 STUDY = Study(paper="lea_net", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run, unit="fold",
-              default=DEFAULT, titles=TITLES, helpers=(load_labelled, fold_split, map_cache_path, fold_colouriser, fold_maps, train_fold),
-              sources=("adlib.models.lea_net", "adlib.train"))
+              default=DEFAULT, titles=TITLES,
+              fingerprint=Fingerprint((DEFAULT,), "ihc", fold=0))
 
 
 # ----------------------------------------------------------------------------- the chapter's figures

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from adlib.claims import ClaimCheck
+from adlib.provenance import Fingerprint
 from adlib.study import Cell, Study, Task
 
 #: Settings of the MAAE model itself (the rest of the protocol: data, backbone, training).
@@ -137,11 +138,8 @@ TITLES = {"Table 3": "Table 3: ANG, FFM and mixed attention (MAAE) on and off",
           "reference": "Reference: the untrained model"}
 
 STUDY = Study(paper="maae", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run, unit="all",
-              default=DEFAULT, titles=TITLES, helpers=(_maae, _knn, make_detector, feature_cache),
-              sources=("adlib.models.maae", "adlib.nn.mixed_attention", "adlib.nn.reference_attention",
-                       "adlib.models.knn_baseline", "adlib.nn.knn", "adlib.features",
-                       "adlib.nn.backbones", "adlib.evaluation", "adlib.maps", "adlib.metrics",
-                       "adlib.train", "adlib.checkpoint"))
+              default=DEFAULT, titles=TITLES,
+              fingerprint=Fingerprint((DEFAULT,), "brick"))
 
 
 # ------------------------------------------------------------------ the chapter's figures

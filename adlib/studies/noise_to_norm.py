@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from adlib.claims import ClaimCheck
+from adlib.provenance import Fingerprint
 from adlib.study import Cell, Study, Task
 
 #: Settings of the model and its training (the rest of the protocol: data, size, epochs).
@@ -101,9 +102,8 @@ TITLES = {"Table 4": "Table 4: the noise coefficient lambda",
           "reference": "References: the untrained M-net and the mean training image"}
 
 STUDY = Study(paper="noise_to_norm", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
-              unit="category", default=DEFAULT, titles=TITLES, helpers=(make_detector,),
-              sources=("adlib.models.noise_to_norm", "adlib.nn.mnet", "adlib.evaluation",
-                       "adlib.maps", "adlib.metrics", "adlib.train", "adlib.checkpoint"))
+              unit="category", default=DEFAULT, titles=TITLES,
+              fingerprint=Fingerprint((DEFAULT,), "brick"))
 
 
 def ordered(categories):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from adlib.claims import ClaimCheck
+from adlib.provenance import Fingerprint
 from adlib.study import Cell, Study, Task
 
 #: Settings of the RLR model itself (the rest of the protocol: data, backbone, training).
@@ -132,9 +133,7 @@ TITLES = {"Table 3": "Table 3: residual and attention variants",
 
 STUDY = Study(paper="rlr", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run, unit="all",
               default=DEFAULT, titles=TITLES, curve=run_curve,
-              sources=("adlib.models.rlr", "adlib.nn.reference_attention", "adlib.features",
-                       "adlib.nn.backbones", "adlib.evaluation", "adlib.maps", "adlib.metrics",
-                       "adlib.train", "adlib.checkpoint"))
+              fingerprint=Fingerprint((DEFAULT,), "brick"))
 
 
 def make_detector(cache, settings, *, seed: int, device: str, progress: bool = True,

@@ -1,0 +1,192 @@
+"""Provenance v2: the code hash follows imports and ignores docs, a fingerprint that moves makes
+rows stale, a verified equivalence keeps them, a dirty tree is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adlib.provenance import EQUIVALENCES_FILE, linked_hashes
+from adlib.study import StudyError, load_study, run_study
+from adlib.verify import fingerprint, verify
+
+REPO = Path(__file__).resolve().parents[1]
+
+HASH_SCRIPT = textwrap.dedent('''
+    import json, subprocess, sys
+    from pathlib import Path
+    import adlib
+    from adlib import provenance as p
+    assert Path(adlib.__file__).resolve().is_relative_to(Path.cwd().resolve()), adlib.__file__
+    study = "adlib.studies.rlr"
+    out = {"closure": p.import_closure(study), "clean": p.dirty_files(study)}
+
+    def edit(path, old, new):
+        text = Path(path).read_text()
+        assert old in text, (path, old)
+        Path(path).write_text(text.replace(old, new, 1))
+        p._parsed.cache_clear()
+
+    out["h0"] = p.code_hash(study)
+    edit("adlib/data/folders.py", '"""', '"""A docstring edit. ')       # module docstring
+    edit("adlib/data/folders.py", "\\nimport ", "\\n# a comment edit\\nimport ")
+    out["h_doc"] = p.code_hash(study)
+    out["dirty"] = p.dirty_files(study)
+    edit("adlib/data/sources.py", "\\ndef resolve_root", "\\nEXTRA = 1\\n\\n\\ndef resolve_root")
+    out["h_data"] = p.code_hash(study)
+    subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
+    edit("adlib/studies/rlr.py", "\\nGRIDS = {", "\\nGRIDS = {\\n    \\"extra\\": REFERENCE,")
+    out["h_grid"] = p.code_hash(study)
+    print(json.dumps(out))
+''')
+
+
+def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp_path):
+    """A copy of adlib in its own git checkout: a docstring or comment edit keeps the hash
+    (and is still a dirty file), an edit to adlib.data.sources changes it, a new grid does not."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "adlib", repo / "adlib",
+                    ignore=shutil.ignore_patterns("__pycache__", "results", "paper_tables"))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=repo, check=True)
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-c", HASH_SCRIPT], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    for module in ("adlib.data.folders", "adlib.data.sources", "adlib.data.embedded", "adlib.nn",
+                   "adlib.models.rlr", "adlib.train", "adlib.evaluation"):
+        assert module in out["closure"], module
+    assert not any(m.startswith(("adlib.studies.maae", "adlib.models.lea_net", "adlib.gpucheck"))
+                   for m in out["closure"]), "another chapter's code must not enter RLR's hash"
+    assert out["clean"] == []
+    assert out["h_doc"] == out["h0"], "a docstring or comment edit changed the code hash"
+    assert out["dirty"] == ["adlib/data/folders.py"]
+    assert out["h_data"] != out["h0"], "an edit to adlib.data.sources left the hash unchanged"
+    assert out["h_grid"] == out["h0"], "declaring another grid changed the code hash"
+
+
+TOY_MODEL = "SCALE = 10.0\n"
+
+TOY_STUDY = '''
+import zlib
+
+from adlib.provenance import Fingerprint
+from adlib.study import Cell, Study
+
+
+def protocol(cfg):
+    return {"gain": 1.0}
+
+
+def run(task):
+    import toyfp_model
+
+    return [{"category": c, "final_loss": 1 / task.settings["gain"],
+             "metrics": {"image_auroc": 50 + toyfp_model.SCALE * task.settings["gain"]
+                         + zlib.crc32(f"{task.seed}/{c}".encode()) % 100 / 100}}
+            for c in task.categories]
+
+
+GRIDS = {"tiny": [Cell("gain", "gain=1", {}), Cell("gain", "gain=2", {"gain": 2.0})]}
+STUDY = Study(paper="toyfp", grids=GRIDS, checks=(), protocol=protocol, run=run,
+              fingerprint=Fingerprint(("gain=2",), "a"))
+'''
+
+
+@pytest.fixture
+def toyfp(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "toyfp_study.py").write_text(TOY_STUDY)
+    (pkg / "toyfp_model.py").write_text(TOY_MODEL)
+    monkeypatch.syspath_prepend(str(pkg))
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name / "train" / "good").mkdir(parents=True)
+
+    def reload():
+        for name in ("toyfp_study", "toyfp_model"):
+            sys.modules.pop(name, None)
+        return load_study("toyfp_study")
+
+    yield pkg, data, reload
+    for name in ("toyfp_study", "toyfp_model"):
+        sys.modules.pop(name, None)
+
+
+def _study(out, data, **kwargs):
+    return run_study("toyfp_study", "tiny", protocol={"gain": 1.0}, seeds=[0, 1],
+                     categories=["a", "b"], dataset="embedded", data_root=data, out=out,
+                     show_progress=False, **kwargs)
+
+
+def test_a_verified_equivalence_keeps_rows_and_a_moved_fingerprint_makes_them_stale(toyfp, tmp_path):
+    pkg, data, reload = toyfp
+    out = tmp_path / "rows"
+    study = reload()
+    first = _study(out, data, fingerprint=fingerprint(study, data_root=data)["digest"])
+    assert first.ran == 8 and all(r["fingerprint"] for r in map(json.loads, (out / "rows.jsonl").open()))
+
+    # a refactor that changes the code but not what it computes: stale until verified
+    (pkg / "toyfp_study.py").write_text(TOY_STUDY + "\n\ndef helper():\n    return 1\n")
+    study = reload()
+    assert len(_study(out, data, run=False).stale) == 8
+    found = verify("toyfp_study", folder=out, data_root=data, allow_dirty=True, echo=lambda s: None)
+    assert [v.equivalent for v in found] == [True] and found[0].largest_change == 0
+    assert found[0].fingerprint_match is True and len(found[0].sampled) == 8
+    record = json.loads((out / EQUIVALENCES_FILE).read_text())
+    assert record["old_hash"] == first.rows["model_hash"].iloc[0] and record["new_hash"] == study.model_hash()
+    linked = _study(out, data, run=False)
+    assert linked.missing == 0 and not linked.stale
+
+    # a change of what it computes: the fingerprint moves, verify says so, the rows stay stale
+    (pkg / "toyfp_model.py").write_text("SCALE = 10.5\n")
+    study = reload()
+    lines = []
+    moved = verify("toyfp_study", folder=out, data_root=data, allow_dirty=True, echo=lines.append)
+    assert [v.equivalent for v in moved] == [False] and moved[0].fingerprint_match is False
+    assert moved[0].largest_change == pytest.approx(1.0)   # gain 2 x 0.5
+    assert any("STALE" in line and "fingerprint moved" in line for line in lines)
+    assert len((out / EQUIVALENCES_FILE).read_text().splitlines()) == 1   # nothing appended
+    stale = _study(out, data, run=False)
+    assert stale.missing == 8 and len(stale.stale) == 8
+
+
+def test_an_equivalence_from_another_torch_reads_unverified_here_not_stale():
+    import torch
+
+    records = [{"old_hash": "a", "new_hash": "b", "torch": torch.__version__, "threads": 1},
+               {"old_hash": "z", "new_hash": "a", "torch": "0.0.1", "threads": 1}]
+    assert linked_hashes("b", records) == {"b": "current", "a": "verified", "z": "unverified here"}
+    assert linked_hashes("c", records) == {"c": "current"}
+
+
+def test_a_study_from_a_dirty_tree_is_refused_and_allowed_rows_are_marked(toyfp, tmp_path, monkeypatch):
+    _, data, reload = toyfp
+    reload()
+    monkeypatch.setattr("adlib.provenance.dirty_files", lambda module: ["adlib/models/rlr.py"])
+    with pytest.raises(StudyError, match=r"uncommitted changes.*adlib/models/rlr.py.*--allow-dirty"):
+        _study(tmp_path / "refused", data, refuse_dirty=True)
+    assert not (tmp_path / "refused" / "rows.jsonl").exists()
+    allowed = _study(tmp_path / "allowed", data)
+    assert allowed.ran == 8 and allowed.rows["dirty"].all()
+
+
+def test_every_paper_declares_a_fingerprint_whose_cells_exist():
+    from adlib.papers import PAPERS
+
+    for key in PAPERS:
+        study = load_study(key)
+        assert study.fingerprint is not None, key
+        configs = {c.config for cells in study.grids.values() for c in cells}
+        assert set(study.fingerprint.cells) <= configs, key
