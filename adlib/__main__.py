@@ -52,7 +52,9 @@ def _study(args: argparse.Namespace) -> None:
 
     from adlib.data.sources import choose_categories, resolve_root
     from adlib.profiles import resolve
-    from adlib.study import load_study, parse_value, run_study, write_outputs
+    from adlib.study.spec import load_study
+    from adlib.study.engine import parse_value, run_study
+    from adlib.study.report import write_outputs
 
     study = load_study(args.paper)
     if args.verify:
@@ -110,9 +112,9 @@ def _verify(study, args: argparse.Namespace) -> None:
 
     from adlib.provenance import ProvenanceError
     from adlib.verify import provenance_table, verify
-    from adlib.study import _results_dir
+    from adlib.study.report import results_dir
 
-    out = args.out or _results_dir(study.paper)
+    out = args.out or results_dir(study.paper)
     started = time.perf_counter()
     try:
         verify(study.paper, folder=out, budget_s=args.budget, workers=args.workers,

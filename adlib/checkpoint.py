@@ -1,6 +1,7 @@
 """Checkpoints of :func:`adlib.train.fit`: what a model is, how it is saved, and every RNG state.
 
-Split from ``adlib/train.py`` so that the training loop reads as a loop. Everything here is
+Split from ``adlib/train.py`` so that the training loop reads as a loop: it calls these by their
+public names (what a checkpoint holds, how a run is checked and restored). Everything here is
 about one promise: a checkpoint can be read with ``torch.load(weights_only=True)``, is never
 half-written, refuses to load into another architecture (:class:`CheckpointMismatchError`),
 and carries the random state needed to resume a run bit for bit.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -33,7 +35,7 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint belongs to another model or another run than the one asked for."""
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
@@ -99,7 +101,7 @@ def _check_signature(found: Mapping[str, Any], model: nn.Module, where: str, fix
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
+def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temp file in the same folder, then ``os.replace`` it onto ``path``.
 
     ``os.replace`` is atomic within one file system, so a reader (or a resumed run) sees either
@@ -119,7 +121,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
-def _plain(obj: Any, where: str = "checkpoint") -> Any:
+def plain(obj: Any, where: str = "checkpoint") -> Any:
     """``obj`` with NumPy values turned into tensors / Python numbers, or a clear error.
 
     ``torch.load(weights_only=True)`` refuses arbitrary pickled objects, so everything saved
@@ -132,9 +134,9 @@ def _plain(obj: Any, where: str = "checkpoint") -> Any:
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
     if isinstance(obj, Mapping):
-        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return {k: plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        items = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
     msg = (
         f"Cannot checkpoint {where}: a {type(obj).__name__}. Checkpoints hold only tensors and "
@@ -144,7 +146,7 @@ def _plain(obj: Any, where: str = "checkpoint") -> Any:
     raise TypeError(msg)
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -178,7 +180,7 @@ def load_checkpoint(
     ``"epoch"``, ``"history"`` (a dict of lists: ``pd.DataFrame(ckpt["history"])``), ...).
     """
     path = Path(path)
-    ckpt = _read_checkpoint(path)
+    ckpt = read_checkpoint(path)
     fix = (
         "Load a checkpoint of this model (another checkpoint_dir), or build the model that was "
         "trained."
@@ -250,12 +252,12 @@ def _rng_state(generators: Iterable[torch.Generator] = ()) -> dict[str, Any]:
     # Reading CUDA states would initialise CUDA in a CPU-only run; skip it when unused.
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if _mps_available():
+    if mps_available():
         state["mps"] = torch.mps.get_rng_state()
     return state
 
 
-def _restore_rng(state: Mapping[str, Any], generators: Iterable[torch.Generator] = ()) -> None:
+def restore_rng(state: Mapping[str, Any], generators: Iterable[torch.Generator] = ()) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     numpy_state = state["numpy"]
@@ -278,11 +280,11 @@ def _restore_rng(state: Mapping[str, Any], generators: Iterable[torch.Generator]
         and len(cuda_states) == torch.cuda.device_count()
     ):
         torch.cuda.set_rng_state_all(cuda_states)
-    if "mps" in state and _mps_available():
+    if "mps" in state and mps_available():
         torch.mps.set_rng_state(state["mps"])
 
 
-def _loader_generators(data: Any) -> list[torch.Generator]:
+def loader_generators(data: Any) -> list[torch.Generator]:
     """Generators inside a user's DataLoader: their state must be checkpointed too."""
     if not isinstance(data, DataLoader):
         return []
@@ -291,3 +293,128 @@ def _loader_generators(data: Any) -> list[torch.Generator]:
         if isinstance(candidate, torch.Generator) and all(candidate is not g for g in found):
             found.append(candidate)
     return found
+
+
+# ------------------------------------------------------------------ a run's resume state
+
+def run_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    extras: Mapping[str, Any],
+    state: Any,
+    settings: Mapping[str, Any],
+    epochs: int,
+    generators: list[torch.Generator],
+) -> dict[str, Any]:
+    """The content of ``last.pt``: all a resumed run needs, in weights_only-safe types."""
+    best_model = None
+    if state.best_weights is not None:
+        # When the best epoch is the one just saved, its weights are "model": don't store twice.
+        best_model = None if state.best_epoch == state.epoch else state.best_weights
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model_signature": model_signature(model),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "extra_state": _extra_states(extras),
+        "rng": _rng_state(generators),
+        "history": state.history_lists(),
+        "epoch": state.epoch,
+        "epochs": epochs,
+        "stopped_early": state.stopped_early,
+        "best": {"epoch": state.best_epoch, "val_loss": state.best_val_loss, "weights": best_model},
+        "settings": dict(settings),
+    }
+
+
+def run_settings(
+    seed: int, batch_size: int | None, optimizer: Any, lr: float, weight_decay: float, val: bool
+) -> dict[str, Any]:
+    """The arguments that define a run's batches and updates: a resume must not change them."""
+    named = isinstance(optimizer, str)
+    return {
+        "seed": int(seed),
+        "batch_size": batch_size,
+        "optimizer": optimizer
+        if named
+        else getattr(optimizer, "__qualname__", type(optimizer).__name__),
+        "lr": float(lr) if named else None,
+        "weight_decay": float(weight_decay) if named else None,
+        "validation": val,
+    }
+
+
+def check_resumable(
+    ckpt: Mapping[str, Any], path: Path, model: nn.Module, settings: Mapping[str, Any], epochs: int
+) -> None:
+    fix = (
+        f"Use another checkpoint_dir for this model, delete {path.parent}, "
+        "or pass resume=False to start over (which overwrites it)."
+    )
+    _check_signature(ckpt["model_signature"], model, str(path), fix)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        msg = (
+            f"{path} has checkpoint format {ckpt.get('format')}, this adlib writes "
+            f"{CHECKPOINT_FORMAT}. {fix}"
+        )
+        raise CheckpointMismatchError(msg)
+    saved = ckpt.get("settings", {})
+    changed = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {v!r}"
+        for k, v in settings.items()
+        if saved.get(k) != v
+    ]
+    if changed:
+        msg = (
+            f"{path} was written by a run with other settings ({'; '.join(changed)}); resuming "
+            f"would mix two runs. {fix}"
+        )
+        raise CheckpointMismatchError(msg)
+    if ckpt["epoch"] > epochs:
+        msg = (
+            f"{path} holds a run already trained for {ckpt['epoch']} epochs, more than "
+            f"epochs={epochs}. Pass epochs>={ckpt['epoch']}, or: {fix}"
+        )
+        raise CheckpointMismatchError(msg)
+
+
+def restore_run(
+    ckpt: Mapping[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    extras: Mapping[str, Any],
+    state: Any,
+) -> None:
+    """Load model, optimiser, scheduler, scaler, extra_state and bookkeeping from ``last.pt``."""
+    model.load_state_dict(ckpt["model"])
+    # Optimiser before scheduler: creating the scheduler rewrote the lr, loading restores it.
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler.is_enabled() and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    _load_extra_state(extras, ckpt.get("extra_state") or {}, path)
+    state.epoch = int(ckpt["epoch"])
+    state.rows = pd.DataFrame(ckpt["history"]).to_dict("records")
+    state.stopped_early = bool(ckpt["stopped_early"])
+    best = ckpt["best"]
+    state.best_epoch, state.best_val_loss = best["epoch"], best["val_loss"]
+    if best["epoch"] is not None:
+        if best["weights"] is not None:
+            state.best_weights = best["weights"]
+        else:  # the best epoch was the checkpointed one
+            state.best_weights = {
+                "model": {k: v.clone() for k, v in ckpt["model"].items()},
+                "extra": {
+                    n: dict(e["state_dict"])
+                    for n, e in (ckpt.get("extra_state") or {}).items()
+                    if "signature" in e
+                },
+            }

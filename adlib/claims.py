@@ -274,7 +274,7 @@ def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | 
     the number of (seed, category) pairs, data set, profile, hardware, revision, verdict.
 
     ``rows`` has columns ablation, config, seed, category and the metrics (the study rows,
-    :func:`adlib.study.rows_frame`). The rows are what the notebook or the study ran: a
+    :func:`adlib.study.rows.rows_frame`). The rows are what the notebook or the study ran: a
     check whose configs are not among them says ``not run yet``.
     """
     from adlib.results import get_claim, hardware_label

@@ -127,7 +127,7 @@ def study_results(results: list[CategoryResult], **labels) -> list[dict]:
     """Per-category results in the study engine's form (metrics in %, training seconds, final
     loss, and the fitted ``model`` with its loss ``history``, which the engine keeps out of the
     rows but a fingerprint hashes); ``labels`` (seed, overrides, ablation, config) are added to
-    each, so a notebook can hand its main run to :func:`adlib.study.run_study` as ``known``."""
+    each, so a notebook can hand its main run to :func:`adlib.study.engine.run_study` as ``known``."""
     out = []
     for r in results:
         history = r.history if r.history is not None and len(r.history) else None

@@ -319,7 +319,7 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
         torch.set_num_threads(threads)
     run = Setup(cfg, root, categories, device, started)
     if paper in PAPERS and PAPERS[paper].study:
-        from adlib.study import load_study
+        from adlib.study.spec import load_study
 
         run.protocol = load_study(paper).protocol(cfg)
     if profile == "paper" and run.protocol is not None:

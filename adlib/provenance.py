@@ -281,30 +281,59 @@ def load_equivalences(folder: str | os.PathLike) -> list[dict]:
 
 
 def here() -> dict:
-    """The environment an equivalence is judged in: torch version and worker threads."""
+    """The environment an equivalence is judged in: torch version and worker threads (and, for
+    the record, the other numeric libraries' versions)."""
     import torch
 
-    return {"torch": torch.__version__, "threads": WORKER_THREADS}
+    from adlib.results import library_versions
+
+    return {"torch": torch.__version__, "threads": WORKER_THREADS, "libraries": library_versions()}
+
+
+def _same_environment(record: Mapping[str, Any], env: Mapping[str, Any]) -> bool:
+    return (record.get("torch") == env["torch"] and record.get("threads") == env["threads"]
+            and record.get("libraries", env["libraries"]) == env["libraries"])
 
 
 def linked_hashes(current: str, equivalences: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Hashes whose rows count for ``current``: ``{hash: "current" | "verified" | "unverified
-    here"}``, following equivalence records back from ``current`` (old -> new chains)."""
+    here"}``, following equivalence records back from ``current`` (old -> new chains). Records
+    that name ``revisions`` (rows of the hand-listed hashes before provenance v2, which did not
+    identify the code) link only those revisions' rows: see :func:`row_status`."""
     env = here()
     status = {current: "current"}
     frontier = [current]
-    records = list(equivalences)
+    records = [r for r in equivalences if not r.get("revisions")]
     while frontier:
         new = frontier.pop()
         for record in records:
             old = record["old_hash"]
             if record["new_hash"] != new or old in status:
                 continue
-            same = record.get("torch") == env["torch"] and record.get("threads") == env["threads"]
-            weaker = "verified" if same and status[new] != "unverified here" else "unverified here"
-            status[old] = weaker
+            verified = _same_environment(record, env) and status[new] != "unverified here"
+            status[old] = "verified" if verified else "unverified here"
             frontier.append(old)
     return status
+
+
+def row_status(current: str, equivalences: Iterable[Mapping[str, Any]]):
+    """``row -> "current" | "verified" | "unverified here" | None`` (None: stale)."""
+    records = list(equivalences)
+    status = linked_hashes(current, records)
+    env = here()
+    legacy: dict[tuple, str] = {}
+    for record in records:
+        new = status.get(record["new_hash"])
+        if record.get("revisions") and new:
+            verified = _same_environment(record, env) and new != "unverified here"
+            for revision in record["revisions"]:
+                legacy[(record["old_hash"], revision)] = "verified" if verified else "unverified here"
+
+    def of(row: Mapping[str, Any]) -> str | None:
+        h = row.get("model_hash")
+        return status.get(h) or legacy.get((h, row.get("revision")))
+
+    return of
 
 
 def is_dirty(row: Mapping[str, Any]) -> bool:

@@ -23,18 +23,18 @@ import platform
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from adlib.papers import PAPERS as _REGISTRY
-from adlib.resources import resource_path
 from adlib.papers import get_paper
+from adlib.resources import resource_path
 
 PAPER_TABLES_DIR = resource_path("paper_tables")
 """Where ``paper_results.csv`` and ``claims.md`` live: shipped inside the package."""
@@ -96,6 +96,7 @@ def hardware_info(device: str | None = None) -> dict[str, Any]:
         "gpu": None,
         "gpu_count": 0,
         "device": device,
+        "libraries": library_versions(),
     }
     try:
         import torch
@@ -112,6 +113,25 @@ def hardware_info(device: str | None = None) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 -- provenance must never break a run
         pass
     return info
+
+
+#: Libraries whose version can move a metric's last digits (decoding, filtering, sorting).
+NUMERIC_LIBRARIES = ("numpy", "scipy", "pillow", "scikit-image", "scikit-learn", "timm",
+                     "torchvision", "pytorch-msssim")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`NUMERIC_LIBRARIES` (None: not installed), so a row that no
+    longer reproduces can be told apart from code that changed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def hardware_label(hardware: Mapping[str, Any] | str | None) -> str:
@@ -170,13 +190,13 @@ def _now_iso() -> str:
 # run records
 # --------------------------------------------------------------------------------------------
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON types for numpy/torch scalars and arrays, Paths and tuples; NaN/inf -> None
     so the file stays strict JSON (the scoreboard may be read by other tools)."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -185,9 +205,9 @@ def _jsonable(obj: Any) -> Any:
         value = float(obj)
         return value if math.isfinite(value) else None
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch.Tensor, without importing torch
-        return _jsonable(obj.detach().cpu().tolist())
+        return jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if obj is None or isinstance(obj, str):
@@ -240,11 +260,11 @@ class RunRecord:
         self.categories = [str(c) for c in self.categories]
         self.seeds = [int(s) for s in ([self.seeds] if _is_number(self.seeds) else self.seeds)]
         # Store exactly what a JSON round trip gives back, so save/load is lossless.
-        self.params = _jsonable(self.params)
-        self.metrics = _jsonable(self.metrics)
-        self.ablations = _jsonable(self.ablations)
-        self.claims = _jsonable(self.claims)
-        self.hardware = _jsonable(self.hardware)
+        self.params = jsonable(self.params)
+        self.metrics = jsonable(self.metrics)
+        self.ablations = jsonable(self.ablations)
+        self.claims = jsonable(self.claims)
+        self.hardware = jsonable(self.hardware)
         if self.wall_time_s is not None:
             self.wall_time_s = float(self.wall_time_s)
         self._validate()
@@ -287,7 +307,7 @@ class RunRecord:
 
     # -- JSON ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)

@@ -52,23 +52,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from adlib.checkpoint import (  # noqa: F401  (public names re-exported from adlib.train)
+from adlib.checkpoint import (
     BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
     LAST_CHECKPOINT,
     CheckpointMismatchError,
-    _check_signature,
-    _extra_states,
-    _load_extra_state,
-    _loader_generators,
-    _mps_available,
-    _plain,
-    _read_checkpoint,
-    _restore_rng,
-    _rng_state,
-    _save_atomic,
+    check_resumable,
     load_checkpoint,
+    loader_generators,
     model_signature,
+    mps_available,
+    plain,
+    read_checkpoint,
+    restore_rng,
+    restore_run,
+    run_checkpoint,
+    run_settings,
+    save_atomic,
 )
 
 __all__ = [
@@ -121,7 +121,7 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if _mps_available():
+        if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -147,7 +147,7 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
                 f"(cuda:0..cuda:{count - 1})."
             )
             raise RuntimeError(msg)
-    if chosen.type == "mps" and not _mps_available():
+    if chosen.type == "mps" and not mps_available():
         msg = (
             f"device={device!r} was asked for, but Apple MPS is not available here. Pass "
             "device='auto' or 'cpu'."
@@ -643,7 +643,7 @@ def fit(
             drop_last=False,
             **loader_kw,
         )
-    generators = _loader_generators(train_data)
+    generators = loader_generators(train_data)
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params and not callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
@@ -655,17 +655,17 @@ def fit(
     opt = _build_optimizer(optimizer, params, lr, weight_decay, device)
     sched = scheduler(opt) if scheduler is not None else None
     scaler = _grad_scaler(precision == "fp16")
-    settings = _run_settings(seed, batch_size, optimizer, lr, weight_decay, val_data is not None)
+    settings = run_settings(seed, batch_size, optimizer, lr, weight_decay, val_data is not None)
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last_path = ckpt_dir / LAST_CHECKPOINT if ckpt_dir is not None else None
     state = _RunState()
     resumed_from = None
     if last_path is not None and resume and last_path.exists():
-        ckpt = _read_checkpoint(last_path)
-        _check_resumable(ckpt, last_path, model, settings, epochs)
-        _restore_run(ckpt, last_path, model, opt, sched, scaler, extras, state)
-        _restore_rng(ckpt["rng"], generators)
+        ckpt = read_checkpoint(last_path)
+        check_resumable(ckpt, last_path, model, settings, epochs)
+        restore_run(ckpt, last_path, model, opt, sched, scaler, extras, state)
+        restore_rng(ckpt["rng"], generators)
         resumed_from = state.epoch
     if state.epoch >= epochs or state.stopped_early:
         return _finish(
@@ -689,11 +689,11 @@ def fit(
                 "epoch": state.best_epoch,
                 "val_loss": state.best_val_loss,
             }
-            _save_atomic(_plain(best), ckpt_dir / BEST_CHECKPOINT)
+            save_atomic(plain(best), ckpt_dir / BEST_CHECKPOINT)
             best_on_disk = state.best_epoch
-        _save_atomic(
-            _plain(
-                _checkpoint(model, opt, sched, scaler, extras, state, settings, epochs, generators)
+        save_atomic(
+            plain(
+                run_checkpoint(model, opt, sched, scaler, extras, state, settings, epochs, generators)
             ),
             last_path,
         )
@@ -835,129 +835,6 @@ def _postfix(row: Mapping[str, Any], epochs: int) -> str:
     if "val_loss" in row:
         text += f" val {row['val_loss']:.4g}"
     return text
-
-
-def _checkpoint(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    extras: Mapping[str, Any],
-    state: _RunState,
-    settings: Mapping[str, Any],
-    epochs: int,
-    generators: list[torch.Generator],
-) -> dict[str, Any]:
-    """The content of ``last.pt``: all a resumed run needs, in weights_only-safe types."""
-    best_model = None
-    if state.best_weights is not None:
-        # When the best epoch is the one just saved, its weights are "model": don't store twice.
-        best_model = None if state.best_epoch == state.epoch else state.best_weights
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model_signature": model_signature(model),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "extra_state": _extra_states(extras),
-        "rng": _rng_state(generators),
-        "history": state.history_lists(),
-        "epoch": state.epoch,
-        "epochs": epochs,
-        "stopped_early": state.stopped_early,
-        "best": {"epoch": state.best_epoch, "val_loss": state.best_val_loss, "weights": best_model},
-        "settings": dict(settings),
-    }
-
-
-def _run_settings(
-    seed: int, batch_size: int | None, optimizer: Any, lr: float, weight_decay: float, val: bool
-) -> dict[str, Any]:
-    """The arguments that define a run's batches and updates: a resume must not change them."""
-    named = isinstance(optimizer, str)
-    return {
-        "seed": int(seed),
-        "batch_size": batch_size,
-        "optimizer": optimizer
-        if named
-        else getattr(optimizer, "__qualname__", type(optimizer).__name__),
-        "lr": float(lr) if named else None,
-        "weight_decay": float(weight_decay) if named else None,
-        "validation": val,
-    }
-
-
-def _check_resumable(
-    ckpt: Mapping[str, Any], path: Path, model: nn.Module, settings: Mapping[str, Any], epochs: int
-) -> None:
-    fix = (
-        f"Use another checkpoint_dir for this model, delete {path.parent}, "
-        "or pass resume=False to start over (which overwrites it)."
-    )
-    _check_signature(ckpt["model_signature"], model, str(path), fix)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        msg = (
-            f"{path} has checkpoint format {ckpt.get('format')}, this adlib writes "
-            f"{CHECKPOINT_FORMAT}. {fix}"
-        )
-        raise CheckpointMismatchError(msg)
-    saved = ckpt.get("settings", {})
-    changed = [
-        f"{k}: checkpoint {saved.get(k)!r}, now {v!r}"
-        for k, v in settings.items()
-        if saved.get(k) != v
-    ]
-    if changed:
-        msg = (
-            f"{path} was written by a run with other settings ({'; '.join(changed)}); resuming "
-            f"would mix two runs. {fix}"
-        )
-        raise CheckpointMismatchError(msg)
-    if ckpt["epoch"] > epochs:
-        msg = (
-            f"{path} holds a run already trained for {ckpt['epoch']} epochs, more than "
-            f"epochs={epochs}. Pass epochs>={ckpt['epoch']}, or: {fix}"
-        )
-        raise CheckpointMismatchError(msg)
-
-
-def _restore_run(
-    ckpt: Mapping[str, Any],
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    extras: Mapping[str, Any],
-    state: _RunState,
-) -> None:
-    """Load model, optimiser, scheduler, scaler, extra_state and bookkeeping from ``last.pt``."""
-    model.load_state_dict(ckpt["model"])
-    # Optimiser before scheduler: creating the scheduler rewrote the lr, loading restores it.
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt.get("scheduler") is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler.is_enabled() and ckpt.get("scaler") is not None:
-        scaler.load_state_dict(ckpt["scaler"])
-    _load_extra_state(extras, ckpt.get("extra_state") or {}, path)
-    state.epoch = int(ckpt["epoch"])
-    state.rows = pd.DataFrame(ckpt["history"]).to_dict("records")
-    state.stopped_early = bool(ckpt["stopped_early"])
-    best = ckpt["best"]
-    state.best_epoch, state.best_val_loss = best["epoch"], best["val_loss"]
-    if best["epoch"] is not None:
-        if best["weights"] is not None:
-            state.best_weights = best["weights"]
-        else:  # the best epoch was the checkpointed one
-            state.best_weights = {
-                "model": {k: v.clone() for k, v in ckpt["model"].items()},
-                "extra": {
-                    n: dict(e["state_dict"])
-                    for n, e in (ckpt.get("extra_state") or {}).items()
-                    if "signature" in e
-                },
-            }
 
 
 def _finish(

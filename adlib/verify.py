@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from adlib.provenance import (EQUIVALENCES_FILE, WORKER_THREADS, Fingerprint, ProvenanceError,
-                              dirty_files, dirty_message, here, is_dirty, linked_hashes,
-                              load_equivalences)
+                              dirty_files, dirty_message, here, is_dirty, load_equivalences)
 
 
 def _hex(value: Any) -> Any:
@@ -85,7 +84,7 @@ def fingerprint(study, *, data_root: str | os.PathLike | None = None) -> dict:
     """Run ``study.fingerprint`` and return ``{"digest", "seconds", "detail"}``."""
     import torch
 
-    from adlib.study import Cell, Task, _settings
+    from adlib.study.spec import Cell, Task, cell_settings
 
     spec = study.fingerprint
     if spec is None:
@@ -105,7 +104,7 @@ def fingerprint(study, *, data_root: str | os.PathLike | None = None) -> dict:
     try:
         for config in spec.cells:
             cell = cells[config]
-            settings = _settings(protocol, Cell(cell.ablation, cell.config, cell.overrides))
+            settings = cell_settings(protocol, Cell(cell.ablation, cell.config, cell.overrides))
             task = Task(study.module, study.paper, cell.ablation, cell.config,
                         dict(cell.overrides), settings, spec.seed, (spec.category,),
                         settings.get("dataset", "embedded"), root, "cpu", spec.fold)
@@ -138,7 +137,7 @@ def _settings_of(row: Mapping[str, Any]) -> dict:
 def _tasks_of(study, rows: Sequence[Mapping[str, Any]], data_root: str) -> list[tuple[Any, list]]:
     """The tasks that made ``rows`` (a unified task made one row per category), each with its
     rows; the reconstruction is checked against every row's key."""
-    from adlib.study import Task, run_key
+    from adlib.study.spec import Task, run_key
 
     groups: dict[tuple, list] = {}
     for row in rows:
@@ -167,12 +166,30 @@ def _draw(tasks: list, budget_s: float, workers: int, seed_text: str) -> list:
     rng.shuffle(order)
     chosen, spent = [], 0.0
     for task, members in order:
-        cost = 1.5 * max(float(members[0].get("train_seconds") or 0.0), 1.0) + 5.0
+        cost = 1.5 * max(sum(float(m.get("train_seconds") or 0.0) for m in members), 1.0) + 5.0
         if chosen and spent + cost > budget_s * workers:
             continue
         chosen.append((task, members))
         spent += cost
     return chosen
+
+
+def _baselines(paper: str, tasks: list, workers: int, echo) -> list[list[dict] | None]:
+    """Per drawn task, its rows' own revision rerun here (None: a dirty or unknown revision,
+    compared with the committed rows as they are)."""
+    out: list[list[dict] | None] = [None] * len(tasks)
+    by_revision: dict[str, list[int]] = {}
+    for i, (_task, members) in enumerate(tasks):
+        revisions = {clean_revision(m) for m in members}
+        if len(revisions) == 1 and None not in revisions:
+            by_revision.setdefault(revisions.pop(), []).append(i)
+    for revision, indices in by_revision.items():
+        echo(f"{paper}: rerunning {len(indices)} tasks with the rows' own revision {revision}")
+        for i, results in zip(indices, rerun_at_revision(paper, revision,
+                                                         [tasks[i][0] for i in indices],
+                                                         workers, echo)):
+            out[i] = results
+    return out
 
 
 def _largest_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[float, str]:
@@ -191,6 +208,108 @@ def _largest_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[flo
     return worst, where
 
 
+REVISION_SCRIPT = r"""
+import dataclasses, json, sys
+import torch
+torch.set_num_threads(1)
+try:
+    from adlib.study.spec import Task, load_study
+except ImportError:                      # revisions before the engine was split
+    from adlib.study import Task, load_study
+from adlib.data.sources import resolve_root
+jobs = json.load(sys.stdin)
+names = {f.name for f in dataclasses.fields(Task)}
+study = load_study(jobs["paper"])
+out = []
+for job in jobs["tasks"]:
+    job = dict(job, data_root=str(resolve_root(job["dataset"])), categories=tuple(job["categories"]))
+    results = study.run(Task(**{k: v for k, v in job.items() if k in names}))
+    out.append([{k: r.get(k) for k in ("category", "fold", "metrics", "final_loss")} for r in results])
+print("RESULTS " + json.dumps(out))
+"""
+
+
+def clean_revision(row: Mapping[str, Any]) -> str | None:
+    """The git revision that made ``row`` when it names committed code (not ``-dirty``)."""
+    revision = str(row.get("revision") or "")
+    return None if not revision or is_dirty(row) or not _git_has(revision) else revision
+
+
+def _repo_top() -> Path | None:
+    import subprocess
+
+    from adlib.provenance import _module_file
+
+    package = _module_file("adlib").parent
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, text=True,
+                             capture_output=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(top) if (Path(top) / "adlib").resolve() == package.resolve() else None
+
+
+def _git_has(revision: str) -> bool:
+    import subprocess
+
+    top = _repo_top()
+    return top is not None and subprocess.run(
+        ["git", "cat-file", "-e", f"{revision}^{{commit}}"], cwd=top, capture_output=True,
+        timeout=30).returncode == 0
+
+
+def rerun_at_revision(paper: str, revision: str, tasks: Sequence[Any], workers: int = 1,
+                      echo: Callable[[str], None] = print) -> list[list[dict] | None]:
+    """Run ``tasks`` with the code of ``revision`` here (a temporary git worktree, its own
+    embedded data set, one thread per process): what the rows' own code gives in today's
+    environment, so a change of library versions is not mistaken for a change of code."""
+    import dataclasses
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    top = _repo_top()
+    folder = Path(tempfile.mkdtemp(prefix=f"adlib-{revision}-"))
+    tree = folder / "tree"
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), revision], cwd=top,
+                   check=True, capture_output=True, timeout=300)
+    # the environment of a local study worker: torch on one thread (set by the script), the
+    # rest as inherited (a worker sets OMP_NUM_THREADS only after numpy is loaded)
+    env = {**os.environ, "PYTHONPATH": str(tree), "ADLIB_EMBEDDED": str(folder / "embedded"),
+           "ADLIB_PROGRESS": "summary"}
+    env.pop("OMP_NUM_THREADS", None)
+    try:
+        prepare = "from adlib.data.sources import resolve_root; resolve_root('embedded')"
+        subprocess.run([sys.executable, "-c", prepare], cwd=tree, env=env, check=True,
+                       capture_output=True, timeout=1800)
+        jobs = [dataclasses.asdict(t) for t in tasks]
+        shares = [list(range(len(jobs)))[i::max(1, workers)] for i in range(max(1, workers))]
+        procs = []
+        for share in shares:
+            if not share:
+                continue
+            proc = subprocess.Popen([sys.executable, "-c", REVISION_SCRIPT], cwd=tree, env=env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            payload = json.dumps({"paper": paper, "tasks": [jobs[i] for i in share]})
+            procs.append((share, proc, payload))
+        out: list[list[dict] | None] = [None] * len(jobs)
+        for share, proc, payload in procs:
+            stdout, stderr = proc.communicate(payload)
+            line = next((x for x in stdout.splitlines() if x.startswith("RESULTS ")), None)
+            if proc.returncode or line is None:
+                echo(f"{paper}: rerun at {revision} failed: {stderr.strip()[-400:]}")
+                continue
+            for i, results in zip(share, json.loads(line[len("RESULTS "):])):
+                out[i] = results
+        return out
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=top,
+                       capture_output=True, timeout=300)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @dataclass
 class Verification:
     """What :func:`verify` found for one old code hash."""
@@ -205,6 +324,20 @@ class Verification:
     equivalent: bool
     seconds: float
     message: str = ""
+    revision_reruns: int = 0        # sampled rows compared with their own revision rerun here
+    environment_drift: float = 0.0  # committed rows vs that rerun: the environment's share
+
+
+def _groups(rows: Sequence[Mapping[str, Any]], counts) -> dict[tuple, list]:
+    """The stale rows by what identifies their code: the code hash, and for rows made before
+    provenance v2 (no fingerprint field: their hash left modules out) also the revision."""
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        if not counts(row):
+            legacy = "fingerprint" not in row
+            groups.setdefault((row.get("model_hash"), row.get("revision") if legacy else None),
+                              []).append(row)
+    return groups
 
 
 def verify(paper: str, *, folder: str | os.PathLike | None = None, budget_s: float = 600.0,
@@ -213,119 +346,147 @@ def verify(paper: str, *, folder: str | os.PathLike | None = None, budget_s: flo
            echo: Callable[[str], None] = print) -> list[Verification]:
     """Link the committed rows of ``paper`` to the current code, or say why they are stale.
 
-    For each code hash of the rows that is not the current one (nor linked to it already):
-    compare the fingerprint the rows record with the current code's, rerun a seeded draw of
-    their tasks (about ``budget_s`` seconds of recorded training per worker), and append an
-    equivalence record when the fingerprint matches and no metric moved beyond the study's
-    declared ``tolerance``. Rows are never rewritten. Refused from a tree with uncommitted
-    changes to hashed code (an equivalence must name code others can check out) unless
-    ``allow_dirty`` (tests).
+    For each group of stale rows (:func:`_groups`): compare the fingerprint they record with the
+    current code's, rerun a seeded draw of their tasks (``budget_s`` seconds of recorded
+    training per worker in all, shared by the groups by their row counts) with the current
+    code and, where the rows name a clean revision, with that revision too (so a change of
+    library versions is measured apart from a change of code), and append an equivalence
+    record when the fingerprint matches and no metric moved beyond the study's declared
+    ``tolerance``. Rows are never rewritten. Refused from a tree with uncommitted changes to
+    hashed code (an equivalence must name code others can check out) unless ``allow_dirty``.
     """
     from adlib.data.sources import resolve_root
-    from adlib.results import adlib_revision, hardware_info
-    from adlib.study import RowStore, _results_dir, _run_local, _run_serial, load_study
+    from adlib.provenance import row_status
+    from adlib.results import adlib_revision
+    from adlib.study.report import results_dir
+    from adlib.study.rows import RowStore
+    from adlib.study.spec import load_study
 
     study = load_study(paper)
-    folder = Path(folder) if folder is not None else _results_dir(study.paper)
-    rows = RowStore(folder).load()
+    folder = Path(folder) if folder is not None else results_dir(study.paper)
+    latest = {row["key"]: row for row in RowStore(folder).load()}   # the last row of a key wins
     current = study.model_hash()
-    accepted = linked_hashes(current, load_equivalences(folder))
-    latest: dict[str, dict] = {}
-    for row in rows:
-        latest[row["key"]] = row
-    old = {}
-    for row in latest.values():
-        if row.get("model_hash") not in accepted:
-            old.setdefault(row.get("model_hash"), []).append(row)
-    if not old:
+    groups = _groups(list(latest.values()), row_status(current, load_equivalences(folder)))
+    if not groups:
         echo(f"{study.paper}: all {len(latest)} rows are current or linked to code "
              f"{current} by recorded equivalences; nothing to verify")
         return []
     dirty = dirty_files(study.module)
     if dirty and not allow_dirty:
         raise ProvenanceError(dirty_message(study.paper, dirty).replace("run the", "verify the"))
-    revision = revision or adlib_revision()
     root = str(resolve_root("embedded", data_root))
     printed = fingerprint(study, data_root=root)
     echo(f"{study.paper}: code {current}; fingerprint {printed['digest']} "
          f"({printed['seconds']:.1f} s)")
+    total = sum(len(g) for g in groups.values())
     out = []
-    for old_hash, group in old.items():
-        started = time.perf_counter()
-        recorded = {r.get("fingerprint") for r in group} - {None}
-        match = None if not recorded else printed["digest"] in recorded
-        tasks = _draw(_tasks_of(study, group, root), budget_s, workers, f"{old_hash}->{current}")
-        echo(f"{study.paper}: {len(group)} rows of code {old_hash}; rerunning {len(tasks)} of "
-             f"their tasks ({sum(len(m) for _, m in tasks)} rows), {workers} worker(s)")
-        results: dict[int, list] = {}
-        failures: list[str] = []
-        lookup = {id(task): members for task, members in tasks}
-        if workers > 1:
-            _run_local([t for t, _ in tasks], lambda t, r: results.__setitem__(id(t), r),
-                       lambda t, e: failures.append(f"{t.config}: {e}"), workers)
-        else:
-            _run_serial([t for t, _ in tasks], lambda t, r: results.__setitem__(id(t), r),
-                        lambda t, e: failures.append(f"{t.config}: {e}"))
-        worst, metric, sampled = 0.0, "", []
-        for task, _members in tasks:
-            made = {(r["category"], r.get("fold")): r for r in results.get(id(task), [])}
-            for row in lookup[id(task)]:
-                sampled.append(row["key"])
-                new = made.get((row["category"], row.get("fold")))
-                change, name = (math.inf, "missing") if new is None else _largest_change(row, new)
-                if change > worst or not metric:
-                    worst, metric = max(change, worst), f"{row['config']} / {row['category']}: {name}"
-        tolerance = float(getattr(study, "tolerance", 0.0) or 0.0)
-        equivalent = not failures and match is not False and worst <= tolerance
-        seconds = time.perf_counter() - started
-        if failures:
-            note = f"{len(failures)} reruns failed, the first: {failures[0]}"
-        elif match is False:
-            note = (f"the fingerprint moved ({sorted(recorded)} -> {printed['digest']}): "
-                    "the code trains a different model")
-        elif worst > tolerance:
-            note = f"{metric} moved by {worst:.6g} (tolerance {tolerance:g})"
-        else:
-            note = ("equal to the last bit" if worst == 0 else f"within tolerance {tolerance:g}")
-        verdict = Verification(old_hash, current, len(group), sampled, worst, metric, match,
-                               equivalent, seconds, note)
+    for (old_hash, old_revision), group in groups.items():
+        verdict = _verify_group(study, old_hash, old_revision, group, current, printed, root,
+                                budget_s * len(group) / total, workers, echo)
         out.append(verdict)
-        echo(f"{study.paper}: {old_hash} -> {current}: "
-             f"{'EQUIVALENT' if equivalent else 'STALE'} -- {note}; largest change {worst:.3g} "
-             f"at {metric}; {len(sampled)} rows sampled; {seconds:.0f} s")
-        if equivalent:
-            env = here()
-            record = {"old_hash": old_hash, "new_hash": current, "fingerprint": printed["digest"],
-                      "fingerprint_recorded": sorted(recorded) or None, "rows": len(group),
-                      "sampled_keys": sampled, "largest_change": worst, "where": metric,
-                      "tolerance": tolerance, "torch": env["torch"], "threads": env["threads"],
-                      "cpu": hardware_info("cpu").get("cpu"), "revision": revision,
-                      **({"dirty": True} if dirty else {}),
-                      "seconds": round(seconds, 1),
-                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-            with (folder / EQUIVALENCES_FILE).open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
+        if verdict.equivalent:
+            _record(folder, verdict, printed, old_revision, revision or adlib_revision(), dirty)
     return out
 
 
+def _verify_group(study, old_hash, old_revision, group, current, printed, root, budget_s,
+                  workers, echo) -> Verification:
+    from adlib.study.executors import run_local
+
+    started = time.perf_counter()
+    recorded = {r.get("fingerprint") for r in group} - {None}
+    match = None if not recorded else printed["digest"] in recorded
+    seed_text = f"{old_hash}/{old_revision or ''}->{current}"
+    tasks = _draw(_tasks_of(study, group, root), budget_s, workers, seed_text)
+    label = old_hash + (f" (revision {old_revision})" if old_revision else "")
+    echo(f"{study.paper}: {len(group)} rows of code {label}; rerunning {len(tasks)} of their "
+         f"tasks ({sum(len(m) for _, m in tasks)} rows), {workers} worker(s)")
+    results: dict[int, list] = {}
+    failures: list[str] = []
+    # always in worker processes pinned to one thread, as the study's rows were made
+    run_local([t for t, _ in tasks], lambda t, r: results.__setitem__(id(t), r),
+              lambda t, e: failures.append(f"{t.config}: {e}"), max(1, workers))
+    baselines = _baselines(study.paper, tasks, workers, echo)
+    worst, metric, sampled, drift, rerun_rows = 0.0, "", [], 0.0, 0
+    for i, (task, members) in enumerate(tasks):
+        made = {(r["category"], r.get("fold")): r for r in results.get(id(task), [])}
+        base = {(r["category"], r.get("fold")): r for r in baselines[i] or []}
+        for row in members:
+            sampled.append(row["key"])
+            where = (row["category"], row.get("fold"))
+            new, reference = made.get(where), base.get(where, row)
+            if where in base:   # the rows' own code rerun here: the environment's share
+                rerun_rows += 1
+                drift = max(drift, _largest_change(row, reference)[0])
+            change, name = (math.inf, "missing") if new is None else _largest_change(reference, new)
+            if change > worst or not metric:
+                worst, metric = max(change, worst), f"{row['config']} / {row['category']}: {name}"
+    tolerance = float(getattr(study, "tolerance", 0.0) or 0.0)
+    equivalent = not failures and match is not False and worst <= tolerance
+    if failures:
+        note = f"{len(failures)} reruns failed, the first: {failures[0]}"
+    elif match is False:
+        note = (f"the fingerprint moved ({sorted(recorded)} -> {printed['digest']}): "
+                "the code trains a different model")
+    elif worst > tolerance:
+        note = f"{metric} moved by {worst:.6g} (tolerance {tolerance:g})"
+        if not rerun_rows:
+            note += ("; compared with the committed rows as they are (a dirty or unknown "
+                     "revision cannot be rerun), so part of the change may be the environment's")
+    else:
+        note = "equal to the last bit" if worst == 0 else f"within tolerance {tolerance:g}"
+    if rerun_rows:
+        note += (f"; compared with the rows' own revision rerun here for {rerun_rows} of "
+                 f"{len(sampled)} rows (committed rows vs that rerun: {drift:.3g}, the "
+                 "environment's share)")
+    seconds = time.perf_counter() - started
+    echo(f"{study.paper}: {label} -> {current}: {'EQUIVALENT' if equivalent else 'STALE'} -- "
+         f"{note}; largest change {worst:.3g} at {metric}; {len(sampled)} rows sampled; "
+         f"{seconds:.0f} s")
+    return Verification(old_hash, current, len(group), sampled, worst, metric, match, equivalent,
+                        seconds, note, rerun_rows, drift)
+
+
+def _record(folder: Path, verdict: Verification, printed: Mapping[str, Any],
+            old_revision: str | None, revision: str, dirty: Sequence[str]) -> None:
+    from adlib.results import hardware_info
+
+    env = here()
+    record = {"old_hash": verdict.old_hash, "new_hash": verdict.new_hash,
+              **({"revisions": [old_revision]} if old_revision else {}),
+              "fingerprint": printed["digest"], "rows": verdict.rows,
+              "sampled_keys": verdict.sampled, "largest_change": verdict.largest_change,
+              "where": verdict.metric, "revision_reruns": verdict.revision_reruns,
+              "environment_drift": verdict.environment_drift, "torch": env["torch"],
+              "threads": env["threads"], "libraries": env["libraries"],
+              "cpu": hardware_info("cpu").get("cpu"), "revision": revision,
+              **({"dirty": True} if dirty else {}), "seconds": round(verdict.seconds, 1),
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    with (folder / EQUIVALENCES_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
 def provenance_table(paper: str, folder: str | os.PathLike | None = None):
-    """One line per code hash of the committed rows: rows, status (current / verified /
-    unverified here / stale), dirty rows."""
+    """One line per code hash (and, for rows before provenance v2, revision) of the committed
+    rows: rows, dirty rows, status (current / verified / unverified here / stale)."""
     import pandas as pd
 
-    from adlib.study import RowStore, _results_dir, load_study
+    from adlib.provenance import row_status
+    from adlib.study.report import results_dir
+    from adlib.study.rows import RowStore
+    from adlib.study.spec import load_study
 
     study = load_study(paper)
-    folder = Path(folder) if folder is not None else _results_dir(study.paper)
+    folder = Path(folder) if folder is not None else results_dir(study.paper)
     latest = {r["key"]: r for r in RowStore(folder).load()}
-    status = linked_hashes(study.model_hash(), load_equivalences(folder))
-    counts: dict[str, dict] = {}
+    status = row_status(study.model_hash(), load_equivalences(folder))
+    counts: dict[tuple, dict] = {}
     for row in latest.values():
-        h = row.get("model_hash")
-        entry = counts.setdefault(h, {"code hash": h, "rows": 0, "dirty rows": 0,
-                                      "status": status.get(h, "stale")})
+        legacy = "fingerprint" not in row
+        key = (row.get("model_hash"), row.get("revision") if legacy else "")
+        entry = counts.setdefault(key, {"code hash": key[0], "revision": key[1] or "(any)",
+                                        "rows": 0, "dirty rows": 0,
+                                        "status": status(row) or "stale"})
         entry["rows"] += 1
         entry["dirty rows"] += int(is_dirty(row))
     return pd.DataFrame(list(counts.values()))
-
-

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from adlib.provenance import EQUIVALENCES_FILE, linked_hashes
-from adlib.study import StudyError, load_study, run_study
+from adlib.study.spec import StudyError, load_study
+from adlib.study.engine import run_study
 from adlib.verify import fingerprint, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ TOY_STUDY = '''
 import zlib
 
 from adlib.provenance import Fingerprint
-from adlib.study import Cell, Study
+from adlib.study.spec import Cell, Study
 
 
 def protocol(cfg):
@@ -190,3 +191,24 @@ def test_every_paper_declares_a_fingerprint_whose_cells_exist():
         assert study.fingerprint is not None, key
         configs = {c.config for cells in study.grids.values() for c in cells}
         assert set(study.fingerprint.cells) <= configs, key
+
+
+def test_a_legacy_equivalence_links_only_the_revisions_it_checked():
+    """Rows from before provenance v2 (no fingerprint field) are grouped by hash and revision:
+    their hash left modules out, so one revision's check says nothing of another's rows."""
+    import torch
+
+    from adlib.provenance import here, row_status
+    from adlib.verify import _groups
+
+    env = here()
+    record = {"old_hash": "old", "new_hash": "new", "revisions": ["abc1234"],
+              "torch": torch.__version__, "threads": 1, "libraries": env["libraries"]}
+    status = row_status("new", [record])
+    checked = {"key": "1", "model_hash": "old", "revision": "abc1234"}
+    other = {"key": "2", "model_hash": "old", "revision": "abc1234-dirty"}
+    fresh = {"key": "3", "model_hash": "old", "revision": "abc1234", "fingerprint": None}
+    assert status(checked) == "verified" and status(other) is None
+    assert status({"model_hash": "new"}) == "current"
+    groups = _groups([checked, other, fresh], row_status("new", []))
+    assert set(groups) == {("old", "abc1234"), ("old", "abc1234-dirty"), ("old", None)}

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adlib.study import ROWS_FILE, RowStore, StudyError, load_study, run_study
+from adlib.study.rows import ROWS_FILE, RowStore
+from adlib.study.spec import StudyError, load_study
+from adlib.study.engine import run_study
 
 TOY_MODEL = '''
 SCALE = 10.0  # edit me: the model's code changes, its rows become stale
@@ -26,7 +28,7 @@ import time
 import zlib
 
 from adlib.provenance import Fingerprint
-from adlib.study import Cell, Study
+from adlib.study.spec import Cell, Study
 
 
 def protocol(cfg):
@@ -199,7 +201,7 @@ def test_bad_grid_and_unknown_study_are_clear_errors(toy, tmp_path):
                   dataset="mvtec_ad", data_root=data, out=tmp_path)
     with pytest.raises(StudyError, match="not a paper key"):
         load_study("no_such_paper")
-    from adlib.study import Cell
+    from adlib.study.spec import Cell
 
     with pytest.raises(StudyError, match="overrides \\['gian'\\]"):
         _run(tmp_path / "x", data) if False else run_study(
@@ -255,7 +257,7 @@ def test_a_failed_run_is_named_and_the_others_are_kept(toy, tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_a_local_worker_asks_to_die_with_the_study_process():
-    code = ("import ctypes, signal; from adlib.study import _die_with_parent; _die_with_parent(); "
+    code = ("import ctypes, signal; from adlib.study.executors import _die_with_parent; _die_with_parent(); "
             "v = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(v)); print(v.value)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == signal.SIGTERM
@@ -264,7 +266,7 @@ def test_a_local_worker_asks_to_die_with_the_study_process():
 TOY_FOLDS = '''
 """A toy cross-validated study: one task per (category, fold); the score depends on the fold."""
 from adlib.provenance import Fingerprint
-from adlib.study import Cell, Study
+from adlib.study.spec import Cell, Study
 
 
 def protocol(cfg):

@@ -325,7 +325,7 @@ def test_resume_without_rng_restore_would_differ(tmp_path, monkeypatch):
         checkpoint_dir=tmp_path / "b",
         **COMMON,
     )
-    monkeypatch.setattr(train_module, "_restore_rng", lambda state, generators=(): None)
+    monkeypatch.setattr(train_module, "restore_rng", lambda state, generators=(): None)
     resumed = fit(
         build_model(),
         mse,

@@ -153,6 +153,7 @@ def train_colouriser(images: torch.Tensor, *, image_size: int, width: int = 64, 
         L, ab = batch
         return F.mse_loss(model(L), ab)
 
+    torch.manual_seed(seed)   # the initial weights: torch's own RNG starts at a random seed
     model = UNetColouriser(image_size, width)
     return fit(model, loss, batches, epochs=epochs, optimizer="adam", lr=lr, device=device,
                seed=seed, amp=amp, progress=progress, desc="colouriser",
@@ -402,27 +403,23 @@ def predict(model: LEANet, x: torch.Tensor, m: torch.Tensor, batch_size: int = 6
 
 def classification_metrics(labels: Sequence[int], probability: Sequence[float],
                            threshold: float = 0.5) -> dict[str, float]:
-    """F1 of the anomalous class (label 1) at ``threshold``, accuracy, and the threshold-free
-    image AUROC of the probability."""
-    from sklearn.metrics import f1_score, roc_auc_score
+    """F1 of the anomalous class (label 1) when ``probability >= threshold`` (the book's one
+    convention, :mod:`adlib.metrics`), accuracy, and the threshold-free image AUROC."""
+    from adlib.metrics import f1_at_threshold, image_auroc
 
     y = np.asarray(labels).astype(int)
     p = np.asarray(probability, dtype=float)
-    pred = (p > threshold).astype(int)
-    auroc = roc_auc_score(y, p) if len(set(y.tolist())) == 2 else math.nan
-    return {"f1": float(f1_score(y, pred, pos_label=1, zero_division=0)),
-            "accuracy": float((pred == y).mean()), "image_auroc": float(auroc)}
+    auroc = image_auroc(p, y) if len(set(y.tolist())) == 2 else math.nan
+    return {"f1": f1_at_threshold(p, y, threshold) if y.any() else 0.0,
+            "accuracy": float(((p >= threshold).astype(int) == y).mean()), "image_auroc": float(auroc)}
 
 
 def best_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """The threshold on ``scores`` with the highest F1 on these (training) labels."""
-    from sklearn.metrics import precision_recall_curve
+    """The threshold on ``scores`` with the highest F1 on these (training) labels
+    (:func:`adlib.metrics.f1_max`: anomalous when ``score >= threshold``)."""
+    from adlib.metrics import f1_max
 
-    precision, recall, thresholds = precision_recall_curve(np.asarray(labels).astype(int), scores)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
-    # midway to the next lower score, so a test score equal to a training anomaly counts
-    return float(thresholds[best]) - 1e-9 if len(thresholds) else math.inf
+    return f1_max(scores, np.asarray(labels).astype(int))[1] if np.any(labels) else math.inf
 
 
 def train_lea_net(model: LEANet, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, *, epochs: int,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from adlib.claims import ClaimCheck
 from adlib.provenance import Fingerprint
-from adlib.study import Cell, Study, Task
+from adlib.study.spec import Cell, Study, Task
 
 DEFAULT = "+C-SE+LBR"
 #: The full model's settings (the paper's: C-SE + LBR in the last 6 convolutions, r = 16).

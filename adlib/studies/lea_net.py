@@ -23,7 +23,7 @@ import numpy as np
 from adlib.claims import ClaimCheck
 from adlib.data.embedded import file_lock as _file_lock
 from adlib.provenance import Fingerprint
-from adlib.study import Cell, Study, Task
+from adlib.study.spec import Cell, Study, Task
 
 MODEL_KEYS = ("folds", "adn", "caan", "point", "input", "width", "gate", "lr",
               "anomalous_fraction", "colouriser_epochs", "colouriser_width", "colouriser_lr",
@@ -232,7 +232,7 @@ def train_fold(s: dict, images, labels, maps, peak, seed: int, fold: int, device
         out["probability"] = np.ones(len(test))
     elif s["model"] == "map_max":
         threshold = lea.best_threshold(labels[train].numpy(), peak[train].numpy())
-        out["probability"] = (peak[test].numpy() > threshold).astype(float)
+        out["probability"] = (peak[test].numpy() >= threshold).astype(float)
     else:
         torch.manual_seed(seed)
         net = lea.LEANet(s["adn"], s["caan"], s["point"], s["input"], width=s["width"],
@@ -373,7 +373,7 @@ def committed_rows():
     """The committed study's rows (every record under adlib/resources/results/lea_net)."""
     import pandas as pd
 
-    from adlib.study import committed_records
+    from adlib.study.report import committed_records
 
     return pd.DataFrame([row for record in committed_records("lea_net") for row in record.ablations])
 

@@ -12,7 +12,7 @@ from dataclasses import fields
 
 from adlib.claims import ClaimCheck
 from adlib.provenance import Fingerprint
-from adlib.study import Cell, Study, Task
+from adlib.study.spec import Cell, Study, Task
 
 #: Settings of the MAAE model itself (the rest of the protocol: data, backbone, training).
 MODEL_KEYS = ("stages", "hidden", "layers", "group", "heads", "dilation", "neighbour", "amplitude",
@@ -121,7 +121,7 @@ def make_detector(cache, settings, *, seed: int, device: str, progress: bool = T
     """The :class:`MAAEDetector` of ``settings`` (a cell's settings); with ``checkpoint_root``
     its training keeps ``last.pt`` in a folder named by the settings, so a killed run resumes."""
     from adlib.models.maae import MAAEConfig, MAAEDetector
-    from adlib.study import run_key
+    from adlib.study.spec import run_key
 
     config = {f.name: settings[f.name] for f in fields(MAAEConfig) if f.name in settings}
     folder = None if checkpoint_root is None else f"{checkpoint_root}/{run_key('maae', settings, seed, category)}"

@@ -11,7 +11,7 @@ from dataclasses import fields
 
 from adlib.claims import ClaimCheck
 from adlib.provenance import Fingerprint
-from adlib.study import Cell, Study, Task
+from adlib.study.spec import Cell, Study, Task
 
 #: Settings of the model and its training (the rest of the protocol: data, size, epochs).
 MODEL_KEYS = ("lam", "width", "attention", "alpha", "lr", "eta_min", "t_max", "patience",
@@ -88,7 +88,7 @@ def make_detector(settings, *, seed: int, device: str, progress: bool = True,
     ``checkpoint_root`` its training keeps ``last.pt`` in a folder named by the settings and
     category, so a killed run resumes."""
     from adlib.models.noise_to_norm import NoiseToNormConfig, NoiseToNormDetector
-    from adlib.study import run_key
+    from adlib.study.spec import run_key
 
     config = {f.name: settings[f.name] for f in fields(NoiseToNormConfig) if f.name in settings}
     folder = (None if checkpoint_root is None

@@ -12,7 +12,7 @@ from dataclasses import fields
 
 from adlib.claims import ClaimCheck
 from adlib.provenance import Fingerprint
-from adlib.study import Cell, Study, Task
+from adlib.study.spec import Cell, Study, Task
 
 #: Settings of the RLR model itself (the rest of the protocol: data, backbone, training).
 MODEL_KEYS = ("stages", "hidden", "windows", "blocks", "heads", "alpha", "lr", "standardize",
@@ -142,7 +142,7 @@ def make_detector(cache, settings, *, seed: int, device: str, progress: bool = T
     ``checkpoint_root`` its training keeps ``last.pt`` in a folder named by the settings, so a
     killed run resumes from its last epoch."""
     from adlib.models.rlr import RLRConfig, RLRDetector
-    from adlib.study import run_key
+    from adlib.study.spec import run_key
 
     config = {f.name: settings[f.name] for f in fields(RLRConfig) if f.name in settings}
     folder = None if checkpoint_root is None else f"{checkpoint_root}/{run_key('rlr', settings, seed, 'unified')}"
