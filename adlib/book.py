@@ -8,7 +8,8 @@ functions so tests can run them on a temporary copy of ``book/``:
    ``book/chapters/`` and times each one;
 2. :func:`write_scoreboard` turns run records into the "Reproduction scoreboard" page;
 3. :func:`write_status` writes the status page (times, versions, hardware, revision);
-4. :func:`write_toc` lists the chapters that exist;
+4. :func:`write_toc` lists the chapters that exist, and :func:`write_chapter_pages` the parts of
+   the introduction and the API page that list them (all from the registry, :mod:`adlib.papers`);
 5. :func:`vendor_mathjax` copies MathJax 3 from the npm registry so formulas render offline;
 6. :func:`build_html` runs ``jupyter-book build`` with warnings as errors.
 """
@@ -35,11 +36,24 @@ STATUS_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "sci
 
 
 def notebook_paths(notebooks_dir: Path | str = REPO / "notebooks") -> list[Path]:
-    """The book's notebooks in chapter order (file names start with their number)."""
-    paths = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
-    if not paths:
-        msg = f"no notebooks found in {notebooks_dir} (expected files like 00_data_and_metrics.ipynb)"
+    """The book's notebooks in chapter order: those of the registered chapters
+    (:func:`adlib.papers.chapters`) that are written. A notebook no chapter declares is an error,
+    so a chapter cannot be left out of the registry by mistake."""
+    from adlib.papers import chapters
+
+    notebooks_dir = Path(notebooks_dir)
+    paths = [notebooks_dir / c.notebook for c in chapters() if c.notebook]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        msg = (f"chapters declare notebooks that do not exist: {', '.join(missing)}; write them, "
+               "or declare notebook=None in the chapter's CHAPTER until they exist")
         raise FileNotFoundError(msg)
+    declared = {p.name for p in paths}
+    stray = sorted(p.name for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb") if p.name not in declared)
+    if stray:
+        msg = (f"notebooks {', '.join(stray)} in {notebooks_dir} belong to no chapter: declare "
+               "CHAPTER = Chapter(key=..., title=..., notebook=...) in adlib/studies/<paper>.py")
+        raise ValueError(msg)
     return paths
 
 
@@ -47,8 +61,10 @@ def execute_notebooks(out_dir: Path | str, *, profile: str = "cpu",
                       notebooks_dir: Path | str = REPO / "notebooks",
                       records_dir: Path | str | None = None,
                       parameters: dict | None = None, only: list[str] | None = None,
-                      kernel_name: str = "python3") -> list[dict]:
+                      kernel_name: str = "python3", paths: list[Path] | None = None) -> list[dict]:
     """Run each notebook with papermill under ``profile``; return one timing row per notebook.
+
+    The notebooks are the chapters' (:func:`notebook_paths` of ``notebooks_dir``), or ``paths``.
 
     Notebooks write their run records into ``records_dir`` (their ``output_dir`` parameter).
     A failing notebook stops the build: a book with a broken chapter is worse than none.
@@ -68,7 +84,8 @@ def execute_notebooks(out_dir: Path | str, *, profile: str = "cpu",
     saved = {k: os.environ.get(k) for k in kernel_env}
     os.environ.update(kernel_env)
     try:
-        for path in notebook_paths(notebooks_dir):
+        for path in paths if paths is not None else notebook_paths(notebooks_dir):
+            path = Path(path)
             if only and path.stem not in only:
                 continue
             params = {"profile": profile, "output_dir": str(records_dir.resolve())}
@@ -121,6 +138,26 @@ def claim_rows(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def provenance_lines(paper: str) -> list[str]:
+    """One sentence on the committed rows behind a paper's verdicts: how many are current or
+    proven equivalent to today's code (``--verify``), how many are stale, how many were made
+    from a tree with uncommitted changes."""
+    from adlib.study.report import results_dir
+    from adlib.verify import provenance_table
+
+    if not (results_dir(paper) / "rows.jsonl").exists():
+        return []
+    table = provenance_table(paper)
+    count = table.groupby("status")["rows"].sum().to_dict()
+    parts = [f"{count[s]} {s}" for s in ("current", "verified", "unverified here", "stale") if count.get(s)]
+    dirty = int(table["dirty rows"].sum())
+    return [f"Committed study rows: {int(table['rows'].sum())} ({', '.join(parts)}"
+            + (f"; **{dirty} made from a tree with uncommitted changes**" if dirty else "")
+            + "). *Verified*: `python -m adlib study <paper> --verify` reran a seeded sample with "
+            "today's code and found the same numbers; *stale*: made by code that is no longer "
+            "the book's (rerun pending).", ""]
+
+
 def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
                      claims_path: Path | str | None = None) -> Path:
     """Write the scoreboard page: every claim of ``claims.md`` with our measurement or why not."""
@@ -152,7 +189,7 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
         paper_claims = [c for c in claims if c.paper == paper.key]
         if not paper_claims:
             continue
-        lines += [f"## {paper.title}", "",
+        lines += [f"## {paper.title}", "", *provenance_lines(paper.key),
                   "| # | claim | check | verdict | paper | ours | pairs | data set | profile "
                   "| hardware | revision |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -236,6 +273,34 @@ def write_toc(book_dir: Path | str, chapters: list[str]) -> Path:
     return path
 
 
+def write_chapter_pages(book_dir: Path | str) -> list[Path]:
+    """Write what ``intro.md`` and ``api.md`` include from ``_generated/``: the chapter table, the
+    ``paper``-profile commands and each chapter's API section, from the registry."""
+    from adlib.papers import chapters
+
+    out = Path(book_dir) / "_generated"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [c for c in chapters() if c.notebook]
+    table = ["| chapter | paper | what it adds |", "|---|---|---|"]
+    table += [f"| {c.number} | {_md_cell(c.short or c.title) if c.paper else '—'} "
+              f"| {_md_cell(c.summary)} |" for c in written]
+    runs = ["```bash", "pip install -r requirements.txt && pip install -e ."]
+    runs += [f"papermill notebooks/{Path(c.notebook).name} out.ipynb -p profile paper {args}"
+             for c in written for args in c.paper_runs]
+    runs += ["```"]
+    api = []
+    for c in written:
+        modules = [m for m in (c.model, c.study) if m]
+        if modules:
+            api += [f"### {c.number}. {c.title}", "", "```{eval-rst}"]
+            api += [f".. automodule:: {m}\n   :members:\n" for m in modules]
+            api += ["```", ""]
+    pages = {"chapters.md": table, "paper_runs.md": runs, "api_chapters.md": api}
+    for name, lines in pages.items():
+        (out / name).write_text("\n".join(lines) + "\n")
+    return [out / name for name in pages]
+
+
 def vendor_mathjax(book_dir: Path | str, cache_dir: Path | str = REPO / "build" / "npm") -> Path:
     """Copy MathJax 3 (from the npm registry) into ``book/_static_vendor/mathjax``.
 
@@ -294,6 +359,7 @@ def build(book_dir: Path | str = REPO / "book", *, profile: str = "cpu",
                      [resource_path("results"), records_dir])
     write_status(book_dir / "status.md", timings)
     write_toc(book_dir, [t["notebook"] for t in timings])
+    write_chapter_pages(book_dir)
     vendor_mathjax(book_dir)
     html = build_html(book_dir)
     print(f"[book] built {html / 'index.html'} in {time.perf_counter() - start:.0f} s")

@@ -6,6 +6,7 @@ Every chapter does the same loops, so they live here once::
                                   cfg.dataset, root, categories, cfg.image_size)   # separate
     results = evaluate_unified(detector, cfg.dataset, root, categories, cfg.image_size)  # unified
     results_frame(results)          # one row per category, plus the mean
+    rows = evaluate_task(make_model, task)   # a study cell: either loop, rows for the engine
 
 A model only needs ``fit(train_dataset)`` (unified: ``fit({category: train_dataset})``) and
 ``predict(test_dataset) -> (scores, maps)``; a ``history`` attribute (loss per epoch), when it
@@ -104,6 +105,34 @@ def evaluate_unified(model: Any, dataset: str, root, categories, image_size: int
         test = open_split(dataset, root, category, "test", image_size)
         results.append(_score(model, test, category, share, len(trains[category]), t0, share))
     return results
+
+
+def evaluate_task(make_model: Callable[[], Any], task: Any, *, separate: bool | None = None,
+                  set_epochs: Callable[[Any, int, str], None] | None = None) -> list[dict]:
+    """A study task's rows (:func:`study_results`): a fresh ``make_model()`` per category of
+    ``task`` (separate) or ONE trained on all of them (unified), scored on each test split.
+
+    ``task``: an :class:`adlib.study.spec.Task` (its ``settings`` give ``dataset``,
+    ``image_size``, ``epochs`` and, unless ``separate`` is passed, ``separate``). With
+    ``set_epochs`` the test splits are also scored after every epoch (:mod:`adlib.curves`;
+    the rows carry ``test_curve``, and the last epoch is the same model).
+    """
+    s = task.settings
+    separate = s["separate"] if separate is None else separate
+    where = (s["dataset"], task.data_root, task.categories, s["image_size"])
+    if set_epochs is not None:
+        from adlib.curves import curve_rows, separate_curves, unified_curves
+
+        if separate:
+            results, curves = separate_curves(make_model, set_epochs, *where, epochs=s["epochs"])
+        else:
+            results, curves = unified_curves(make_model(), set_epochs, *where, epochs=s["epochs"])
+        return curve_rows(results, curves)
+    if separate:
+        results = evaluate_categories(make_model, *where, show_progress=False)
+    else:
+        results = evaluate_unified(make_model(), *where, show_progress=False)
+    return study_results(results)
 
 
 def results_frame(results: list[CategoryResult], percent: bool = True) -> pd.DataFrame:

@@ -1,14 +1,27 @@
-"""The one registry of papers: one key per paper, used everywhere.
+"""The one registry of chapters and papers: one key per paper, used everywhere.
 
 The key names the paper in ``adlib/resources/paper_tables`` (CSV column ``paper``, ``## <key>`` in
-claims.md), in :mod:`adlib.profiles`, in run records, in ``adlib/resources/results/<key>/`` and in
-``python -m adlib study <key>``. A paper's study (its declared grids and claim checks) lives
-in the module named by :attr:`Paper.study`.
+claims.md), in run records, in ``adlib/resources/results/<key>/`` and in
+``python -m adlib study <key>``.
+
+The registry is built from the ``CHAPTER`` declarations (:class:`adlib.chapter.Chapter`) of the
+modules in ``adlib.studies``, plus those of the modules named in the environment variable
+``ADLIB_CHAPTERS`` (comma-separated importable names: a chapter outside the package, e.g. a
+test's). It is read on first use, so importing this module imports no study.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import importlib
+import os
+import pkgutil
+from dataclasses import dataclass, replace
+
+from adlib.chapter import Chapter
+
+#: The environment variable naming extra chapter modules.
+CHAPTERS_ENV = "ADLIB_CHAPTERS"
 
 
 @dataclass(frozen=True)
@@ -21,22 +34,83 @@ class Paper:
     study: str | None = None      # module declaring STUDY (grids, claim checks, runner)
 
 
-PAPERS: dict[str, Paper] = {p.key: p for p in (
-    Paper("cse_patch_svdd", "C-SE on Patch SVDD", "01_cse_patch_svdd.ipynb",
-          "adlib.studies.cse_patch_svdd"),
-    Paper("maae", "MAAE: mixed-attention autoencoder", "02_maae.ipynb", "adlib.studies.maae"),
-    Paper("noise_to_norm", "Noise-to-norm M-net", "03_noise_to_norm.ipynb",
-          "adlib.studies.noise_to_norm"),
-    Paper("lea_net", "LEA-Net: colour anomaly maps as layer-wise external attention",
-          "04_lea_net.ipynb", "adlib.studies.lea_net"),
-    Paper("rlr", "RLR: learnable reference", "05_rlr.ipynb", "adlib.studies.rlr"),
-)}
+def chapters() -> list[Chapter]:
+    """Every chapter, in book order (by notebook name; chapters without a notebook last)."""
+    return list(_load(os.environ.get(CHAPTERS_ENV, "")))
+
+
+def get_chapter(key: str) -> Chapter:
+    """The chapter of ``key``; an unknown key raises ``KeyError`` listing the keys."""
+    found = {c.key: c for c in chapters()}
+    try:
+        return found[key]
+    except KeyError:
+        msg = f"unknown chapter {key!r}; the chapter keys are {', '.join(found)}"
+        raise KeyError(msg) from None
 
 
 def get_paper(key: str) -> Paper:
     """The registry entry of ``key``; an unknown key raises ``KeyError`` listing the keys."""
+    papers = _papers()
     try:
-        return PAPERS[key]
+        return papers[key]
     except KeyError:
-        msg = f"unknown paper {key!r}; the paper keys are {', '.join(PAPERS)}"
+        msg = f"unknown paper {key!r}; the paper keys are {', '.join(papers)}"
         raise KeyError(msg) from None
+
+
+def _papers() -> dict[str, Paper]:
+    return {c.key: Paper(c.key, c.title, c.notebook, c.study) for c in chapters() if c.paper}
+
+
+def __getattr__(name: str):
+    # PAPERS is computed on use: building it imports every study module (and torch)
+    if name == "PAPERS":
+        return _papers()
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+_building: list[str] = []
+
+
+@functools.lru_cache(maxsize=None)
+def _load(extra: str) -> tuple[Chapter, ...]:
+    import adlib.studies
+
+    if _building:
+        msg = (f"the chapter registry was read while {_building[-1]} was being imported for it: "
+               "a module a chapter imports reads adlib.papers.PAPERS (or chapters()) at import "
+               "time; read it inside a function instead")
+        raise RuntimeError(msg)
+    names = [f"adlib.studies.{m.name}" for m in pkgutil.iter_modules(adlib.studies.__path__)
+             if not m.name.startswith("_")]
+    names += [n.strip() for n in extra.split(",") if n.strip()]
+    found: list[Chapter] = []
+    for name in names:
+        _building.append(name)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:
+            msg = (f"chapter module {name!r} does not import ({err}); if {CHAPTERS_ENV} names it, "
+                   "put its folder on PYTHONPATH (or sys.path)")
+            raise ImportError(msg) from err
+        finally:
+            _building.pop()
+        chapter = getattr(module, "CHAPTER", None)
+        if not isinstance(chapter, Chapter):
+            msg = (f"{name} declares no CHAPTER = Chapter(...) (adlib.chapter): every module of "
+                   "adlib.studies is a chapter; declare its card, or name a helper module _<name>.py")
+            raise TypeError(msg)
+        found.append(replace(chapter, module=name,
+                             study=name if hasattr(module, "STUDY") else None))
+    for what, value_of in (("key", lambda c: c.key), ("chapter number", lambda c: c.number)):
+        seen: dict = {}
+        for c in found:
+            value = value_of(c)
+            if value is not None and value in seen:
+                msg = (f"chapters {seen[value]} and {c.module} both declare {what} {value!r}; "
+                       "give each chapter its own")
+                raise ValueError(msg)
+            seen[value] = c.module
+    return tuple(sorted(found, key=lambda c: (c.notebook is None, c.number or 0, c.key)))

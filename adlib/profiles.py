@@ -15,9 +15,10 @@ study    embedded, all categories    full ablation grid, 3 seeds       a develop
 paper    the real data set           the paper's protocol              a GPU / Colab
 =======  ==========================  ================================  ===================
 
-Per-paper entries in :data:`PAPER_DEFAULTS` override the common ones (the paper profile of
-RLR trains 200 epochs, Patch SVDD's 300, ...). The notebook section that explains them is
-the book's introduction ("Profiles").
+Each chapter's own settings, declared in its ``CHAPTER`` (:class:`adlib.chapter.Chapter`,
+collected by :mod:`adlib.papers`), override the common ones (the paper profile of RLR trains 200
+epochs, Patch SVDD's 300, ...). The notebook section that explains them is the book's
+introduction ("Profiles").
 """
 
 from __future__ import annotations
@@ -39,128 +40,6 @@ COMMON: dict[str, dict[str, Any]] = {
               "batch_size": 16, "n_seeds": 3, "grid": "study", "max_categories": None},
     "paper": {"dataset": "mvtec_ad", "categories": None, "image_size": 256, "epochs": 100,
               "batch_size": 32, "n_seeds": 1, "grid": "study", "max_categories": None},
-}
-
-#: Per-notebook overrides, keyed by the paper's short name (the notebook's ``PAPER``).
-PAPER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "data_and_metrics": {
-        "cpu": {"image_size": 128},
-        "study": {"image_size": 256},
-        "paper": {"image_size": 256},
-    },
-    # Patch SVDD + C-SE. Below 128 px a 64-px patch covers (almost) the whole image, so the
-    # small profiles train and score K=32 only; strides are in pixels of the resized image.
-    "cse_patch_svdd": {
-        "smoke": {"image_size": 64, "epochs": 1, "batch_size": 16, "max_categories": 1,
-                  "patch_sizes": "32", "stride32": 16, "samples_per_image": 1, "lam": 1e-3},
-        # cpu: the study's protocol, shortened to 1,200 steps (what fits the 2.5-minute notebook
-        # budget), on the fundus images, the embedded category that learns fastest.
-        "cpu": {"categories": ["retina"], "image_size": 96, "epochs": 6, "batch_size": 16,
-                "patch_sizes": "32", "stride32": 8, "samples_per_image": 50, "lam": 1e-3},
-        # 96 px: the smallest size where a 32-px patch's 8 neighbours (offset 24-31 px) fit
-        # without clipping, so the position task is well posed (at 64 px most pairs clip).
-        # The protocol in which the encoders learn (chapter 1, "What it took"): the paper's Adam
-        # 1e-4 and lambda 1e-3, 2,400 steps of batch 16 (12 epochs x 200 steps), on the
-        # categories where a patch's position is defined (the fundus, the placed coins). On
-        # the textures and the IHC tiles the position task stays at chance and training
-        # makes the random encoder worse (the `textures` grid measures it).
-        "study": {"categories": ["retina", "coins"], "image_size": 96, "epochs": 12,
-                  "batch_size": 16, "n_seeds": 3, "patch_sizes": "32", "stride32": 8,
-                  "samples_per_image": 50, "lam": 1e-3},
-        "paper": {"image_size": 256, "epochs": 300, "batch_size": 64, "patch_sizes": "64,32",
-                  "stride64": 16, "stride32": 4, "samples_per_image": 100, "lam": 1e-3,
-                  "grid": "paper"},
-    },
-    # MAAE (chapter 2). Lite0 stages 0-3 (strides 2-16) fused on the stride-16 grid: 8x8 tokens
-    # at 128 px. CPU profiles: 6 blocks of width 64 instead of 18 of 256, lr 1e-3 for the few
-    # epochs, channel standardisation of the features (training statistics only).
-    "maae": {
-        "smoke": {"image_size": 64, "epochs": 1, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
-                  "stages": (0, 1, 2, 3), "hidden": 16, "layers": 3, "group": 3, "heads": 2,
-                  "dilation": 4, "neighbour": 3, "amplitude": 1.0, "ang_mode": "alternate",
-                  "lambda_ang": 0.6, "lambda_re": 1.0, "jitter_scale": 20.0, "ffm_train": False,
-                  "lr": 1e-3, "map_sigma": 1.0, "standardize": True, "feature_dtype": "float32"},
-        "cpu": {"image_size": 128, "epochs": 8, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
-                "stages": (0, 1, 2, 3), "hidden": 64, "layers": 6, "group": 3, "heads": 4,
-                "dilation": 4, "neighbour": 7, "amplitude": 1.0, "ang_mode": "alternate",
-                "lambda_ang": 0.6, "lambda_re": 1.0, "jitter_scale": 20.0, "ffm_train": False,
-                "lr": 1e-3, "map_sigma": 2.0, "standardize": True, "feature_dtype": "float32"},
-        "study": {"image_size": 128, "epochs": 30, "batch_size": 16, "n_seeds": 5,
-                  "backbone": "tf_efficientnet_lite0", "stages": (0, 1, 2, 3), "hidden": 64,
-                  "layers": 6, "group": 3, "heads": 4, "dilation": 4, "neighbour": 7,
-                  "amplitude": 1.0, "ang_mode": "alternate", "lambda_ang": 0.6, "lambda_re": 1.0,
-                  "jitter_scale": 20.0, "ffm_train": False, "lr": 1e-3, "map_sigma": 2.0,
-                  "standardize": True, "feature_dtype": "float32"},
-        # The paper gives no epoch count: UniAD's 1000 (the nearest reference) stands in.
-        "paper": {"dataset": "mvtec_ad", "image_size": 256, "epochs": 1000, "batch_size": 64,
-                  "backbone": "tf_efficientnet_b4", "stages": (0, 1, 2, 3), "hidden": 256,
-                  "layers": 18, "group": 3, "heads": 8, "dilation": 4, "neighbour": 7,
-                  "amplitude": 1.0, "ang_mode": "alternate", "lambda_ang": 0.6, "lambda_re": 1.0,
-                  "jitter_scale": 20.0, "ffm_train": False, "lr": 1e-4, "map_sigma": 4.0,
-                  "standardize": False, "feature_dtype": "float16", "grid": "paper"},
-    },
-    # Noise-to-norm M-net (chapter 3), one model per category. CPU profiles: 64 px (the M-net
-    # halves 4 times: 4x4 at the bottom), width 8 instead of 32, lr 2e-3 annealed over the run;
-    # pytorch-msssim's five scales then need a 3x3 Gaussian window instead of 11x11.
-    "noise_to_norm": {
-        "smoke": {"image_size": 64, "epochs": 1, "batch_size": 8, "max_categories": 1, "lam": 0.3,
-                  "width": 4, "attention": True, "alpha": 0.84, "lr": 2e-3, "eta_min": 1e-6,
-                  "t_max": 1, "patience": 20, "val_fraction": 0.2, "test_noise": True, "map_sigma": 2.0},
-        "cpu": {"image_size": 64, "epochs": 20, "batch_size": 8, "max_categories": 2, "lam": 0.3,
-                "width": 8, "attention": True, "alpha": 0.84, "lr": 2e-3, "eta_min": 1e-6,
-                "t_max": 20, "patience": 20, "val_fraction": 0.2, "test_noise": True, "map_sigma": 4.0},
-        "study": {"image_size": 64, "epochs": 60, "batch_size": 8, "n_seeds": 3, "lam": 0.3,
-                  "width": 8, "attention": True, "alpha": 0.84, "lr": 2e-3, "eta_min": 1e-6,
-                  "t_max": 60, "patience": 20, "val_fraction": 0.2, "test_noise": True, "map_sigma": 4.0},
-        # The paper: 256 px, AdamW betas (0.5, 0.999), cosine T_max 100 down to 1e-6, at most 500
-        # epochs, early stopping after 20 epochs without improvement. Its "initial lr 1e-6" equals
-        # eta_min, which would make the schedule a constant: read as a typo, lr 1e-4 here.
-        "paper": {"dataset": "mpdd", "image_size": 256, "epochs": 500, "batch_size": 8, "lam": 0.3,
-                  "width": 32, "attention": True, "alpha": 0.84, "lr": 1e-4, "eta_min": 1e-6,
-                  "t_max": 100, "patience": 20, "val_fraction": 0.2, "test_noise": True,
-                  "map_sigma": 4.0, "grid": "paper"},
-    },
-    # RLR (chapter 5). hidden / windows are per backbone stage 1, 2, 3 (strides 4/8/16).
-    # CPU profiles reconstruct Lite0 stages 2-3 only: stage 1 at 128 px is a 32x32 grid whose
-    # 1024x1024 attention costs ~10x the other two levels together.
-    "lea_net": {
-        "smoke": {"categories": ["ihc"], "image_size": 64, "epochs": 2, "batch_size": 16, "folds": 2,
-                  "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb", "width": 8,
-                  "gate": "paper", "lr": None, "anomalous_fraction": 1.0, "colouriser_epochs": 3,
-                  "colouriser_width": 8, "colouriser_lr": 1e-3, "fancy_pca": 0.08, "amp": True},
-        "cpu": {"categories": ["ihc"], "image_size": 128, "epochs": 20, "batch_size": 16, "folds": 2,
-                "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb", "width": 16,
-                "gate": "paper", "lr": None, "anomalous_fraction": 1.0, "colouriser_epochs": 40,
-                "colouriser_width": 16, "colouriser_lr": 1e-3, "fancy_pca": 0.08, "amp": True},
-        "study": {"categories": ["ihc"], "image_size": 128, "epochs": 30, "batch_size": 16, "folds": 5,
-                  "n_seeds": 3, "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb",
-                  "width": 16, "gate": "paper", "lr": None, "anomalous_fraction": 1.0,
-                  "colouriser_epochs": 60, "colouriser_width": 16, "colouriser_lr": 1e-3,
-                  "fancy_pca": 0.08, "amp": True},
-        "paper": {"dataset": "labelled", "image_size": 256, "epochs": 100, "batch_size": 16, "folds": 5,
-                  "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb", "width": 64,
-                  "gate": "paper", "lr": None, "anomalous_fraction": 1.0, "colouriser_epochs": 500,
-                  "colouriser_width": 64, "colouriser_lr": 1e-3, "fancy_pca": 0.08, "amp": True,
-                  "grid": "paper"},
-    },
-    "rlr": {
-        "smoke": {"image_size": 64, "epochs": 1, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
-                  "stages": (2, 3), "hidden": (8, 16, 32), "windows": (5, 3, 3), "blocks": 1,
-                  "heads": 4, "alpha": 2.0, "lr": 1e-3, "standardize": True, "map_sigma": 1.0,
-                  "perturbation": "jitter"},
-        "cpu": {"image_size": 128, "epochs": 6, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
-                "stages": (2, 3), "hidden": (8, 32, 64), "windows": (7, 5, 3), "blocks": 1,
-                "heads": 4, "alpha": 2.0, "lr": 1e-3, "standardize": True, "map_sigma": 2.0,
-                "perturbation": "jitter"},
-        "study": {"image_size": 128, "epochs": 8, "batch_size": 16, "backbone": "tf_efficientnet_lite0",
-                  "stages": (2, 3), "hidden": (8, 32, 64), "windows": (7, 5, 3), "blocks": 1,
-                  "heads": 4, "alpha": 2.0, "lr": 1e-3, "standardize": True, "map_sigma": 2.0,
-                  "perturbation": "jitter"},
-        "paper": {"dataset": "mvtec_ad", "image_size": 256, "epochs": 200, "batch_size": 16,
-                  "backbone": "tf_efficientnet_b6", "stages": (1, 2, 3), "hidden": (128, 256, 512),
-                  "windows": (11, 7, 5), "blocks": 4, "heads": 8, "alpha": 2.0, "lr": 1e-4,
-                  "standardize": False, "map_sigma": 4.0, "perturbation": "jitter", "grid": "paper"},
-    },
 }
 
 #: The paper-protocol data sets each loader understands; ``embedded`` is the built-in default.
@@ -195,13 +74,23 @@ class RunConfig:
 
 
 def profile_defaults(paper: str, profile: str) -> dict[str, Any]:
-    """The defaults a profile gives one paper's notebook (common ones, then the paper's)."""
+    """The defaults a profile gives one paper's notebook (common ones, then its chapter's; a key
+    that names no chapter gets the common ones)."""
+    from adlib.papers import chapters
+
     if profile not in COMMON:
         msg = (f"unknown profile {profile!r}; expected one of {', '.join(PROFILE_NAMES)} "
                "(e.g. `papermill ... -p profile cpu`)")
         raise ValueError(msg)
     out = dict(COMMON[profile])
-    out.update(PAPER_DEFAULTS.get(paper, {}).get(profile, {}))
+    chapter = next((c for c in chapters() if c.key == paper), None)
+    if chapter is not None:
+        unknown = sorted(set(chapter.profiles) - set(PROFILE_NAMES))
+        if unknown:
+            msg = (f"{chapter.module}: CHAPTER.profiles names {unknown}, which are not profiles; "
+                   f"use {', '.join(PROFILE_NAMES)}")
+            raise ValueError(msg)
+        out.update(copy.deepcopy(chapter.defaults(profile)))
     return out
 
 
@@ -213,7 +102,7 @@ def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
     """Fill every ``None`` parameter from ``profile``; explicit values win.
 
     ``categories`` may be a list or a comma-separated string (convenient with papermill's
-    ``-p categories carpet,grid``). The paper's own settings (``PAPER_DEFAULTS``: backbone,
+    ``-p categories carpet,grid``). The chapter's own settings (its ``CHAPTER``: backbone,
     strides, ...) land in ``extra``; an extra keyword argument overrides one of them (``None``
     keeps the profile's value).
     """
@@ -323,7 +212,8 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
 
         run.protocol = load_study(paper).protocol(cfg)
     if profile == "paper" and run.protocol is not None:
-        from adlib.gpucheck import paper_estimate
+        from adlib.papers import get_chapter
+        from adlib.warmup import paper_estimate
 
-        print(paper_estimate(paper, run), flush=True)
+        print(paper_estimate(get_chapter(paper), run), flush=True)
     return run

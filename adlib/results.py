@@ -32,16 +32,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adlib.papers import PAPERS as _REGISTRY
 from adlib.papers import get_paper
 from adlib.resources import resource_path
 
 PAPER_TABLES_DIR = resource_path("paper_tables")
 """Where ``paper_results.csv`` and ``claims.md`` live: shipped inside the package."""
 
-PAPERS = tuple(_REGISTRY)
-"""Paper keys (:mod:`adlib.papers`), also those of the paper tables (CSV column ``paper``;
-``## <key>`` in claims.md)."""
+
+def __getattr__(name: str):
+    # PAPERS, the paper keys (:mod:`adlib.papers`), also those of the paper tables (CSV column
+    # ``paper``; ``## <key>`` in claims.md): read on use, since the registry imports every study
+    # and the studies import this module
+    if name == "PAPERS":
+        from adlib.papers import PAPERS
+
+        return tuple(PAPERS)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 PAPER_TABLE_COLUMNS = (
     "paper", "table", "caption_short", "dataset", "category",

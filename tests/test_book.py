@@ -69,6 +69,7 @@ def smoke_book(tmp_path_factory):
         book.write_scoreboard(root / "scoreboard.md", [resource_path("results"), records])
         book.write_status(root / "status.md", timings)
         book.write_toc(root, [t["notebook"] for t in timings])
+        book.write_chapter_pages(root)
         book.vendor_mathjax(root)
         built = book.build_html(root, warnings_as_errors=True)
     return {"root": root, "errors": errors, "records": records, "html": built,

@@ -67,6 +67,23 @@ def test_toc_lists_chapters_in_order(tmp_path):
     assert toc.index("chapters/00_a") < toc.index("chapters/01_b") < toc.index("scoreboard")
 
 
+def test_intro_and_api_include_the_chapter_lists_written_from_the_registry(tmp_path):
+    from pathlib import Path
+
+    from adlib.papers import chapters
+
+    written = {p.name: p.read_text() for p in book.write_chapter_pages(tmp_path)}
+    book_dir = Path(book.REPO) / "book"
+    for page, parts in (("intro.md", ("chapters.md", "paper_runs.md")), ("api.md", ("api_chapters.md",))):
+        for part in parts:
+            assert f"```{{include}} _generated/{part}" in (book_dir / page).read_text(), (page, part)
+    for c in chapters():
+        assert f"| {c.number} |" in written["chapters.md"] and c.summary in written["chapters.md"]
+        assert all(args in written["paper_runs.md"] for args in c.paper_runs)
+        for module in (c.model, c.study):
+            assert module is None or f".. automodule:: {module}\n" in written["api_chapters.md"]
+
+
 def test_executing_notebooks_leaves_the_callers_environment_alone(tmp_path, monkeypatch):
     import os
 
@@ -80,6 +97,7 @@ def test_executing_notebooks_leaves_the_callers_environment_alone(tmp_path, monk
     nbformat.write(nb, tmp_path / "nbs" / "00_tiny.ipynb")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("ADLIB_PROGRESS", raising=False)
-    timings = book.execute_notebooks(tmp_path / "out", profile="smoke", notebooks_dir=tmp_path / "nbs")
+    timings = book.execute_notebooks(tmp_path / "out", profile="smoke",
+                                     paths=[tmp_path / "nbs" / "00_tiny.ipynb"])
     assert [t["notebook"] for t in timings] == ["00_tiny.ipynb"]
     assert os.environ["MPLBACKEND"] == "Agg" and "ADLIB_PROGRESS" not in os.environ

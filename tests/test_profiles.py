@@ -1,5 +1,8 @@
 """Profiles: one place fills the defaults; an explicit parameter always wins."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from adlib.profiles import PROFILE_NAMES, profile_defaults, resolve
@@ -11,6 +14,16 @@ def test_every_profile_fills_every_knob(profile):
     assert cfg.profile == profile
     assert cfg.image_size > 0 and cfg.epochs > 0 and cfg.batch_size > 0
     assert cfg.seeds[0] == cfg.seed
+
+
+def test_chapter_settings_are_the_ones_pinned_when_they_moved_into_the_chapters():
+    """``profile_defaults.json`` holds every notebook's defaults as ``profiles.PAPER_DEFAULTS``
+    gave them before each chapter's settings moved into its ``CHAPTER``; a deliberate change to
+    a chapter's settings updates the pin with it."""
+    pinned = json.loads((Path(__file__).parent / "profile_defaults.json").read_text())
+    for name, expected in pinned.items():
+        paper, profile = name.split("/")
+        assert json.loads(json.dumps(profile_defaults(paper, profile))) == expected, name
 
 
 def test_explicit_parameter_wins_over_profile():

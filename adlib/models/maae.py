@@ -26,9 +26,8 @@ The Table-3 rows and the UniAD-like baseline are configurations (:data:`VARIANTS
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from torch import nn
 
 from adlib.features import CachedFeatures, FeatureCache
 from adlib.maps import gaussian_smooth
+from adlib.models.base import Detector, image_scores, training_sets
 from adlib.nn.mixed_attention import (AdaptiveNoise, FeatureFusion, FeatureJitter,
                                       MixedAttentionBlock, TransformerLayer)
 from adlib.nn.reference_attention import sincos_position_encoding_2d
@@ -249,23 +249,22 @@ def build_maae(channels: Sequence[int], grid: tuple[int, int], config: MAAEConfi
                 jitter_scale=c.jitter_scale, ffm_train=c.ffm_train)
 
 
-class MAAEDetector:
-    """fit / predict wrapper: cached backbone features + :class:`MAAE` trained with
-    :func:`adlib.train.fit` (Adam, AMP on CUDA, checkpoints, resume).
+class MAAEDetector(Detector):
+    """fit / predict wrapper (:class:`adlib.models.base.Detector`): cached backbone features +
+    :class:`MAAE` trained with :func:`adlib.train.fit` (Adam, AMP on CUDA, checkpoints, resume).
 
     ``fit(train)`` takes one data set (separate training) or a mapping / list of data sets
     (unified: one model for all categories); ``predict(test)`` returns image scores ``(N,)``
     and maps ``(N, H, W)`` (numpy) at the backbone input size. Keyword arguments override
     :class:`MAAEConfig`; ``epochs=0`` keeps the model untrained (the sanity reference).
+    ``parameter_count`` leaves FFM's fixed convolutions out unless ``ffm_train``.
     """
+
+    config_class, name = MAAEConfig, "MAAE"
 
     def __init__(self, cache: FeatureCache | None = None, *, device: str | torch.device = "auto",
                  progress: bool | str = True, checkpoint_dir: str | None = None, **config: Any):
-        unknown = set(config) - {f.name for f in fields(MAAEConfig)}
-        if unknown:
-            msg = f"unknown MAAE options {sorted(unknown)}; expected some of {[f.name for f in fields(MAAEConfig)]}"
-            raise TypeError(msg)
-        self.config = MAAEConfig(**config)
+        super().__init__(device=device, progress=progress, checkpoint_dir=checkpoint_dir, **config)
         if self.config.variant not in VARIANTS:
             msg = f"variant {self.config.variant!r}; expected one of {list(VARIANTS)}"
             raise ValueError(msg)
@@ -274,10 +273,6 @@ class MAAEDetector:
         if missing:
             msg = f"stages {missing} are not in the feature cache (it holds {self.cache.stages}); build FeatureCache(stages=...) with them"
             raise ValueError(msg)
-        self.device, self.progress, self.checkpoint_dir = device, progress, checkpoint_dir
-        self.model: MAAE | None = None
-        self.history = None
-        self.train_seconds = 0.0
 
     def levels(self, data: Any, desc: str = "backbone features") -> list[torch.Tensor]:
         """The cached backbone levels of a data set, as stored (the model standardises them)."""
@@ -287,12 +282,7 @@ class MAAEDetector:
     def fit(self, train: Any) -> "MAAEDetector":
         from torch.utils.data import ConcatDataset
 
-        from adlib.train import fit as train_fit
-        from adlib.train import pick_device
-
-        sets = list(train.values()) if isinstance(train, Mapping) else (
-            list(train) if isinstance(train, (list, tuple)) else [train])
-        parts = [self.levels(s, "backbone features (train)") for s in sets]
+        parts = [self.levels(s, "backbone features (train)") for s in training_sets(train)]
         torch.manual_seed(self.config.seed)
         first = parts[0]
         self.model = build_maae([f.shape[1] for f in first], tuple(first[-1].shape[-2:]), self.config)
@@ -302,11 +292,7 @@ class MAAEDetector:
         # the cached tensors themselves, no standardised copy: a paper-size cache is gigabytes
         data = ConcatDataset([CachedFeatures(p) for p in parts]) if len(parts) > 1 else CachedFeatures(first)
         if self.config.epochs == 0:  # the untrained model: a sanity reference for the claims
-            import pandas as pd
-
-            self.model = self.model.to(pick_device(self.device)).eval()
-            self.history = pd.DataFrame(columns=["epoch", "train_loss"])
-            return self
+            return self._untrained()
         ang, extra = self.model.ang, {}
         lr = self.config.lr
 
@@ -317,33 +303,16 @@ class MAAEDetector:
         if ang is not None and ang.mode == "alternate":
             self.model.ang_optimizer = torch.optim.Adam([ang.weight], lr=lr)
             extra = {"ang_optimizer": self.model.ang_optimizer}
-        start = time.perf_counter()
-        result = train_fit(self.model, maae_loss, data, epochs=self.config.epochs,
-                           batch_size=self.config.batch_size, optimizer=adam_without_w, lr=lr,
-                           device=self.device, seed=self.config.seed, extra_state=extra,
-                           checkpoint_dir=self.checkpoint_dir, progress=self.progress,
-                           desc=f"MAAE {self.config.variant}")
-        self.train_seconds = time.perf_counter() - start
-        self.model, self.history = result.model.eval(), result.history
-        return self
-
-    @property
-    def parameter_count(self) -> int:
-        """Trained parameters (FFM's fixed convolutions not counted unless ``ffm_train``)."""
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad) if self.model else 0
+        return self._timed_fit(maae_loss, data, optimizer=adam_without_w, lr=lr, extra_state=extra,
+                               desc=f"MAAE {self.config.variant}")
 
     @torch.no_grad()
     def reconstruct(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstructions ``Y`` and targets ``X`` ``(n, N, C)`` of a data set (CPU, float32)."""
-        if self.model is None:
-            msg = "the model is not trained: call fit(train_set) (or fit({cat: train_set, ...})) first"
-            raise RuntimeError(msg)
-        feats = self.levels(data, "backbone features (test)")
-        device = next(self.model.parameters()).device
-        self.model.eval()
+        self._require_fitted()
         ys, xs = [], []
-        for i in range(0, len(feats[0]), 64):
-            y, x = self.model([f[i:i + 64].to(device, torch.float32) for f in feats])
+        for batch in self._batches(self.levels(data, "backbone features (test)")):
+            y, x = self.model(batch)
             ys.append(y.float().cpu())
             xs.append(x.float().cpu())
         return torch.cat(ys), torch.cat(xs)
@@ -352,4 +321,4 @@ class MAAEDetector:
         y, x = self.reconstruct(test)
         size = self.cache.image_size or test[0]["image"].shape[-1]
         maps = anomaly_map(y, x, self.model.grid, size, self.config.map_sigma)
-        return maps.flatten(1).amax(1).numpy(), maps.numpy()
+        return image_scores(maps), maps.numpy()

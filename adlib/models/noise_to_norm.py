@@ -25,8 +25,7 @@ training images are held out for early stopping (never the test split).
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adlib.maps import gaussian_smooth
+from adlib.models.base import Detector, image_scores
 from adlib.nn.mnet import SKFF, Down, Up, merge_block
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)   # Wang et al.'s five scales
@@ -195,24 +195,19 @@ def _loss(lam: float, alpha: float):
     return loss
 
 
-class NoiseToNormDetector:
-    """fit / predict wrapper for one category: an :class:`MNet` trained on noisy normal images
-    with :func:`adlib.train.fit` (AdamW betas (0.5, 0.999), cosine schedule, early stopping on
-    the held-out 20 %, AMP on CUDA, checkpoints). ``predict(test)`` returns image scores and
-    maps ``(N, H, W)`` (numpy). Keyword arguments override :class:`NoiseToNormConfig`;
-    ``epochs=0`` keeps the model untrained (the sanity reference)."""
+class NoiseToNormDetector(Detector):
+    """fit / predict wrapper for one category (:class:`adlib.models.base.Detector`): an
+    :class:`MNet` trained on noisy normal images with :func:`adlib.train.fit` (AdamW betas
+    (0.5, 0.999), cosine schedule, early stopping on the held-out 20 %, AMP on CUDA,
+    checkpoints). ``predict(test)`` returns image scores and maps ``(N, H, W)`` (numpy).
+    Keyword arguments override :class:`NoiseToNormConfig`; ``epochs=0`` keeps the model
+    untrained (the sanity reference)."""
+
+    config_class, name, fit_call = NoiseToNormConfig, "noise-to-norm", "fit(train_set)"
 
     def __init__(self, *, device: str | torch.device = "auto", progress: bool | str = True,
                  checkpoint_dir: str | None = None, **config: Any):
-        unknown = set(config) - {f.name for f in fields(NoiseToNormConfig)}
-        if unknown:
-            msg = f"unknown noise-to-norm options {sorted(unknown)}; expected some of {[f.name for f in fields(NoiseToNormConfig)]}"
-            raise TypeError(msg)
-        self.config = NoiseToNormConfig(**config)
-        self.device, self.progress, self.checkpoint_dir = device, progress, checkpoint_dir
-        self.model: MNet | None = None
-        self.history = None
-        self.train_seconds = 0.0
+        super().__init__(device=device, progress=progress, checkpoint_dir=checkpoint_dir, **config)
         self.validation_size = 0
 
     def split(self, n: int) -> tuple[list[int], list[int]]:
@@ -222,11 +217,7 @@ class NoiseToNormDetector:
         return sorted(order[k:]), sorted(order[:k])
 
     def fit(self, train: Any) -> "NoiseToNormDetector":
-        import pandas as pd
         from torch.utils.data import TensorDataset
-
-        from adlib.train import fit as train_fit
-        from adlib.train import pick_device
 
         c = self.config
         images = images_of(train)
@@ -234,46 +225,31 @@ class NoiseToNormDetector:
         self.model = MNet(c.width, c.attention, images.shape[1])
         self.model.check_size(images)
         if c.epochs == 0:  # the untrained model: a sanity reference for the claims
-            self.model = self.model.to(pick_device(self.device)).eval()
-            self.history = pd.DataFrame(columns=["epoch", "train_loss"])
-            return self
+            return self._untrained()
         fit_idx, val_idx = self.split(len(images))
         self.validation_size = len(val_idx)
-        start = time.perf_counter()
-        result = train_fit(
-            self.model, _loss(c.lam, c.alpha), TensorDataset(images[fit_idx]),
-            val_data=TensorDataset(images[val_idx]) if val_idx else None, epochs=c.epochs,
-            batch_size=c.batch_size, optimizer=lambda p: torch.optim.AdamW(p, lr=c.lr, betas=(0.5, 0.999)),
+        return self._timed_fit(
+            _loss(c.lam, c.alpha), TensorDataset(images[fit_idx]),
+            val_data=TensorDataset(images[val_idx]) if val_idx else None,
+            optimizer=lambda p: torch.optim.AdamW(p, lr=c.lr, betas=(0.5, 0.999)),
             scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=c.t_max, eta_min=c.eta_min),
-            patience=c.patience if val_idx else None, device=self.device, seed=c.seed,
-            checkpoint_dir=self.checkpoint_dir, progress=self.progress, desc=f"M-net lam={c.lam:g}")
-        self.train_seconds = time.perf_counter() - start
-        self.model, self.history = result.model.eval(), result.history
-        return self
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
+            patience=c.patience if val_idx else None, desc=f"M-net lam={c.lam:g}")
 
     @torch.no_grad()
     def reconstruct(self, data: Any, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x0, noisy input, reconstruction)`` of every image, normalised, on the CPU."""
-        if self.model is None:
-            msg = "the model is not trained: call fit(train_set) first"
-            raise RuntimeError(msg)
-        device = next(self.model.parameters()).device
+        self._require_fitted()
         x0 = normalise(images_of(data))
         generator = torch.Generator().manual_seed(10_000 + self.config.seed)  # same noise every call
         noisy = add_noise(x0, self.config.lam, generator) if self.config.test_noise else x0
-        out = [self.model(noisy[i:i + batch_size].to(device)).float().cpu()
-               for i in range(0, len(x0), batch_size)]
+        out = [self.model(x).float().cpu() for (x,) in self._batches([noisy], batch_size, dtype=None)]
         return x0, noisy, torch.cat(out)
 
     def predict(self, test: Any) -> tuple[np.ndarray, np.ndarray]:
         x0, _, y = self.reconstruct(test)
         maps = torch.from_numpy(error_maps(y, x0, self.config.alpha))
         maps = gaussian_smooth(maps, self.config.map_sigma)
-        return maps.flatten(1).amax(1).numpy(), maps.numpy()
+        return image_scores(maps), maps.numpy()
 
     def pixel_threshold(self, train: Any, quantile: float = 0.99) -> float:
         """A map threshold from the held-out *normal* training images (never the test split):
@@ -297,4 +273,4 @@ class MeanImageBaseline:
 
     def predict(self, test: Any) -> tuple[np.ndarray, np.ndarray]:
         maps = gaussian_smooth((images_of(test) - self.mean).abs().mean(1), self.map_sigma)
-        return maps.flatten(1).amax(1).numpy(), maps.numpy()
+        return image_scores(maps), maps.numpy()

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adlib.models.base import image_scores, not_fitted, untrained_history
 from adlib.nn.knn import nearest_neighbour_distance
 from adlib.nn.squeeze_excite import ATTENTION_KINDS, channel_attention
 
@@ -479,8 +480,15 @@ class PatchSVDD:
 
     After ``fit``: ``net``, ``history`` (loss per epoch), ``mean_image``, ``train_embeddings``.
     After ``predict``: ``maps_by_kind`` holds all four maps ``(N, S, S)`` and
-    ``scores_by_kind`` their image scores (max of each map).
+    ``scores_by_kind`` their image scores (max of each map). ``parameter_count``: the trainable
+    parameters of ``net``, as every chapter counts them (:mod:`adlib.models.base`).
     """
+
+    #: A cell's settings that are constructor options as they are (:meth:`options_from`).
+    SETTINGS = ("attention", "lbr", "attention_layers", "reduction", "train_noise_var", "lam",
+                "epochs", "batch_size", "lr", "samples_per_image")
+    #: ``checkpoint_root`` holds a folder per category and settings (:meth:`_checkpoint_dir`).
+    names_checkpoint_folders = True
 
     def __init__(self, attention: str = "cse", reduction: int = 16, attention_layers: int = 6,
                  lbr: bool = True, lam: float = 1e-3, patch_sizes: Sequence[int] = (64, 32),
@@ -506,6 +514,21 @@ class PatchSVDD:
             torch.manual_seed(seed)
             self.net = PatchSVDDNet(dim, attention, reduction, attention_layers, lbr,
                                     self.patch_sizes)
+
+    @classmethod
+    def options_from(cls, settings: Any) -> dict[str, Any]:
+        """The constructor options of a cell's ``settings`` (for
+        :func:`adlib.models.base.detector_from_settings`): :data:`SETTINGS` as they are,
+        ``patch_sizes`` from its text ("64,32"), ``strides`` from ``stride32`` / ``stride64``."""
+        return {**{k: settings[k] for k in cls.SETTINGS},
+                "patch_sizes": tuple(int(k) for k in str(settings["patch_sizes"]).split(",")),
+                "strides": {32: settings["stride32"], 64: settings["stride64"]}}
+
+    @property
+    def parameter_count(self) -> int:
+        from adlib.nn import count_parameters
+
+        return count_parameters(self.net)
 
     def fit(self, train_dataset: Any) -> PatchSVDD:
         """Train on the (defect-free) training images, then embed them all as the memory."""
@@ -538,9 +561,7 @@ class PatchSVDD:
             if result.resumed_from is not None and self.progress:
                 print(f"{self.desc}: resumed from epoch {result.resumed_from} ({ckpt})", flush=True)
         else:  # epochs=0: the randomly initialised encoder (a reference point)
-            import pandas as pd
-
-            self.history = pd.DataFrame(columns=["epoch", "train_loss"])
+            self.history = untrained_history()
         self.net.to(self.device_).eval()
         self.train_embeddings = {k: dense_embeddings(self.net, images, k, self.strides[k])
                                  for k in self.patch_sizes}
@@ -565,6 +586,8 @@ class PatchSVDD:
 
     def predict(self, test_dataset: Any) -> tuple[np.ndarray, np.ndarray]:
         """Image scores ``(N,)`` and anomaly maps ``(N, S, S)`` (``anomaly_map`` kind)."""
+        if not hasattr(self, "train_embeddings"):
+            raise not_fitted("Patch SVDD")
         images = _images_of(test_dataset) - self.mean_image
         size = images.shape[-1]
         maps = {}
@@ -579,6 +602,5 @@ class PatchSVDD:
             only = maps[str(self.patch_sizes[0])]
             maps.update({kind: only for kind in MAP_KINDS if kind not in maps})
         self.maps_by_kind = {kind: m.numpy() for kind, m in maps.items()}
-        self.scores_by_kind = {kind: m.reshape(len(m), -1).max(1) for kind, m in
-                               self.maps_by_kind.items()}
+        self.scores_by_kind = {kind: image_scores(m) for kind, m in self.maps_by_kind.items()}
         return self.scores_by_kind[self.anomaly_map], self.maps_by_kind[self.anomaly_map]

@@ -30,7 +30,6 @@ Typical use (one model for all categories, the paper's unified setting)::
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
@@ -41,6 +40,7 @@ from torch import nn
 
 from adlib.features import CachedFeatures, FeatureCache
 from adlib.maps import gaussian_smooth
+from adlib.models.base import Detector, image_scores, training_sets
 from adlib.nn.reference_attention import ReferenceAttention, sincos_position_encoding_2d
 
 #: Table 3 of the paper: name -> (residual, attention branches).
@@ -277,24 +277,23 @@ def build_rlr(shapes_by_stage: Mapping[int, tuple[int, int, int]], config: RLRCo
                jitter_scale=c.jitter_scale, jitter_prob=c.jitter_prob)
 
 
-class RLRDetector:
-    """fit / predict wrapper: cached backbone features + :class:`RLR` trained with
-    :func:`adlib.train.fit` (Adam, AMP on CUDA).
+class RLRDetector(Detector):
+    """fit / predict wrapper (:class:`adlib.models.base.Detector`): cached backbone features +
+    :class:`RLR` trained with :func:`adlib.train.fit` (Adam, AMP on CUDA).
 
     ``fit(train)`` takes one data set (separate training) or a mapping / list of data sets
     (unified: one model for all categories, the paper's setting); ``predict(test)`` returns
     image scores ``(N,)`` and maps ``(N, H, W)`` (numpy, float32) at the backbone input size.
     Pass the same :class:`FeatureCache` to several detectors (ablations) so that the
-    backbone runs once per image in total. Keyword arguments override :class:`RLRConfig`.
+    backbone runs once per image in total. Keyword arguments override :class:`RLRConfig`;
+    ``epochs=0`` keeps the model untrained (the sanity reference).
     """
+
+    config_class, name = RLRConfig, "RLR"
 
     def __init__(self, cache: FeatureCache | None = None, *, device: str | torch.device = "auto",
                  progress: bool | str = True, checkpoint_dir: str | None = None, **config: Any):
-        unknown = set(config) - set(RLRConfig.__dataclass_fields__)
-        if unknown:
-            msg = f"unknown RLR options {sorted(unknown)}; expected some of {sorted(RLRConfig.__dataclass_fields__)}"
-            raise TypeError(msg)
-        self.config = RLRConfig(**config)
+        super().__init__(device=device, progress=progress, checkpoint_dir=checkpoint_dir, **config)
         if self.config.variant not in VARIANTS:
             msg = f"variant {self.config.variant!r}; expected one of {list(VARIANTS)} (Table 3)"
             raise ValueError(msg)
@@ -303,11 +302,7 @@ class RLRDetector:
         if missing:
             msg = f"stages {missing} are not in the feature cache (it holds {self.cache.stages}); build FeatureCache(stages=...) with them"
             raise ValueError(msg)
-        self.device, self.progress, self.checkpoint_dir = device, progress, checkpoint_dir
-        self.model: RLR | None = None
         self._stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.history = None
-        self.train_seconds = 0.0
 
     def _levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         levels = [feats[self.cache.stages.index(s)] for s in self.config.stages]
@@ -320,13 +315,8 @@ class RLRDetector:
         return build_rlr(dict(zip(self.config.stages, shapes)), self.config)
 
     def fit(self, train: Any, val: Any = None) -> "RLRDetector":
-        from adlib.train import fit as train_fit
-        from adlib.train import pick_device
-
-        sets = list(train.values()) if isinstance(train, Mapping) else (
-            list(train) if isinstance(train, (list, tuple)) else [train])
         self._stats = None
-        feats = [self._levels(self.cache.get(s, "backbone features (train)")) for s in sets]
+        feats = [self._levels(self.cache.get(s, "backbone features (train)")) for s in training_sets(train)]
         levels = [torch.cat(parts) for parts in zip(*feats)]
         if self.config.standardize:
             # channel statistics of the TRAINING features only (never the test split)
@@ -338,37 +328,17 @@ class RLRDetector:
         if val is not None:
             val_data = CachedFeatures(self._levels(self.cache.get(val, "backbone features (val)")))
         if self.config.epochs == 0:  # the untrained model: a sanity reference for the claims
-            import pandas as pd
-
-            self.model, self.history = self.model.to(pick_device(self.device)).eval(), pd.DataFrame(
-                columns=["epoch", "train_loss"])
-            return self
-        start = time.perf_counter()
-        result = train_fit(self.model, rlr_loss, CachedFeatures(levels), val_data=val_data,
-                           epochs=self.config.epochs, batch_size=self.config.batch_size,
-                           lr=self.config.lr, device=self.device, seed=self.config.seed,
-                           checkpoint_dir=self.checkpoint_dir, progress=self.progress,
-                           desc=f"RLR {self.config.variant}")
-        self.train_seconds = time.perf_counter() - start
-        self.model, self.history = result.model.eval(), result.history
-        return self
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
+            return self._untrained()
+        return self._timed_fit(rlr_loss, CachedFeatures(levels), val_data=val_data,
+                               lr=self.config.lr, desc=f"RLR {self.config.variant}")
 
     @torch.no_grad()
     def reconstruct(self, data: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Cached input features and their reconstructions (CPU, float32), per level."""
-        if self.model is None:
-            msg = "the model is not trained: call fit(train_set) (or fit({cat: train_set, ...})) first"
-            raise RuntimeError(msg)
+        self._require_fitted()
         feats = self._levels(self.cache.get(data, "backbone features (test)"))
-        device = next(self.model.parameters()).device
-        self.model.eval()
         outs = [[] for _ in feats]
-        for i in range(0, len(feats[0]), 64):
-            batch = [f[i:i + 64].to(device, torch.float32) for f in feats]
+        for batch in self._batches(feats):
             for j, r in enumerate(self.model(batch)):
                 outs[j].append(r.float().cpu())
         return [f.float() for f in feats], [torch.cat(o) for o in outs]
@@ -378,7 +348,7 @@ class RLRDetector:
         size = self.cache.image_size or (test[0]["image"].shape[-1] if not isinstance(test, torch.Tensor) else test.shape[-1])
         maps = torch.cat([anomaly_map(recons_b, feats_b, size, self.config.map_sigma)
                           for recons_b, feats_b in _chunks(recons, feats, 64)])
-        return maps.flatten(1).amax(1).numpy(), maps.numpy()
+        return image_scores(maps), maps.numpy()
 
 
 def _chunks(recons, feats, n):

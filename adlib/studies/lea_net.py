@@ -14,16 +14,42 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from adlib.chapter import Chapter
 from adlib.claims import ClaimCheck
 from adlib.data.embedded import file_lock as _file_lock
 from adlib.provenance import Fingerprint
 from adlib.study.spec import Cell, Study, Task
+
+CHAPTER = Chapter(
+    key="lea_net", title="LEA-Net: colour anomaly maps as layer-wise external attention",
+    notebook="04_lea_net.ipynb", short="LEA-Net",
+    summary="a colour anomaly map steers a classifier through external attention",
+    model="adlib.models.lea_net",
+    settings={"categories": ["ihc"], "image_size": 128, "epochs": 20, "batch_size": 16,
+              "folds": 2, "adn": "resnet18", "caan": "resnet", "point": 4, "input": "rgb",
+              "width": 16, "gate": "paper", "lr": None, "anomalous_fraction": 1.0,
+              "colouriser_epochs": 40, "colouriser_width": 16, "colouriser_lr": 1e-3,
+              "fancy_pca": 0.08, "amp": True},
+    profiles={
+        "smoke": {"image_size": 64, "epochs": 2, "width": 8, "colouriser_epochs": 3,
+                  "colouriser_width": 8},
+        "study": {"epochs": 30, "folds": 5, "n_seeds": 3, "colouriser_epochs": 60},
+        "paper": {"dataset": "labelled", "categories": None, "image_size": 256, "epochs": 100,
+                  "folds": 5, "width": 64, "colouriser_epochs": 500, "colouriser_width": 64,
+                  "grid": "paper"},
+    },
+    paper_runs=("-p data_root /data/labelled -p categories potato",),
+    # labelled data sets have no train/test split to time on: the warm-up uses a small tree
+    gpucheck="gpu_check", estimate_on="tree",
+    estimate_of="5 folds of the paper profile on a Table 2-sized data set (350 images)",
+)
 
 MODEL_KEYS = ("folds", "adn", "caan", "point", "input", "width", "gate", "lr",
               "anomalous_fraction", "colouriser_epochs", "colouriser_width", "colouriser_lr",
@@ -454,3 +480,43 @@ def cost_table(settings, images, maps, device: str = "cpu", configs=None):
                          lea.LEANet(adn, caan, POINT, input, width=64, image_size=256)),
                      "train s / epoch": round(step * -(-n_train // b), 2), "inference ms / image": round(ms, 1)})
     return pd.DataFrame(rows).set_index("configuration")
+
+
+# ------------------------------------------------------------------ the GPU check
+
+#: The paper's labelled data sets (Table 2): about 350 images each, a quarter of them anomalous.
+LABELLED_IMAGES, LABELLED_NORMAL = 350, 260
+
+
+def gpu_check(w) -> dict:
+    """The chapter's GPU-check entry (``w``: an :class:`adlib.warmup.Warmup`): the colouriser
+    and the classifier (ResNet18 + ResNet-based CAAN at the paper's width) each trained for
+    about ``w.steps`` steps on one category's images (train goods normal, test defects
+    anomalous), one scoring pass; the estimate is 5 folds of 500 colouriser epochs on the
+    normals and 100 classifier epochs on a Table 2-sized data set."""
+    import torch
+
+    from adlib.models import lea_net as lea
+
+    s = w.settings
+    items = [*w.split(w.categories[0], "train"), *w.split(w.categories[0], "test")]
+    images = torch.stack([item["image"] for item in items])
+    labels = torch.tensor([int(item["label"]) for item in items])
+    per_epoch = max(1, math.ceil(len(images) / s["batch_size"]))
+    epochs = max(1, math.ceil(w.steps / per_epoch))
+    with w.meter() as colouring:
+        fitted = lea.train_colouriser(images[labels == 0], image_size=w.size,
+                                      width=s["colouriser_width"], epochs=epochs,
+                                      device=w.device, amp=s["amp"])
+        maps, _ = lea.colour_anomaly_maps(fitted.model, images)
+    net = lea.LEANet(s["adn"], s["caan"], s["point"], width=s["width"], image_size=w.size)
+    with w.meter(count_syncs=True) as fitting:
+        result = lea.train_lea_net(net, images, maps, labels, epochs=epochs, lr=1e-4,
+                                   device=w.device, amp=s["amp"])
+    with w.meter() as scoring:
+        lea.predict(result.model, images, maps)
+    normal_rate = epochs * int((labels == 0).sum()) / colouring.seconds
+    colouriser_s = s["folds"] * s["colouriser_epochs"] * LABELLED_NORMAL * 0.8 / normal_rate
+    return w.row(fitting, epochs * len(images), epochs * per_epoch, scoring, len(images),
+                 s["folds"] * s["epochs"] * LABELLED_IMAGES * 0.8,
+                 s["folds"] * LABELLED_IMAGES * 0.2, "images", extra_s=colouriser_s)

@@ -8,11 +8,38 @@ claim needs the trained model to beat.
 
 from __future__ import annotations
 
-from dataclasses import fields
 
+from adlib.chapter import Chapter
 from adlib.claims import ClaimCheck
 from adlib.provenance import Fingerprint
 from adlib.study.spec import Cell, Study, Task
+
+# hidden / windows are per backbone stage 1, 2, 3 (strides 4/8/16). CPU profiles reconstruct
+# Lite0 stages 2-3 only: stage 1 at 128 px is a 32x32 grid whose 1024x1024 attention costs ~10x
+# the other two levels together.
+CHAPTER = Chapter(
+    key="rlr", title="RLR: learnable reference", notebook="05_rlr.ipynb", short="RLR",
+    summary="reconstruct features from a learnable reference instead of the input",
+    model="adlib.models.rlr",
+    settings={"image_size": 128, "epochs": 6, "batch_size": 16,
+              "backbone": "tf_efficientnet_lite0", "stages": (2, 3), "hidden": (8, 32, 64),
+              "windows": (7, 5, 3), "blocks": 1, "heads": 4, "alpha": 2.0, "lr": 1e-3,
+              "standardize": True, "map_sigma": 2.0, "perturbation": "jitter"},
+    profiles={
+        "smoke": {"image_size": 64, "epochs": 1, "hidden": (8, 16, 32), "windows": (5, 3, 3),
+                  "map_sigma": 1.0},
+        "study": {"epochs": 8},
+        "paper": {"dataset": "mvtec_ad", "image_size": 256, "epochs": 200,
+                  "backbone": "tf_efficientnet_b6", "stages": (1, 2, 3),
+                  "hidden": (128, 256, 512), "windows": (11, 7, 5), "blocks": 4, "heads": 8,
+                  "lr": 1e-4, "standardize": False, "map_sigma": 4.0, "grid": "paper"},
+    },
+    paper_runs=("-p data_root /data/mvtec_anomaly_detection",
+                "-p dataset visa -p data_root /data/VisA"),
+    # --tiny's 64 px: a 4x4 stride-16 grid
+    gpucheck="adlib.warmup:feature_model_check",
+    gpucheck_small={"windows": [5, 3, 3], "hidden": [8, 16, 32], "blocks": 1, "heads": 4},
+)
 
 #: Settings of the RLR model itself (the rest of the protocol: data, backbone, training).
 MODEL_KEYS = ("stages", "hidden", "windows", "blocks", "heads", "alpha", "lr", "standardize",
@@ -76,53 +103,28 @@ CHECKS = (
 
 def run(task: Task) -> list[dict]:
     """Train one configuration (unified, or one model per category) and score every category."""
-    from adlib.evaluation import evaluate_categories, evaluate_unified, study_results
-    from adlib.features import shared_feature_cache
-    from adlib.models.rlr import RLRConfig, RLRDetector
+    from adlib.evaluation import evaluate_task
 
-    s = dict(task.settings)
-    cache = shared_feature_cache(s["backbone"], stages=s["stages"], image_size=s["image_size"],
-                                 device=None if task.device == "auto" else task.device)
-    config = {f.name: s[f.name] for f in fields(RLRConfig) if f.name in s}
-    config["seed"] = task.seed
-
-    def detector():
-        return RLRDetector(cache, device=task.device, progress=False, **config)
-
-    if s["separate"]:
-        results = evaluate_categories(detector, s["dataset"], task.data_root, task.categories,
-                                      s["image_size"], show_progress=False)
-    else:
-        results = evaluate_unified(detector(), s["dataset"], task.data_root, task.categories,
-                                   s["image_size"], show_progress=False)
-    return study_results(results)
+    return evaluate_task(_detectors(task), task)
 
 
 def run_curve(task: Task) -> list[dict]:
     """:func:`run`, the test splits also scored after every epoch (reporting only; the last
     epoch is :func:`run`'s model, so the rows keep its model hash)."""
-    from adlib.curves import curve_rows, separate_curves, unified_curves
+    from adlib.evaluation import evaluate_task
+    from adlib.models.base import set_epochs
+
+    return evaluate_task(_detectors(task), task, set_epochs=set_epochs)
+
+
+def _detectors(task: Task):
+    """A maker of fresh detectors of the task's settings, on the process-wide feature cache."""
     from adlib.features import shared_feature_cache
-    from adlib.models.rlr import RLRConfig, RLRDetector
 
     s = dict(task.settings)
     cache = shared_feature_cache(s["backbone"], stages=s["stages"], image_size=s["image_size"],
                                  device=None if task.device == "auto" else task.device)
-    config = {f.name: s[f.name] for f in fields(RLRConfig) if f.name in s}
-    config["seed"] = task.seed
-
-    def detector():
-        return RLRDetector(cache, device=task.device, progress=False, **config)
-
-    def set_epochs(det, epochs: int, checkpoint_dir: str) -> None:
-        det.config.epochs, det.checkpoint_dir = epochs, checkpoint_dir
-
-    where = (s["dataset"], task.data_root, task.categories, s["image_size"])
-    if s["separate"]:
-        results, curves = separate_curves(detector, set_epochs, *where, epochs=s["epochs"])
-    else:
-        results, curves = unified_curves(detector(), set_epochs, *where, epochs=s["epochs"])
-    return curve_rows(results, curves)
+    return lambda: make_detector(cache, s, seed=task.seed, device=task.device, progress=False)
 
 
 TITLES = {"Table 3": "Table 3: residual and attention variants",
@@ -137,17 +139,16 @@ STUDY = Study(paper="rlr", grids=GRIDS, checks=CHECKS, protocol=protocol, run=ru
 
 
 def make_detector(cache, settings, *, seed: int, device: str, progress: bool = True,
-                  checkpoint_root: str | None = None):
-    """The :class:`RLRDetector` of ``settings`` (a cell's settings), for the notebook; with
-    ``checkpoint_root`` its training keeps ``last.pt`` in a folder named by the settings, so a
-    killed run resumes from its last epoch."""
-    from adlib.models.rlr import RLRConfig, RLRDetector
-    from adlib.study.spec import run_key
+                  checkpoint_root: str | None = None, category: str = "unified"):
+    """The :class:`RLRDetector` of ``settings`` on ``cache``
+    (:func:`adlib.models.base.detector_from_settings`; with ``checkpoint_root`` a killed
+    training resumes from its last epoch)."""
+    from adlib.models.base import detector_from_settings
+    from adlib.models.rlr import RLRDetector
 
-    config = {f.name: settings[f.name] for f in fields(RLRConfig) if f.name in settings}
-    folder = None if checkpoint_root is None else f"{checkpoint_root}/{run_key('rlr', settings, seed, 'unified')}"
-    return RLRDetector(cache, device=device, progress=progress, checkpoint_dir=folder,
-                       **{**config, "seed": seed})
+    return detector_from_settings(RLRDetector, settings, seed=seed, device=device,
+                                  progress=progress, checkpoint_root=checkpoint_root,
+                                  paper="rlr", category=category, cache=cache)
 
 
 # ------------------------------------------------------------------ the chapter's figures

@@ -124,7 +124,8 @@ def load_study(paper_or_module: str) -> Study:
     from adlib.papers import PAPERS
 
     module_name = paper_or_module
-    if paper_or_module in PAPERS:
+    # a module path (what workers get) needs no registry, whose first use imports every study
+    if "." not in paper_or_module and paper_or_module in PAPERS:
         module_name = PAPERS[paper_or_module].study
         if module_name is None:
             msg = f"{paper_or_module} has no study yet (its chapter is not written)"

@@ -1,0 +1,108 @@
+"""A chapter's card: what the book needs to know about one chapter, declared where the chapter lives.
+
+Each ``adlib/studies/<paper>.py`` declares ``CHAPTER = Chapter(...)``; :mod:`adlib.papers` collects
+the cards (and those of the modules named in ``ADLIB_CHAPTERS``), and the profiles, the GPU check,
+the book's contents, intro and API page read that registry. So a new chapter touches no central
+file.
+
+This module imports nothing from ``adlib``: every study module imports it, so it is part of every
+study's code hash (:mod:`adlib.provenance`), while the ``CHAPTER`` declaration itself is not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: What the warm-up estimate of a chapter scales to, unless the chapter says otherwise.
+MVTEC_SCALE = "the full paper profile (MVTec AD's 3,629 training and 1,725 test images)"
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter of the book.
+
+    Args:
+        key: the paper key (``adlib/resources/results/<key>/``, ``python -m adlib study <key>``,
+            the notebook's ``PAPER``).
+        title: the paper's title in the book (scoreboard section, API page).
+        notebook: its notebook, ``NN_<name>.ipynb`` in ``notebooks/`` (NN orders the chapters);
+            a path elsewhere for a chapter outside the package; None until it is written.
+        short: its name in tables ("RLR"); ``title`` when empty.
+        summary: what the paper adds, in one line (the introduction's chapter table).
+        paper: False for a chapter that reproduces no paper (chapter 0).
+        model: the module of its model, for the API page.
+        settings: its own defaults under the ``cpu`` profile (backbone, widths, ...) and its
+            changes to the common ones (:data:`adlib.profiles.COMMON`).
+        profiles: per profile (``smoke``, ``study``, ``paper``), what changes from ``settings``.
+        paper_runs: papermill arguments of its ``paper`` runs on real data, for the introduction.
+        gpucheck: its GPU-check entry, ``Warmup -> row`` (:mod:`adlib.warmup`): a function of
+            the declaring module by name, ``"module:function"``, or the function itself.
+        gpucheck_small: settings that replace the paper's when the check's images are under
+            128 px (``--tiny``'s 64 px, a small run's warm-up).
+        estimate_on: ``"run"``: the ``paper`` profile's warm-up times the run's own data;
+            ``"tree"``: a small MVTec-layout tree of the run's size (data without a train/test
+            split).
+        estimate_of: what the warm-up's wall time estimates, in words.
+    """
+
+    key: str
+    title: str
+    notebook: str | None
+    short: str = ""
+    summary: str = ""
+    paper: bool = True
+    model: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    paper_runs: tuple[str, ...] = ()
+    gpucheck: str | Callable | None = None
+    gpucheck_small: Mapping[str, Any] = field(default_factory=dict)
+    estimate_on: str = "run"
+    estimate_of: str = MVTEC_SCALE
+    module: str = ""                 # the declaring module; the registry fills it
+    study: str | None = None         # that module, when it declares STUDY; the registry fills it
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.key):
+            msg = f"chapter key {self.key!r}: expected lower-case letters, digits and _ (e.g. 'rlr')"
+            raise ValueError(msg)
+        if self.notebook is not None and not re.fullmatch(r"\d\d_.+\.ipynb", Path(self.notebook).name):
+            msg = (f"chapter {self.key}: notebook {self.notebook!r} should be named "
+                   f"NN_<name>.ipynb, NN its chapter number (e.g. '06_{self.key}.ipynb')")
+            raise ValueError(msg)
+        if self.estimate_on not in ("run", "tree"):
+            msg = f"chapter {self.key}: estimate_on {self.estimate_on!r}, expected 'run' or 'tree'"
+            raise ValueError(msg)
+
+    @property
+    def number(self) -> int | None:
+        """The chapter number (its notebook's leading digits); None without a notebook."""
+        return None if self.notebook is None else int(Path(self.notebook).name[:2])
+
+    @property
+    def label(self) -> str:
+        """``NN name``, as the GPU check's rows name the chapter."""
+        return f"{self.number or 0:02d} {self.short or self.title}"
+
+    def defaults(self, profile: str) -> dict[str, Any]:
+        """Its settings under ``profile``: ``settings`` with that profile's changes."""
+        return {**self.settings, **self.profiles.get(profile, {})}
+
+    def gpucheck_function(self) -> Callable | None:
+        """The GPU-check entry as a function (imported on first use: it needs torch)."""
+        entry = self.gpucheck
+        if entry is None or callable(entry):
+            return entry
+        module, _, name = entry.rpartition(":")
+        try:
+            return getattr(importlib.import_module(module or self.module), name)
+        except (ImportError, AttributeError) as err:
+            msg = (f"chapter {self.key}: its gpucheck entry {entry!r} does not name a function "
+                   f"({err}); give a function of {self.module or 'its module'} by name, or "
+                   "'module:function'")
+            raise ValueError(msg) from err
