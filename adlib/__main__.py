@@ -210,7 +210,13 @@ def main(argv: list[str] | None = None) -> None:
     gc.set_defaults(func=_gpucheck)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    from adlib.provenance import ProvenanceError
+    from adlib.study.spec import StudyError
+
+    try:
+        args.func(args)
+    except (StudyError, ProvenanceError) as err:   # a refusal or bad option: its message, no traceback
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Every detector is ``fit(train) -> self`` and ``predict(test) -> (scores (N,), maps (N, H, W))``
 (numpy), so :func:`adlib.evaluation.evaluate_categories` runs any of them. :class:`Detector`
-holds what MAAE (chapter 2), the noise-to-norm M-net (chapter 3) and RLR (chapter 5) do alike:
+holds what MAAE (chapter 2), the noise-to-norm M-net (chapter 3) and RLR (chapter 5) do alike::
 
     options     keyword arguments are the fields of the chapter's config dataclass; any other
                 name is a TypeError that lists the fields
