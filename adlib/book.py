@@ -151,11 +151,16 @@ def provenance_lines(paper: str) -> list[str]:
     count = table.groupby("status")["rows"].sum().to_dict()
     parts = [f"{count[s]} {s}" for s in ("current", "verified", "unverified here", "stale") if count.get(s)]
     dirty = int(table["dirty rows"].sum())
+    drift = table["environment drift"].dropna()
+    if len(drift) and drift.max() > 0:
+        parts.append(f"rerun here, the verified rows' own code lands up to {drift.max():.2g} "
+                     "points from them: library versions (or the data cache) moved since they were made")
     return [f"Committed study rows: {int(table['rows'].sum())} ({', '.join(parts)}"
             + (f"; **{dirty} made from a tree with uncommitted changes**" if dirty else "")
-            + "). *Verified*: `python -m adlib study <paper> --verify` reran a seeded sample with "
-            "today's code and found the same numbers; *stale*: made by code that is no longer "
-            "the book's (rerun pending).", ""]
+            + "). *Verified*: `python -m adlib study <paper> --verify` reran a seeded sample "
+            "with today's code and with the rows' own revision, and both gave the same numbers "
+            "to the last bit; *stale*: made by code that is no longer the book's or from "
+            "uncommitted code (rerun pending).", ""]
 
 
 def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],

@@ -468,7 +468,9 @@ def _record(folder: Path, verdict: Verification, printed: Mapping[str, Any],
 
 def provenance_table(paper: str, folder: str | os.PathLike | None = None):
     """One line per code hash (and, for rows before provenance v2, revision) of the committed
-    rows: rows, dirty rows, status (current / verified / unverified here / stale)."""
+    rows: rows, dirty rows, status (current / verified / unverified here / stale) and, for
+    verified ones, how far the rows' own code rerun here lies from the committed numbers (the
+    environment's drift, in points)."""
     import pandas as pd
 
     from adlib.provenance import row_status
@@ -479,14 +481,18 @@ def provenance_table(paper: str, folder: str | os.PathLike | None = None):
     study = load_study(paper)
     folder = Path(folder) if folder is not None else results_dir(study.paper)
     latest = {r["key"]: r for r in RowStore(folder).load()}
-    status = row_status(study.model_hash(), load_equivalences(folder))
+    records = load_equivalences(folder)
+    status = row_status(study.model_hash(), records)
+    drift = {(r["old_hash"], rev): r.get("environment_drift") for r in records
+             for rev in (r.get("revisions") or [""])}
     counts: dict[tuple, dict] = {}
     for row in latest.values():
         legacy = "fingerprint" not in row
         key = (row.get("model_hash"), row.get("revision") if legacy else "")
         entry = counts.setdefault(key, {"code hash": key[0], "revision": key[1] or "(any)",
                                         "rows": 0, "dirty rows": 0,
-                                        "status": status(row) or "stale"})
+                                        "status": status(row) or "stale",
+                                        "environment drift": drift.get(key) if status(row) else None})
         entry["rows"] += 1
         entry["dirty rows"] += int(is_dirty(row))
     return pd.DataFrame(list(counts.values()))
