@@ -8,6 +8,7 @@ study module imports it: the profiles and executors it needs stay out of every c
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
@@ -84,7 +85,7 @@ def fingerprint(study, *, data_root: str | os.PathLike | None = None) -> dict:
     """Run ``study.fingerprint`` and return ``{"digest", "seconds", "detail"}``."""
     import torch
 
-    from adlib.study.spec import Cell, Task, cell_settings
+    from adlib.study.spec import Task, cell_settings
 
     spec = study.fingerprint
     if spec is None:
@@ -104,7 +105,7 @@ def fingerprint(study, *, data_root: str | os.PathLike | None = None) -> dict:
     try:
         for config in spec.cells:
             cell = cells[config]
-            settings = cell_settings(protocol, Cell(cell.ablation, cell.config, cell.overrides))
+            settings = cell_settings(protocol, cell)
             task = Task(study.module, study.paper, cell.ablation, cell.config,
                         dict(cell.overrides), settings, spec.seed, (spec.category,),
                         settings.get("dataset", "embedded"), root, "cpu", spec.fold)
@@ -204,7 +205,7 @@ def _largest_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[flo
         if math.isnan(change):
             change = 0.0 if (a != a and b != b) else math.inf
         if change > worst or not where:
-            worst, where = max(worst, change), name if change >= worst else where
+            worst, where = change, name
     return worst, where
 
 
@@ -235,6 +236,7 @@ def clean_revision(row: Mapping[str, Any]) -> str | None:
     return None if not revision or is_dirty(row) or not _git_has(revision) else revision
 
 
+@functools.lru_cache(maxsize=1)
 def _repo_top() -> Path | None:
     import subprocess
 
@@ -249,6 +251,7 @@ def _repo_top() -> Path | None:
     return Path(top) if (Path(top) / "adlib").resolve() == package.resolve() else None
 
 
+@functools.lru_cache(maxsize=None)
 def _git_has(revision: str) -> bool:
     import subprocess
 
@@ -328,15 +331,18 @@ class Verification:
     environment_drift: float = 0.0  # committed rows vs that rerun: the environment's share
 
 
+def code_identity(row: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """What identifies the code of a row: its code hash, and for rows made before provenance
+    v2 (no fingerprint field: their hash left modules out) also its revision."""
+    return row.get("model_hash"), row.get("revision") if "fingerprint" not in row else None
+
+
 def _groups(rows: Sequence[Mapping[str, Any]], counts) -> dict[tuple, list]:
-    """The stale rows by what identifies their code: the code hash, and for rows made before
-    provenance v2 (no fingerprint field: their hash left modules out) also the revision."""
+    """The stale rows by :func:`code_identity`."""
     groups: dict[tuple, list] = {}
     for row in rows:
         if not counts(row):
-            legacy = "fingerprint" not in row
-            groups.setdefault((row.get("model_hash"), row.get("revision") if legacy else None),
-                              []).append(row)
+            groups.setdefault(code_identity(row), []).append(row)
     return groups
 
 
@@ -420,7 +426,7 @@ def _verify_group(study, old_hash, old_revision, group, current, printed, root, 
                 drift = max(drift, _largest_change(row, reference)[0])
             change, name = (math.inf, "missing") if new is None else _largest_change(reference, new)
             if change > worst or not metric:
-                worst, metric = max(change, worst), f"{row['config']} / {row['category']}: {name}"
+                worst, metric = change, f"{row['config']} / {row['category']}: {name}"
     tolerance = float(getattr(study, "tolerance", 0.0) or 0.0)
     equivalent = not failures and match is not False and worst <= tolerance
     if failures:
@@ -484,11 +490,10 @@ def provenance_table(paper: str, folder: str | os.PathLike | None = None):
     records = load_equivalences(folder)
     status = row_status(study.model_hash(), records)
     drift = {(r["old_hash"], rev): r.get("environment_drift") for r in records
-             for rev in (r.get("revisions") or [""])}
+             for rev in (r.get("revisions") or [None])}
     counts: dict[tuple, dict] = {}
     for row in latest.values():
-        legacy = "fingerprint" not in row
-        key = (row.get("model_hash"), row.get("revision") if legacy else "")
+        key = code_identity(row)
         entry = counts.setdefault(key, {"code hash": key[0], "revision": key[1] or "(any)",
                                         "rows": 0, "dirty rows": 0,
                                         "status": status(row) or "stale",

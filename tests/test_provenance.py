@@ -175,7 +175,7 @@ def test_an_equivalence_from_another_torch_reads_unverified_here_not_stale():
 def test_a_study_from_a_dirty_tree_is_refused_and_allowed_rows_are_marked(toyfp, tmp_path, monkeypatch):
     _, data, reload = toyfp
     reload()
-    monkeypatch.setattr("adlib.provenance.dirty_files", lambda module: ["adlib/models/rlr.py"])
+    monkeypatch.setattr("adlib.study.engine.dirty_files", lambda module: ["adlib/models/rlr.py"])
     with pytest.raises(StudyError, match=r"uncommitted changes.*adlib/models/rlr.py.*--allow-dirty"):
         _study(tmp_path / "refused", data, refuse_dirty=True)
     assert not (tmp_path / "refused" / "rows.jsonl").exists()

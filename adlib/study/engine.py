@@ -45,7 +45,7 @@ from typing import Any
 import pandas as pd
 
 from adlib.claims import claims_table
-from adlib.provenance import load_equivalences, row_status
+from adlib.provenance import dirty_files, dirty_message, load_equivalences, row_status
 from adlib.study.executors import EXECUTORS, run_local, run_serial, run_slurm
 from adlib.study.report import format_summary, seed_means, summarise
 from adlib.study.rows import RowStore, rows_frame
@@ -203,8 +203,6 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                 **({"dirty": True} if dirty else {}),
                 "key": run_key(study.paper, settings, seed, category, fold),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-
-    from adlib.provenance import dirty_files, dirty_message
 
     dirty = dirty_files(study.module)
     printed = None

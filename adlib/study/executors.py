@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from adlib.provenance import WORKER_THREADS
 from adlib.study.rows import RESULT_FIELDS
 from adlib.study.spec import Task, load_study
 
@@ -84,7 +85,7 @@ def run_local(tasks, done, failed, workers: int):
         for i in range(workers):
             gpu_ids.put(i % gpus)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(gpu_ids, 1)) as pool:
+                             initargs=(gpu_ids, WORKER_THREADS)) as pool:
         futures = {pool.submit(execute, t): t for t in tasks}
         for future in as_completed(futures):
             _collect(futures[future], future.result, done, failed)
