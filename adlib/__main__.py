@@ -52,7 +52,7 @@ def _study(args: argparse.Namespace) -> None:
 
     from adlib.data.sources import choose_categories, resolve_root
     from adlib.profiles import resolve
-    from adlib.study.spec import load_study
+    from adlib.study.load import load_study
     from adlib.study.engine import parse_value, run_study
     from adlib.study.report import write_outputs
 

@@ -7,7 +7,8 @@ functions so tests can run them on a temporary copy of ``book/``:
 1. :func:`execute_notebooks` runs every ``notebooks/*.ipynb`` under one profile into
    ``book/chapters/`` and times each one;
 2. :func:`write_scoreboard` turns run records into the "Reproduction scoreboard" page;
-3. :func:`write_status` writes the status page (times, versions, hardware, revision);
+3. :func:`write_status` writes the status page (times, versions, hardware, revision), and
+   :func:`write_deviations` the appendix of every chapter's declared deviations from its paper;
 4. :func:`write_toc` lists the chapters that exist, and :func:`write_chapter_pages` the parts of
    the introduction and the API page that list them (all from the registry, :mod:`adlib.papers`);
 5. :func:`vendor_mathjax` copies MathJax 3 from the npm registry so formulas render offline;
@@ -138,6 +139,32 @@ def claim_rows(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def verdict_counts(rows: dict[str, list[dict]], claims) -> dict[str, int]:
+    """How many checks (claim x check x level) end in each verdict; an unmeasured claim counts
+    once as not run yet."""
+    from adlib.claims import NOT_RUN, VERDICTS
+
+    counts = dict.fromkeys(VERDICTS, 0)
+    for claim in claims:
+        for row in rows.get(claim.label) or [{"verdict": NOT_RUN}]:
+            counts[row.get("verdict", NOT_RUN)] = counts.get(row.get("verdict", NOT_RUN), 0) + 1
+    return counts
+
+
+def verdict_count_lines(rows: dict[str, list[dict]], claims) -> list[str]:
+    """The scoreboard's count table: verdicts per paper and in all."""
+    from adlib.papers import chapters
+
+    per = {ch.short or ch.key: verdict_counts(rows, [c for c in claims if c.paper == ch.key])
+           for ch in chapters() if any(c.paper == ch.key for c in claims)}
+    total = verdict_counts(rows, claims)
+    names = [v for v in total if total[v]]
+    lines = ["| verdict | " + " | ".join(per) + " | all |", "|---" * (len(per) + 2) + "|"]
+    lines += [f"| {v} | " + " | ".join(str(c[v]) for c in per.values()) + f" | **{total[v]}** |"
+              for v in names]
+    return ["Checks per verdict (one per claim, check and level):", "", *lines, ""]
+
+
 def provenance_lines(paper: str) -> list[str]:
     """One sentence on the committed rows behind a paper's verdicts: how many are current or
     proven equivalent to today's code (``--verify``), how many are stale, how many were made
@@ -182,13 +209,18 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
         "runs made while building this page. A direction (`A > B`) is judged on the paired "
         "differences A − B over (seed, category) pairs: *ours* is their mean with a 95 % "
         "bootstrap interval; **reproduced** when the interval lies above 0, **contradicted** "
-        "below 0, **inconclusive** when it spans 0 or fewer than 6 pairs were run; *inconclusive: "
+        "below 0, **inconclusive** when it spans 0 or fewer than 6 pairs were run. Where the "
+        "paper states the size of its effect, an inconclusive interval is split by power: *could "
+        "not detect the paper's size* (the interval still holds the paper's difference: this "
+        "study was too small to see it) or *smaller than the paper's* (the interval lies wholly "
+        "below the paper's difference: the study rules that size out). *Inconclusive: "
         "the model did not learn* when "
         "the trained model does not beat its untrained self. A number measured on MVTec AD "
         "checked on the embedded default is *not comparable here*.",
         "",
         f"Run records read: {len(records)} (profiles: {', '.join(sources) or 'none'}).",
         "",
+        *verdict_count_lines(rows, claims),
     ]
     for paper in PAPERS.values():
         paper_claims = [c for c in claims if c.paper == paper.key]
@@ -215,6 +247,57 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
                          row.get("revision")]
                 lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
         lines.append("")
+    out_md = Path(out_md)
+    out_md.write_text("\n".join(lines))
+    return out_md
+
+
+DEVIATION_COLUMNS = {"topic": "what", "paper": "the paper", "ours": "the book", "why": "why",
+                     "kind": "kind", "cell": "measured by"}
+
+
+def deviations_frame(paper: str):
+    """A chapter's declared deviations (its study module's ``DEVIATIONS``) as a table: what
+    the paper says, what the book does, why, whether it is a guess where the paper is silent,
+    and the ablation cell that measures it."""
+    import pandas as pd
+
+    from adlib.papers import get_chapter
+
+    rows = [{"topic": d.topic, "paper": d.paper + (f" ({d.source})" if d.source else ""),
+             "ours": d.ours, "why": d.why, "kind": "guess: the paper is silent" if d.guess else "choice",
+             "cell": d.cell or "—"} for d in get_chapter(paper).deviations]
+    return pd.DataFrame(rows, columns=list(DEVIATION_COLUMNS)).rename(columns=DEVIATION_COLUMNS)
+
+
+def deviations_table(paper: str):
+    """:func:`deviations_frame` styled for a chapter page (left-aligned, wrapping text)."""
+    frame = deviations_frame(paper)
+    return (frame.style.hide(axis="index")
+            .set_properties(**{"text-align": "left", "vertical-align": "top", "font-size": "0.85em"})
+            .set_table_styles([{"selector": "th", "props": "text-align: left;"}]))
+
+
+def write_deviations(out_md: Path | str) -> Path:
+    """The appendix page: every chapter's declared deviations from its paper, one table each."""
+    from adlib.papers import chapters
+
+    lines = ["# Deviations from the papers", "",
+             "What each chapter does differently from its paper, and what it had to decide where "
+             "the paper is silent (*guess*), as the chapter's study declares it. Where a cell of "
+             "the chapter's study measures the paper's choice against ours, *measured by* names "
+             "it (ablation / config). Each chapter shows its own table beside its verdicts.", ""]
+    for chapter in chapters():
+        if not chapter.paper or not chapter.notebook:
+            continue
+        frame = deviations_frame(chapter.key)
+        lines += [f"## {chapter.number}. {chapter.title}", ""]
+        if frame.empty:
+            lines += ["No deviations declared yet.", ""]
+            continue
+        lines += ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+        lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in frame.to_numpy()]
+        lines += [""]
     out_md = Path(out_md)
     out_md.write_text("\n".join(lines))
     return out_md
@@ -272,7 +355,8 @@ def write_toc(book_dir: Path | str, chapters: list[str]) -> Path:
     lines += [f"      - file: chapters/{Path(c).stem}" for c in chapters]
     lines += ["  - caption: Results", "    chapters:",
               "      - file: scoreboard", "      - file: status",
-              "  - caption: Reference", "    chapters:", "      - file: api", ""]
+              "  - caption: Reference", "    chapters:", "      - file: deviations",
+              "      - file: api", ""]
     path = Path(book_dir) / "_toc.yml"
     path.write_text("\n".join(lines))
     return path
@@ -346,6 +430,17 @@ def build_html(book_dir: Path | str, *, warnings_as_errors: bool = True) -> Path
     return Path(book_dir) / "_build" / "html"
 
 
+def write_pages(book_dir: Path | str, timings: list[dict], records_dir: Path | str) -> None:
+    """The generated pages: scoreboard (committed records and the build's), status, deviations,
+    table of contents, and the registry's parts of the introduction and API page."""
+    book_dir = Path(book_dir)
+    write_scoreboard(book_dir / "scoreboard.md", [resource_path("results"), records_dir])
+    write_status(book_dir / "status.md", timings)
+    write_deviations(book_dir / "deviations.md")
+    write_toc(book_dir, [t["notebook"] for t in timings])
+    write_chapter_pages(book_dir)
+
+
 def build(book_dir: Path | str = REPO / "book", *, profile: str = "cpu",
           notebooks_dir: Path | str = REPO / "notebooks", parameters: dict | None = None,
           only: list[str] | None = None) -> Path:
@@ -360,11 +455,7 @@ def build(book_dir: Path | str = REPO / "book", *, profile: str = "cpu",
     start = time.perf_counter()
     timings = execute_notebooks(chapters_dir, profile=profile, notebooks_dir=notebooks_dir,
                                 records_dir=records_dir, parameters=parameters, only=only)
-    write_scoreboard(book_dir / "scoreboard.md",
-                     [resource_path("results"), records_dir])
-    write_status(book_dir / "status.md", timings)
-    write_toc(book_dir, [t["notebook"] for t in timings])
-    write_chapter_pages(book_dir)
+    write_pages(book_dir, timings, records_dir)
     vendor_mathjax(book_dir)
     html = build_html(book_dir)
     print(f"[book] built {html / 'index.html'} in {time.perf_counter() - start:.0f} s")

@@ -23,6 +23,39 @@ MVTEC_SCALE = "the full paper profile (MVTec AD's 3,629 training and 1,725 test 
 
 
 @dataclass(frozen=True)
+class Deviation:
+    """One thing the chapter does differently from the paper, or decides where the paper is silent.
+
+    A study module declares ``DEVIATIONS = (Deviation(...), ...)``; each chapter renders them as
+    one table and the book's appendix gathers all of them.
+
+    Args:
+        topic: what it is about, in a few words ("map smoothing").
+        paper: what the paper says (or "silent" where it says nothing).
+        ours: what the book does.
+        why: why (cost, the paper being silent, the official code, a bug the paper's form has).
+        guess: True where the paper is silent and ``ours`` is our guess.
+        cell: the ablation cell (``"ablation/config"``) that measures the paper's choice against
+            ours, when the study has one.
+        source: where the paper's choice is stated ("Sec. 3.2", "Table 1", "official code").
+    """
+
+    topic: str
+    paper: str
+    ours: str
+    why: str
+    guess: bool = False
+    cell: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("topic", "paper", "ours", "why"):
+            if not str(getattr(self, name)).strip():
+                msg = f"deviation {self.topic or '?'!r}: {name} is empty; say it in a sentence"
+                raise ValueError(msg)
+
+
+@dataclass(frozen=True)
 class Chapter:
     """One chapter of the book.
 
@@ -66,6 +99,7 @@ class Chapter:
     estimate_of: str = MVTEC_SCALE
     module: str = ""                 # the declaring module; the registry fills it
     study: str | None = None         # that module, when it declares STUDY; the registry fills it
+    deviations: tuple[Deviation, ...] = ()   # the module's DEVIATIONS; the registry fills it
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.key):

@@ -12,7 +12,16 @@ that mean:
 * ``reproduced``    the interval lies above 0;
 * ``contradicted``  the interval lies below 0;
 * ``inconclusive``  the interval spans 0, or there are fewer than :data:`MIN_PAIRS` pairs (a
-  bootstrap of two or three differences only spans the values themselves);
+  bootstrap of two or three differences only spans the values themselves). Where the paper
+  states the size of the effect (``effect``, or the gap in the paper's ``table``), an interval
+  that spans 0 is told apart by power: it still holds the paper's size (``inconclusive: could
+  not detect the paper's size``: this study was too small to see it) or lies wholly below it
+  (``inconclusive: smaller than the paper's``: the study rules the paper's size out);
+* ``margin`` (non-inferiority, "A loses nothing against B"): reproduced when the interval of
+  A - B lies above -margin, contradicted when it lies below;
+* ``wins`` (the paper's count, "A beats B on 10 of 15 classes"): the categories where A's
+  seed mean beats B's, with a Wilson 95 % interval of that share; reproduced when the interval
+  lies above one half, contradicted when below;
 * an order of three or more configs is reproduced only when every adjacent pair is, and
   contradicted when any pair is;
 * ``inconclusive: the model did not learn`` when the check names a sanity reference (e.g. the
@@ -26,23 +35,26 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
+
+from adlib.metrics import bootstrap_interval
 
 REPRODUCED = "reproduced"
 CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive"
 DID_NOT_LEARN = "inconclusive: the model did not learn"
 NOT_COMPARABLE = "not comparable here"
+UNDERPOWERED = "inconclusive: could not detect the paper's size"
+SMALLER_THAN_PAPER = "inconclusive: smaller than the paper's"
 NOT_RUN = "not run yet"
-VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, DID_NOT_LEARN, NOT_COMPARABLE, NOT_RUN)
+VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, UNDERPOWERED, SMALLER_THAN_PAPER,
+            DID_NOT_LEARN, NOT_COMPARABLE, NOT_RUN)
 
 LEVELS = {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "pixel (AUPRO)",
           "image_f1_max": "image (F1-max)", "f1": "image (F1)", "final_loss": "training loss"}
-BOOTSTRAP_SAMPLES = 10_000
 MIN_PAIRS = 6
 """Fewer (seed, category[, fold]) pairs than this give no direction verdict: inconclusive."""
 PAIR_KEYS = ("seed", "category", "fold")
@@ -69,6 +81,12 @@ class ClaimCheck:
         sanity: a config the claim's first config must beat (e.g. the untrained model).
         higher_is_better: False for losses.
         label: a short name when a claim has several checks.
+        effect: the size of the difference the paper reports (points, better minus worse), one
+            per relation or one for all; a ``table`` check reads it from the table.
+        margin: a non-inferiority check: the order's first config may be worse by less than
+            this (points); say why this margin in ``note``.
+        wins: the paper's count ``(k, n)``: the first config beats the second on k of n
+            categories (cells); ours counts categories by their seed means.
     """
 
     claim: int
@@ -84,6 +102,34 @@ class ClaimCheck:
     higher_is_better: bool = True
     label: str = ""
     note: str = ""
+    effect: float | tuple[float, ...] | None = None
+    margin: float | None = None
+    wins: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.margin is not None and self.margin < 0:
+            msg = f"claim {self.claim}: margin {self.margin} must be >= 0 (points A may lose)"
+            raise ValueError(msg)
+        if self.wins is not None and not 0 <= self.wins[0] <= self.wins[1]:
+            msg = f"claim {self.claim}: wins {self.wins} should be (k, n) with 0 <= k <= n"
+            raise ValueError(msg)
+
+    def effects(self, paper: str, metric: str, pairs: list[tuple[str, str]]) -> list[float | None]:
+        """The paper's size of each relation's difference (None: the paper gives none)."""
+        if self.effect is not None:
+            sizes = (self.effect,) * len(pairs) if isinstance(self.effect, (int, float)) else self.effect
+            if len(sizes) != len(pairs):
+                msg = (f"claim {self.claim}: {len(sizes)} effects for {len(pairs)} relations "
+                       f"({self.order}); give one per relation or one for all")
+                raise ValueError(msg)
+            return [float(s) for s in sizes]
+        if self.table is None or self.order:
+            return [None] * len(pairs)
+        try:
+            ref = table_values(paper, self.table, metric)
+            return [float(ref[a]) - float(ref[b]) for a, b in pairs]
+        except (LookupError, KeyError):
+            return [None] * len(pairs)
 
     def relations(self, paper: str, metric: str) -> list[tuple[str, str]]:
         """``(better, worse)`` term pairs; a term is a config or ``"A | B"``."""
@@ -125,21 +171,6 @@ def parse_order(order: str) -> list[tuple[str, str]]:
         msg = f"order {order!r} states no relation; write e.g. 'MLKA+LCA > Cross Att.'"
         raise ValueError(msg)
     return pairs
-
-
-def bootstrap_interval(diffs: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of ``diffs`` and its percentile-bootstrap interval (seeded, so reproducible)."""
-    d = np.asarray(diffs, dtype=float)
-    if d.size == 0:
-        return math.nan, math.nan, math.nan
-    if d.size == 1:
-        return float(d[0]), math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(samples, d.size))].mean(1)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(d.mean()), float(lo), float(hi)
 
 
 def _direction(lo: float, hi: float) -> str:
@@ -210,6 +241,12 @@ def _absolute_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str
     if values is None:
         return {**out, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
                 "note": f"no rows for {check.config!r}"}
+    category = (check.absolute or {}).get("category")
+    if category not in (None, "mean"):   # a number of one category: compare that category
+        values = values[values.index.get_level_values("category") == category]
+        if values.empty:
+            return {**out, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
+                    "note": f"no rows of category {category!r}"}
     # one number per seed (the category mean), as the paper reports a category mean
     per_seed = values.groupby(level="seed").mean()
     mean, lo, hi = bootstrap_interval(per_seed.to_numpy())
@@ -224,31 +261,90 @@ def _absolute_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str
             "note": "paper number inside or below our interval" if ok else "paper number outside our interval"}
 
 
+def _pair_verdict(lo: float, hi: float, n: int, effect: float | None,
+                  margin: float | None) -> str:
+    """One relation's verdict from the interval of (better - worse), signed so that > 0 favours
+    the claim; ``effect`` the paper's size, ``margin`` a non-inferiority margin."""
+    if n < MIN_PAIRS:
+        return INCONCLUSIVE
+    if margin is not None:
+        return _direction(lo + margin, hi + margin)
+    verdict = _direction(lo, hi)
+    if verdict == INCONCLUSIVE and effect is not None and effect > 0 and math.isfinite(hi):
+        return UNDERPOWERED if hi >= effect else SMALLER_THAN_PAPER
+    return verdict
+
+
+def _combined(verdicts: list[str]) -> str:
+    """An order of several relations: reproduced when all are; contradicted when any is."""
+    if all(v == REPRODUCED for v in verdicts):
+        return REPRODUCED
+    if CONTRADICTED in verdicts:
+        return CONTRADICTED
+    open_ = [v for v in verdicts if v != REPRODUCED]
+    if UNDERPOWERED in open_:
+        return UNDERPOWERED
+    return SMALLER_THAN_PAPER if all(v == SMALLER_THAN_PAPER for v in open_) else INCONCLUSIVE
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a share k/n (95 % by default); (nan, nan) when n is 0."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _wins_row(check: ClaimCheck, pairs, values, sign: float, out: dict) -> dict[str, Any]:
+    """A count claim ("beats B on 10 of 15 classes"): categories (per relation) where the
+    better config's seed mean beats the worse one's."""
+    won = total = 0
+    for better, worse in pairs:
+        both = pd.concat([values[better], values[worse]], axis=1).dropna()
+        means = both.groupby(level="category").mean()
+        won += int((sign * (means.iloc[:, 0] - means.iloc[:, 1]) > 0).sum())
+        total += len(means)
+    lo, hi = wilson_interval(won, total)
+    k, n = check.wins or (0, 0)
+    verdict = _direction(lo - 0.5, hi - 0.5) if total else INCONCLUSIVE
+    if verdict == INCONCLUSIVE and n and k / n > 0.5 and math.isfinite(hi):
+        verdict = UNDERPOWERED if hi >= k / n else SMALLER_THAN_PAPER
+    return {**out, "paper": f"{out['paper']} on {k}/{n}", "n_pairs": total,
+            "ours": f"{won}/{total} [{lo:.2f}, {hi:.2f}]" if total else "—", "verdict": verdict,
+            "note": "share of categories won, Wilson 95 % interval; reproduced above 1/2"}
+
+
 def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -> dict[str, Any]:
     pairs = check.relations(paper, metric)
+    effects = check.effects(paper, metric, pairs)
     sign = 1.0 if check.higher_is_better else -1.0
     out: dict[str, Any] = {"paper": _paper_text(check, paper, metric, pairs)}
+    if check.order and check.wins is None and any(e is not None for e in effects):
+        sizes = ", ".join(f"{e:+.2f}" for e in effects if e is not None)
+        out["paper"] += f" (by {sizes})"
     terms = {t for p in pairs for t in p} | ({check.sanity} if check.sanity else set())
     values = {t: _term_values(rows, t, metric, check.ablation, check.higher_is_better) for t in terms}
     missing = sorted(t for t, v in values.items() if v is None and t != check.sanity)
     if missing:
         return {**out, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
                 "note": f"no rows for {', '.join(missing)}"}
+    if check.wins is not None:
+        return _wins_row(check, pairs, values, sign, out)
     verdicts, parts, n_pairs = [], [], []
-    for better, worse in pairs:
+    for (better, worse), effect in zip(pairs, effects):
         both = pd.concat([values[better], values[worse]], axis=1).dropna()
         mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
-        verdicts.append(_direction(lo, hi) if len(both) >= MIN_PAIRS else INCONCLUSIVE)
+        verdicts.append(_pair_verdict(lo, hi, len(both), effect, check.margin))
         n_pairs.append(len(both))
         shown = f"{better} − {worse}" if sign > 0 else f"{worse} − {better}"
         parts.append(f"{shown}: {_interval(mean, lo, hi)}")
-    if all(v == REPRODUCED for v in verdicts):
-        verdict = REPRODUCED
-    elif CONTRADICTED in verdicts:
-        verdict = CONTRADICTED
-    else:
-        verdict = INCONCLUSIVE
+    verdict = _combined(verdicts)
     notes = [] if len(pairs) == 1 else [f"pairs: {', '.join(verdicts)}"]
+    if check.margin is not None:
+        notes.append(f"non-inferiority: reproduced when the interval lies above −{check.margin:g} "
+                     "(the margin)")
     if check.sanity and values[check.sanity] is None:
         notes.insert(0, f"sanity reference {check.sanity!r} not run: learning not checked")
     elif check.sanity:
@@ -326,7 +422,9 @@ def best_rows(records: list[dict]) -> list[dict]:
                    "revision": row.get("revision") or rec.get("adlib_revision")}
             params = rec.get("params") or {}
             epochs = (params.get("protocol") or {}).get("epochs", params.get("epochs")) or 0
-            score = (row.get("verdict") == NOT_RUN, rank.get(row["profile"], 9),
+            # a number measured on another data set says nothing: any comparable row wins
+            score = (row.get("verdict") == NOT_RUN, row.get("verdict") == NOT_COMPARABLE,
+                     rank.get(row["profile"], 9),
                      -(row.get("n_pairs") or 0), -epochs, _negated(rec.get("created", "")))
             row["epochs"] = epochs
             key = (row["claim"], row.get("check", ""), row.get("level", ""))
@@ -344,7 +442,7 @@ def _negated(text: str) -> tuple:
 DISPLAY_COLUMNS = ("claim", "check", "level", "paper", "ours", "n_pairs", "verdict", "dataset",
                    "profile", "hardware", "revision", "note")
 VERDICT_COLOURS = {REPRODUCED: "#d9f0d3", CONTRADICTED: "#f8d5d0", INCONCLUSIVE: "#fff2cc",
-                   DID_NOT_LEARN: "#fde0c5", NOT_COMPARABLE: "#e8e8e8", NOT_RUN: "#ffffff"}
+                   UNDERPOWERED: "#fff2cc", SMALLER_THAN_PAPER: "#fbe7c6", DID_NOT_LEARN: "#fde0c5", NOT_COMPARABLE: "#e8e8e8", NOT_RUN: "#ffffff"}
 
 
 COMPACT_COLUMNS = ("claim", "check", "level", "paper", "ours", "n_pairs", "epochs", "verdict", "note")

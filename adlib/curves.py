@@ -121,7 +121,7 @@ def best_minus_last(frame: pd.DataFrame, metrics: Sequence[str] = CURVE_METRICS)
     """Per config: the best test AUROC of any trained epoch minus the last epoch's, each metric
     on its own (the official RLR code's choice: best image and best pixel AUROC may come from
     two epochs), mean over (seed, category) runs with its 95 % bootstrap interval."""
-    from adlib.claims import bootstrap_interval
+    from adlib.metrics import bootstrap_interval
 
     curves = curve_frame(frame)
     if curves.empty:

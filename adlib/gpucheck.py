@@ -53,7 +53,7 @@ def entries() -> list[Chapter]:
 def check_chapter(chapter: Chapter, root: Path, size: int, device: str, steps: int) -> dict:
     """One chapter's row: its entry on its ``paper`` settings, on the tree at ``root``."""
     from adlib.profiles import resolve
-    from adlib.study.spec import load_study
+    from adlib.study.load import load_study
 
     if chapter.study is None:
         msg = (f"chapter {chapter.key} names a gpucheck entry but declares no STUDY, whose "

@@ -18,7 +18,7 @@ import os
 import pkgutil
 from dataclasses import dataclass, replace
 
-from adlib.chapter import Chapter
+from adlib.chapter import Chapter, Deviation
 
 #: The environment variable naming extra chapter modules.
 CHAPTERS_ENV = "ADLIB_CHAPTERS"
@@ -102,7 +102,11 @@ def _load(extra: str) -> tuple[Chapter, ...]:
             msg = (f"{name} declares no CHAPTER = Chapter(...) (adlib.chapter): every module of "
                    "adlib.studies is a chapter; declare its card, or name a helper module _<name>.py")
             raise TypeError(msg)
-        found.append(replace(chapter, module=name,
+        deviations = tuple(getattr(module, "DEVIATIONS", ()))
+        if not all(isinstance(d, Deviation) for d in deviations):
+            msg = f"{name}: DEVIATIONS must hold adlib.chapter.Deviation(...) entries only"
+            raise TypeError(msg)
+        found.append(replace(chapter, module=name, deviations=deviations,
                              study=name if hasattr(module, "STUDY") else None))
     for what, value_of in (("key", lambda c: c.key), ("chapter number", lambda c: c.number)):
         seen: dict = {}

@@ -175,6 +175,16 @@ class Setup:
                            wall_time_s=time.perf_counter() - self.started, notes=notes)
         return record.save(c.output_dir)
 
+    def only_category(self, why: str) -> str:
+        """The one category a walk-through trains on (the first asked for), saying which of the
+        requested ones it leaves out, so a dropped category is never silent."""
+        first, rest = self.categories[0], self.categories[1:]
+        if rest:
+            print(f"note: this run trains on {first} only ({why}); {', '.join(rest)} not run "
+                  f"here: rerun with `-p categories {rest[0]}`, or run the chapter's study "
+                  "for every category", flush=True)
+        return first
+
     def describe(self) -> str:
         c = self.cfg
         return (f"profile {c.profile}: {c.dataset} at {c.image_size} px, {len(self.categories)} "
@@ -208,7 +218,7 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
         torch.set_num_threads(threads)
     run = Setup(cfg, root, categories, device, started)
     if paper in PAPERS and PAPERS[paper].study:
-        from adlib.study.spec import load_study
+        from adlib.study.load import load_study
 
         run.protocol = load_study(paper).protocol(cfg)
     if profile == "paper" and run.protocol is not None:

@@ -5,8 +5,10 @@ through ``import`` statements anywhere in its source (functions included), insid
 inside the study module's own package -- each module as its syntax tree without docstrings. A
 comment or docstring edit is therefore no change; a constant, a default or a line of code is.
 In a study module the declarations of :data:`STUDY_DECLARATIONS` (grids, claim checks, titles,
-the chapter's registry entry) are left out: a cell's settings enter each row's key, and claims,
-titles and the registry never touch a row, so declaring another cell or check stales nothing.
+the chapter's registry entry, its deviations from the paper) are left out, and so are the imports
+only they use (:mod:`adlib.claims`, :mod:`adlib.chapter`): a cell's settings enter each row's
+key, and claims, titles, deviations and the registry never touch a row, so declaring another
+cell or check, or changing how claims are judged, stales nothing.
 
 Behaviour (:func:`adlib.verify.fingerprint`): each study declares a tiny deterministic run
 (:class:`Fingerprint`); its digest covers the metrics to full precision, the training losses
@@ -142,7 +144,7 @@ def import_closure(module: str) -> list[str]:
         if not ours(name, path):
             continue
         seen[name] = path
-        for node in _walk_imports(_tree(path)):
+        for node in _walk_imports(_study_tree(path) if name == module else _tree(path)):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -167,6 +169,22 @@ def _declares(stmt: ast.stmt) -> bool:
                [stmt.target] if isinstance(stmt, ast.AnnAssign) else [])
     return bool(targets) and all(isinstance(t, ast.Name) and t.id in STUDY_DECLARATIONS
                                  for t in targets)
+
+
+def _study_tree(path: Path) -> ast.Module:
+    """A study module without its declarations, and without the imports that only they use
+    (``ClaimCheck``, ``Chapter``, ``Deviation``): the reporting code those come from never
+    touches a row, so changing it stales nothing."""
+    body = [s for s in _tree(path).body if not _declares(s)]
+    used = {n.id for s in body if not isinstance(s, (ast.Import, ast.ImportFrom))
+            for n in ast.walk(s) if isinstance(n, ast.Name)}
+
+    def needed(stmt: ast.stmt) -> bool:
+        if not isinstance(stmt, (ast.Import, ast.ImportFrom)) or getattr(stmt, "module", "") == "__future__":
+            return True
+        return any((a.asname or a.name).split(".")[0] in used for a in stmt.names)
+
+    return ast.Module(body=[s for s in body if needed(s)], type_ignores=[])
 
 
 def _canonical(node: Any) -> str:
@@ -197,10 +215,7 @@ def normalised_source(module: str, *, study_module: bool = False) -> str:
     if path is None:
         msg = f"module {module!r} has no Python source to hash"
         raise ProvenanceError(msg)
-    tree = _tree(path)
-    if study_module:
-        tree = ast.Module(body=[s for s in tree.body if not _declares(s)], type_ignores=[])
-    return _canonical(tree)
+    return _canonical(_study_tree(path) if study_module else _tree(path))
 
 
 def code_hash(module: str) -> str:
@@ -280,12 +295,29 @@ def load_equivalences(folder: str | os.PathLike) -> list[dict]:
     return out
 
 
+#: Libraries whose versions a row records (a changed one can move a metric without a code change).
+NUMERIC_LIBRARIES = ("numpy", "scipy", "pillow", "scikit-image", "scikit-learn", "timm",
+                     "torchvision", "pytorch-msssim")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`NUMERIC_LIBRARIES` (None: not installed), so a row that no
+    longer reproduces can be told apart from code that changed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def here() -> dict:
     """The environment an equivalence is judged in: torch version and worker threads (and, for
     the record, the other numeric libraries' versions)."""
     import torch
-
-    from adlib.results import library_versions
 
     return {"torch": torch.__version__, "threads": WORKER_THREADS, "libraries": library_versions()}
 

@@ -17,7 +17,6 @@ import dataclasses
 import datetime as _dt
 import glob as _glob
 import json
-import math
 import os
 import platform
 import re
@@ -32,7 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from adlib.jsonable import jsonable
 from adlib.papers import get_paper
+from adlib.provenance import library_versions
 from adlib.resources import resource_path
 
 PAPER_TABLES_DIR = resource_path("paper_tables")
@@ -124,22 +125,6 @@ def hardware_info(device: str | None = None) -> dict[str, Any]:
 
 
 #: Libraries whose version can move a metric's last digits (decoding, filtering, sorting).
-NUMERIC_LIBRARIES = ("numpy", "scipy", "pillow", "scikit-image", "scikit-learn", "timm",
-                     "torchvision", "pytorch-msssim")
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of :data:`NUMERIC_LIBRARIES` (None: not installed), so a row that no
-    longer reproduces can be told apart from code that changed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in NUMERIC_LIBRARIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def hardware_label(hardware: Mapping[str, Any] | str | None) -> str:
@@ -198,29 +183,6 @@ def _now_iso() -> str:
 # run records
 # --------------------------------------------------------------------------------------------
 
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types for numpy/torch scalars and arrays, Paths and tuples; NaN/inf -> None
-    so the file stays strict JSON (the scoreboard may be read by other tools)."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch.Tensor, without importing torch
-        return jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
 
 
 def _is_number(value: Any) -> bool:

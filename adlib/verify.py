@@ -214,9 +214,13 @@ import dataclasses, json, sys
 import torch
 torch.set_num_threads(1)
 try:
-    from adlib.study.spec import Task, load_study
-except ImportError:                      # revisions before the engine was split
-    from adlib.study import Task, load_study
+    from adlib.study.load import load_study
+    from adlib.study.spec import Task
+except ImportError:                      # revisions before load_study moved
+    try:
+        from adlib.study.spec import Task, load_study
+    except ImportError:                  # revisions before the engine was split
+        from adlib.study import Task, load_study
 from adlib.data.sources import resolve_root
 jobs = json.load(sys.stdin)
 names = {f.name for f in dataclasses.fields(Task)}
@@ -366,7 +370,7 @@ def verify(paper: str, *, folder: str | os.PathLike | None = None, budget_s: flo
     from adlib.results import adlib_revision
     from adlib.study.report import results_dir
     from adlib.study.rows import RowStore
-    from adlib.study.spec import load_study
+    from adlib.study.load import load_study
 
     study = load_study(paper)
     folder = Path(folder) if folder is not None else results_dir(study.paper)
@@ -482,7 +486,7 @@ def provenance_table(paper: str, folder: str | os.PathLike | None = None):
     from adlib.provenance import row_status
     from adlib.study.report import results_dir
     from adlib.study.rows import RowStore
-    from adlib.study.spec import load_study
+    from adlib.study.load import load_study
 
     study = load_study(paper)
     folder = Path(folder) if folder is not None else results_dir(study.paper)

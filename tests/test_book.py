@@ -17,7 +17,6 @@ import nbformat
 import pytest
 
 from adlib import book
-from adlib.resources import resource_path
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = book.notebook_paths(REPO / "notebooks")
@@ -66,10 +65,7 @@ def smoke_book(tmp_path_factory):
             errors[path.stem] = exc
     built = None
     if not errors:
-        book.write_scoreboard(root / "scoreboard.md", [resource_path("results"), records])
-        book.write_status(root / "status.md", timings)
-        book.write_toc(root, [t["notebook"] for t in timings])
-        book.write_chapter_pages(root)
+        book.write_pages(root, timings, records)
         book.vendor_mathjax(root)
         built = book.build_html(root, warnings_as_errors=True)
     return {"root": root, "errors": errors, "records": records, "html": built,
@@ -97,7 +93,7 @@ def test_book_builds_with_warnings_as_errors(smoke_book):
     assert (html / "index.html").exists()
     for t in smoke_book["timings"]:
         assert (html / "chapters" / (Path(t["notebook"]).stem + ".html")).exists()
-    for page in ("scoreboard", "status", "api"):
+    for page in ("scoreboard", "status", "api", "deviations"):
         assert (html / f"{page}.html").exists(), page
     scoreboard = (html / "scoreboard.html").read_text()
     assert "Reproduction scoreboard" in scoreboard and "RLR" in scoreboard

@@ -161,3 +161,86 @@ def test_cross_validated_rows_pair_on_seed_and_fold():
     few = few[(few.seed == 0) & (few.fold < 2)]
     row = check_claims("lea_net", [ClaimCheck(1, order="A > B", metrics=("f1",))], few, **CTX)[0]
     assert row["verdict"] == INCONCLUSIVE and "(seed, category, fold) pairs" in row["note"]
+
+
+def _per_category(values: dict[str, float], config: str = "A") -> pd.DataFrame:
+    """3 seeds of one config, each category at its own value (no noise)."""
+    return pd.DataFrame([{"ablation": "T", "config": config, "seed": s, "category": c,
+                          "image_auroc": v, "pixel_auroc": v} for s in range(3)
+                         for c, v in values.items()])
+
+
+def test_an_absolute_claim_about_one_category_is_checked_on_that_category(monkeypatch):
+    """noise-to-norm's *tubes* 94.16 against our tubes, not against the mean of every category
+    (the audit's synthetic MPDD table with tubes = 95 read "contradicted")."""
+    import adlib.results
+
+    monkeypatch.setattr(adlib.results, "paper_value", lambda paper, **f: 94.16)
+    rows = _per_category({"tubes": 95.0, "bracket_black": 60.0, "metal_plate": 70.0})
+    check = ClaimCheck(2, absolute={"table": 1, "category": "tubes"}, config="A", dataset="mpdd",
+                       metrics=("image_auroc",))
+    row = check_claims("noise_to_norm", [check], rows, **{**CTX, "dataset": "mpdd"})[0]
+    assert row["verdict"] == REPRODUCED and row["ours"].startswith("95.00")
+    missing = ClaimCheck(2, absolute={"table": 1, "category": "screws"}, config="A", dataset="mpdd",
+                         metrics=("image_auroc",))
+    row = check_claims("noise_to_norm", [missing], rows, **{**CTX, "dataset": "mpdd"})[0]
+    assert row["verdict"] == NOT_RUN and "screws" in row["note"]
+
+
+def test_the_scoreboard_prefers_a_record_on_the_claims_data_set_for_an_absolute_check():
+    from adlib.claims import best_rows
+
+    study = {"profile": "study", "dataset": "embedded", "created": "2026-12-01",
+             "claims": [{"claim": "maae #1", "check": "", "level": "image", "n_pairs": 30,
+                         "verdict": NOT_COMPARABLE, "dataset": "embedded", "profile": "study"}]}
+    paper = {"profile": "paper", "dataset": "mvtec_ad", "created": "2026-11-01",
+             "claims": [{"claim": "maae #1", "check": "", "level": "image", "n_pairs": 15,
+                         "verdict": REPRODUCED, "dataset": "mvtec_ad", "profile": "paper"}]}
+    assert [r["verdict"] for r in best_rows([study, paper])] == [REPRODUCED]
+    assert [r["verdict"] for r in best_rows([study])] == [NOT_COMPARABLE]
+
+
+def test_power_tells_an_interval_too_wide_from_one_that_rules_the_papers_size_out():
+    from adlib.claims import SMALLER_THAN_PAPER, UNDERPOWERED
+
+    wide = _rows({"A": 84.0, "B": 80.0}, noise=8.0)   # this draw: +0.02 [-4.2, +4.3]
+    row = _verdict(ClaimCheck(1, order="A > B", effect=3.0, metrics=("image_auroc",)), wide)[0]
+    assert row["verdict"] == UNDERPOWERED and "+3.00" in row["paper"]
+    tight = _rows({"A": 80.05, "B": 80.0}, noise=0.3)
+    row = _verdict(ClaimCheck(1, order="A > B", effect=3.0, metrics=("image_auroc",)), tight)[0]
+    assert row["verdict"] == SMALLER_THAN_PAPER
+    assert _verdict(ClaimCheck(1, order="A > B", metrics=("image_auroc",)), tight)[0]["verdict"] == INCONCLUSIVE
+
+
+def test_a_table_claim_takes_the_papers_size_from_the_table():
+    from adlib.claims import SMALLER_THAN_PAPER
+
+    # Table 5 image: alpha=2 > alpha=1, alpha=2 > alpha=3 by the table's own gaps
+    rows = pd.DataFrame([{"ablation": "Table 5", "config": c, "seed": s, "category": k,
+                          "image_auroc": 90.0 + 0.01 * ((s + ord(k)) % 3), "pixel_auroc": 90.0}
+                         for c in ("alpha=1", "alpha=2", "alpha=3") for s in range(3) for k in "abcdef"])
+    row = check_claims("rlr", [ClaimCheck(6, configs=("alpha=1", "alpha=2", "alpha=3"), table=5,
+                                          metrics=("image_auroc",))], rows, **CTX)[0]
+    assert row["verdict"] == SMALLER_THAN_PAPER, row
+
+
+def test_non_inferiority_passes_a_small_loss_inside_the_margin_and_fails_a_large_one():
+    close = _rows({"unified": 79.7, "separate": 80.0}, noise=0.2)
+    check = ClaimCheck(4, order="unified > separate", margin=1.0, metrics=("image_auroc",))
+    row = _verdict(check, close)[0]
+    assert row["verdict"] == REPRODUCED and "margin" in row["note"]
+    assert _verdict(ClaimCheck(4, order="unified > separate", metrics=("image_auroc",)),
+                    close)[0]["verdict"] == CONTRADICTED       # as superiority it fails
+    far = _rows({"unified": 75.0, "separate": 80.0}, noise=0.2)
+    assert _verdict(check, far)[0]["verdict"] == CONTRADICTED
+
+
+def test_a_wins_count_is_judged_on_categories_with_an_interval():
+    # A beats B on 14 of 15 categories (seed means): a clear majority, as the paper's 10 of 15
+    values = {f"c{i}": (81.0 if i else 79.0) for i in range(15)}
+    rows = pd.concat([_per_category(values, "A"), _per_category(dict.fromkeys(values, 80.0), "B")])
+    row = _verdict(ClaimCheck(2, order="A > B", wins=(10, 15), metrics=("image_auroc",)), rows)[0]
+    assert row["verdict"] == REPRODUCED and row["ours"].startswith("14/15") and "10/15" in row["paper"]
+    few = rows[rows.category.isin(["c0", "c1", "c2", "c3"])]      # 3 of 4: interval spans 1/2
+    row = _verdict(ClaimCheck(2, order="A > B", wins=(10, 15), metrics=("image_auroc",)), few)[0]
+    assert row["verdict"].startswith(INCONCLUSIVE) and row["ours"].startswith("3/4")

@@ -767,3 +767,26 @@ def test_error_messages_point_at_existing_readme_sections():
         used |= set(re.findall(r"README\.md#([\w-]+)", source))
     used |= {source.section for source in DATASETS.values()}
     assert used and used <= anchors, used - anchors
+
+
+def test_a_requested_category_folder_without_anomalous_says_what_it_lacks(labelled_tree):
+    """The folder is there (normal/ only): "not found" would send the user looking for it."""
+    from adlib.data.sources import choose_categories
+
+    shutil.rmtree(labelled_tree / "anomalous")
+    with pytest.raises(DataError) as excinfo:
+        choose_categories("labelled", labelled_tree.parent, ["plants"])
+    message = str(excinfo.value)
+    assert "is there but has no anomalous/" in message and "normal/" in message
+    assert "not found" not in message
+
+
+def test_a_walkthrough_of_one_category_says_which_requested_ones_it_leaves_out(capsys):
+    from adlib.profiles import Setup, resolve
+
+    run = Setup(resolve("lea_net", "cpu"), None, ["leaf", "cloud"], "cpu", 0.0)
+    assert run.only_category("the walk-through trains one category") == "leaf"
+    out = capsys.readouterr().out
+    assert "leaf only" in out and "cloud" in out and "not run" in out
+    Setup(resolve("lea_net", "cpu"), None, ["leaf"], "cpu", 0.0).only_category("one")
+    assert capsys.readouterr().out == ""

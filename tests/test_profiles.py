@@ -72,7 +72,7 @@ def test_smoke_limits_categories_unless_they_are_named(tmp_path):
 def test_setup_gives_the_chapter_protocol_and_a_paper_run_its_estimate_first(tmp_path, capsys):
     from adlib.gpucheck import write_tree
     from adlib.profiles import setup
-    from adlib.study.spec import load_study
+    from adlib.study.load import load_study
 
     root = write_tree(tmp_path / "mvtec", 64, n_train=4, n_test=2)
     run = setup("cse_patch_svdd", "paper", data_root=str(root), image_size=64, device="cpu")

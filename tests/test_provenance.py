@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from adlib.provenance import EQUIVALENCES_FILE, linked_hashes
-from adlib.study.spec import StudyError, load_study
+from adlib.study.load import load_study
+from adlib.study.spec import StudyError
 from adlib.study.engine import run_study
 from adlib.verify import fingerprint, verify
 
@@ -45,6 +46,9 @@ HASH_SCRIPT = textwrap.dedent('''
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
     edit("adlib/studies/rlr.py", "\\nGRIDS = {", "\\nGRIDS = {\\n    \\"extra\\": REFERENCE,")
     out["h_grid"] = p.code_hash(study)
+    subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
+    edit("adlib/claims.py", "\\nMIN_PAIRS = 6", "\\nMIN_PAIRS = 7")     # how rows are judged
+    out["h_claims"] = p.code_hash(study)
     print(json.dumps(out))
 ''')
 
@@ -74,6 +78,9 @@ def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp
     assert out["dirty"] == ["adlib/data/folders.py"]
     assert out["h_data"] != out["h0"], "an edit to adlib.data.sources left the hash unchanged"
     assert out["h_grid"] == out["h0"], "declaring another grid changed the code hash"
+    # the claim checks, the registry and the run records judge and show rows; they make none
+    assert not {"adlib.claims", "adlib.chapter", "adlib.papers", "adlib.results"} & set(out["closure"])
+    assert out["h_claims"] == out["h0"], "changing how claims are judged changed the code hash"
 
 
 TOY_MODEL = "SCALE = 10.0\n"

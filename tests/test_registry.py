@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOY = '''
 """A toy chapter outside the package."""
 
-from adlib.chapter import Chapter
+from adlib.chapter import Chapter, Deviation
 from adlib.study.spec import Cell, Study
 
 CHAPTER = Chapter(key="toy_chapter", title="Toy: a chapter from a test", notebook=NOTEBOOK,
@@ -47,6 +47,9 @@ def gpu_check(w):
     return w.row(None, 0, 0, scoring, len(test), 0, w.MVTEC_TEST, "images")
 
 
+DEVIATIONS = (Deviation("width", paper="silent", ours="3", why="the smallest that fits", guess=True,
+                        cell="width/width=3"),
+              Deviation("loss", paper="L2", ours="L1", why="robust to outliers", source="Eq. 2"))
 CELLS = [Cell("width", "width=3")]
 STUDY = Study(paper="toy_chapter", grids={"smoke": CELLS, "cpu": CELLS, "study": CELLS},
               checks=(), protocol=protocol, run=run)
@@ -76,7 +79,7 @@ def toy(tmp_path, monkeypatch):
 def test_a_toy_chapter_registers_itself_in_the_papers_and_the_profiles(toy):
     from adlib.papers import PAPERS
     from adlib.profiles import resolve
-    from adlib.study.spec import load_study
+    from adlib.study.load import load_study
 
     assert chapters()[-1] == toy and toy.number == 90 and toy.label == "90 Toy"
     assert PAPERS["toy_chapter"].study == toy.module == toy.study
@@ -98,6 +101,22 @@ def test_a_toy_chapter_is_in_the_books_contents_intro_api_and_scoreboard(toy, tm
     claims.write_text("# Claims\n\n## toy_chapter (a test's)\n1. The toy is wider than 2. (T1)\n")
     board = book.write_scoreboard(tmp_path / "scoreboard.md", [], claims_path=claims).read_text()
     assert "## Toy: a chapter from a test" in board and "The toy is wider than 2." in board
+    # its deviations: one table in the chapter, one section of the appendix
+    table = book.deviations_frame("toy_chapter")
+    assert list(table["the paper"]) == ["silent", "L2 (Eq. 2)"]
+    assert list(table["kind"]) == ["guess: the paper is silent", "choice"]
+    assert "width/width=3" in book.deviations_table("toy_chapter").to_html()
+    appendix = book.write_deviations(tmp_path / "deviations.md").read_text()
+    assert "## 90. Toy: a chapter from a test" in appendix
+    assert "| loss | L2 (Eq. 2) | L1 | robust to outliers | choice | — |" in appendix
+    assert "deviations" in book.write_toc(tmp_path, [p.name for p in paths]).read_text()
+
+
+def test_a_deviation_without_its_reason_is_refused():
+    from adlib.chapter import Deviation
+
+    with pytest.raises(ValueError, match="why is empty"):
+        Deviation("loss", paper="L2", ours="L1", why=" ")
 
 
 def test_a_toy_chapter_gets_its_row_in_the_gpu_check(toy, tmp_path):
@@ -130,3 +149,13 @@ def test_the_registry_modules_import_alone_without_importing_a_study(module):
             "assert not [m for m in sys.modules if m.startswith('adlib.studies.')], 'studies imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("chapter", [c for c in chapters() if c.paper], ids=lambda c: c.key)
+def test_every_paper_chapter_declares_its_deviations_and_their_cells_exist(chapter):
+    from adlib.study.load import load_study
+
+    assert chapter.deviations, f"{chapter.key} declares no DEVIATIONS"
+    cells = {f"{c.ablation}/{c.config}" for grid in load_study(chapter.key).grids.values() for c in grid}
+    named = [d.cell for d in chapter.deviations if d.cell]
+    assert set(named) <= cells, f"deviations name cells the study does not have: {set(named) - cells}"

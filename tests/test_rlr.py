@@ -234,7 +234,8 @@ def test_the_rlr_test_curve_ends_in_the_uninterrupted_run(embedded_root, tmp_pat
     """The study's curve runner (test split scored after every epoch) gives the rows of its
     plain runner, so curve rows may replace them under the same model hash."""
     from adlib.profiles import resolve
-    from adlib.study.spec import Cell, load_study
+    from adlib.study.load import load_study
+    from adlib.study.spec import Cell
     from adlib.study.engine import run_study
 
     study = load_study("rlr")

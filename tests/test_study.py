@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from adlib.study.rows import ROWS_FILE, RowStore
-from adlib.study.spec import StudyError, load_study
+from adlib.study.load import load_study
+from adlib.study.spec import StudyError
 from adlib.study.engine import run_study
 
 TOY_MODEL = '''

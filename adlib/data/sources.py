@@ -62,11 +62,29 @@ def list_dataset_categories(dataset: str, root: Path) -> list[str]:
     return list_categories(root)
 
 
+def _incomplete(dataset: str, folder: Path) -> str:
+    """What a category folder that exists lacks, in words."""
+    needed = ("normal", "anomalous") if dataset == "labelled" else ("train/good", "test")
+    lacks = [n for n in needed if not (folder / n).is_dir()]
+    if dataset not in ("labelled", "visa") and "train/good" in lacks and (folder / "train" / "ok").is_dir():
+        lacks.remove("train/good")   # BTAD names its normal folders ok/
+    held = sorted(p.name + "/" for p in folder.iterdir() if p.is_dir()) or ["no sub-folders"]
+    what = ", ".join(f"{n}/" for n in lacks) or "the images the layout needs"
+    return f"category folder {folder} is there but has no {what} (it holds {', '.join(held)})"
+
+
 def choose_categories(dataset: str, root: Path, wanted: list[str] | None,
                       limit: int | None = None) -> list[str]:
     """``wanted`` checked against what is on disk; all of them (or the first ``limit``, as
     the smoke profile asks) when ``wanted`` is None."""
     present = list_dataset_categories(dataset, root)
+    incomplete = [_incomplete(dataset, Path(root) / c) for c in wanted or ()
+                  if c not in present and (Path(root) / c).is_dir()]
+    if incomplete:
+        msg = (f"{'; '.join(incomplete)}. Complete the folder(s) in the official layout "
+               f"({see('labelled-folders-layout' if dataset == 'labelled' else 'mvtec-ad-layout')}), "
+               "or leave them out of `-p categories ...`.")
+        raise DataError(msg)
     if not present:
         msg = (f"no categories found under {root} for dataset {dataset!r}; expected the "
                f"official layout ({see('mvtec-ad-layout')})")

@@ -44,9 +44,10 @@ from typing import Any
 
 import pandas as pd
 
-from adlib.claims import claims_table
+from adlib.claims import check_claims, claims_table
 from adlib.provenance import dirty_files, dirty_message, load_equivalences, row_status
 from adlib.study.executors import EXECUTORS, run_local, run_serial, run_slurm
+from adlib.study.load import load_study
 from adlib.study.report import format_summary, seed_means, summarise
 from adlib.study.rows import RowStore, rows_frame
 from adlib.study.spec import (
@@ -55,7 +56,6 @@ from adlib.study.spec import (
     StudyError,
     Task,
     cell_settings,
-    load_study,
     run_key,
 )
 
@@ -294,8 +294,8 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     frame = rows_frame(labelled)
     hardware = _most_common_hardware(used)
     revisions = sorted({r.get("revision", "?") for r in used}) or [revision]
-    claims = study.check(frame, dataset=dataset, profile=profile, hardware=hardware,
-                         revision=",".join(revisions)) if not frame.empty else []
+    claims = check_claims(study.paper, study.checks, frame, dataset=dataset, profile=profile,
+                          hardware=hardware, revision=",".join(revisions)) if not frame.empty else []
     if include_stale and stale:
         for row in claims:
             row["note"] = "; ".join(n for n in (row["note"], "includes rows of older code") if n)

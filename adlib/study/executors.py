@@ -8,7 +8,8 @@ from typing import Any
 
 from adlib.provenance import WORKER_THREADS
 from adlib.study.rows import RESULT_FIELDS
-from adlib.study.spec import Task, load_study
+from adlib.study.load import load_study
+from adlib.study.spec import Task
 
 EXECUTORS = ("serial", "local", "slurm")
 

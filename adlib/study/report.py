@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from adlib.claims import claims_table
-from adlib.results import jsonable
+from adlib.jsonable import jsonable
 from adlib.study.rows import ROWS_FILE
-from adlib.study.spec import load_study
+from adlib.study.load import load_study
 
 if TYPE_CHECKING:
     from adlib.study.engine import StudyResult

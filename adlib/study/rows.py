@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from adlib.results import jsonable
+from adlib.jsonable import jsonable
 
 ROWS_FILE = "rows.jsonl"
 

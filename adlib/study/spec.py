@@ -1,24 +1,24 @@
 """A chapter's declared study: its cells, the task a worker runs, the row identity.
 
 This is all a study module imports (``from adlib.study.spec import Cell, Study, Task``), so
-the engine, the executors and the reports stay out of every study's code hash
-(:mod:`adlib.provenance`).
+the engine, the executors, the reports, the claim checks and the paper registry stay out of every
+study's code hash (:mod:`adlib.provenance`): changing how rows are judged or shown stales none.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 
-from adlib.claims import ClaimCheck, check_claims
+from adlib.jsonable import jsonable
 from adlib.provenance import Fingerprint, code_hash
-from adlib.results import jsonable
+
+if TYPE_CHECKING:   # claims are reporting: outside every study's code hash
+    from adlib.claims import ClaimCheck
 
 
 class StudyError(RuntimeError):
@@ -113,32 +113,6 @@ class Study:
         """The code identity of the study's rows: :func:`adlib.provenance.code_hash` of its
         module (the normalised import closure; grids and claim checks left out)."""
         return code_hash(self.module)
-
-    def check(self, rows: pd.DataFrame, **context: Any) -> list[dict]:
-        """The declared claim checks on ``rows`` (see :func:`adlib.claims.check_claims`)."""
-        return check_claims(self.paper, self.checks, rows, **context)
-
-
-def load_study(paper_or_module: str) -> Study:
-    """The :class:`Study` of a paper key (registry) or of a module path declaring ``STUDY``."""
-    from adlib.papers import PAPERS
-
-    module_name = paper_or_module
-    # a module path (what workers get) needs no registry, whose first use imports every study
-    if "." not in paper_or_module and paper_or_module in PAPERS:
-        module_name = PAPERS[paper_or_module].study
-        if module_name is None:
-            msg = f"{paper_or_module} has no study yet (its chapter is not written)"
-            raise StudyError(msg)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        msg = (f"no study {paper_or_module!r}: not a paper key ({', '.join(PAPERS)}) nor an "
-               f"importable module ({err})")
-        raise StudyError(msg) from err
-    study = module.STUDY
-    study.module = module_name
-    return study
 
 
 def run_key(paper: str, settings: Mapping[str, Any], seed: int, category: str,
