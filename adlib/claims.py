@@ -82,7 +82,8 @@ class ClaimCheck:
         higher_is_better: False for losses.
         label: a short name when a claim has several checks.
         effect: the size of the difference the paper reports (points, better minus worse), one
-            per relation or one for all; a ``table`` check reads it from the table.
+            per relation or one for all, or a dict of those per metric (``{"image_auroc": 3.0,
+            "pixel_auroc": 0.7}``); a ``table`` check reads it from the table.
         margin: a non-inferiority check: the order's first config may be worse by less than
             this (points); say why this margin in ``note``.
         wins: the paper's count ``(k, n)``: the first config beats the second on k of n
@@ -102,7 +103,7 @@ class ClaimCheck:
     higher_is_better: bool = True
     label: str = ""
     note: str = ""
-    effect: float | tuple[float, ...] | None = None
+    effect: float | tuple[float, ...] | Mapping[str, float | tuple[float, ...]] | None = None
     margin: float | None = None
     wins: tuple[int, int] | None = None
 
@@ -116,8 +117,9 @@ class ClaimCheck:
 
     def effects(self, paper: str, metric: str, pairs: list[tuple[str, str]]) -> list[float | None]:
         """The paper's size of each relation's difference (None: the paper gives none)."""
-        if self.effect is not None:
-            sizes = (self.effect,) * len(pairs) if isinstance(self.effect, (int, float)) else self.effect
+        effect = self.effect.get(metric) if isinstance(self.effect, Mapping) else self.effect
+        if effect is not None:
+            sizes = (effect,) * len(pairs) if isinstance(effect, (int, float)) else effect
             if len(sizes) != len(pairs):
                 msg = (f"claim {self.claim}: {len(sizes)} effects for {len(pairs)} relations "
                        f"({self.order}); give one per relation or one for all")

@@ -210,6 +210,8 @@ def test_power_tells_an_interval_too_wide_from_one_that_rules_the_papers_size_ou
     row = _verdict(ClaimCheck(1, order="A > B", effect=3.0, metrics=("image_auroc",)), tight)[0]
     assert row["verdict"] == SMALLER_THAN_PAPER
     assert _verdict(ClaimCheck(1, order="A > B", metrics=("image_auroc",)), tight)[0]["verdict"] == INCONCLUSIVE
+    per_metric = _verdict(ClaimCheck(1, order="A > B", effect={"image_auroc": 3.0}), tight)
+    assert [r["verdict"] for r in per_metric] == [SMALLER_THAN_PAPER, INCONCLUSIVE]   # no pixel size
 
 
 def test_a_table_claim_takes_the_papers_size_from_the_table():

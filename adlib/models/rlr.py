@@ -1,7 +1,7 @@
 """RLR: reconstructing features from a learnable reference (unified multi-class).
 
-Written from the paper (rlr_learnable_reference) and the facts collected in the book's
-implementation notes; no code copied. The pipeline, per image::
+Written from the paper (rlr_learnable_reference) and its official code (read, not copied; the
+chapter's deviations table says where the book differs). The pipeline, per image::
 
     features   a frozen ImageNet backbone (EfficientNet-b6 in the paper, Lite0 offline),
                stages 1-3 (strides 4/8/16), each averaged over its 3x3 neighbourhood
