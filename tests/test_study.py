@@ -306,3 +306,17 @@ def test_a_fold_study_runs_each_fold_once_and_summarises_over_seeds_and_folds(to
     assert (again.ran, again.skipped) == (0, 12)
     with pytest.raises(StudyError, match="folds"):
         run_study("toy_folds", "tiny", **{**args, "protocol": {"folds": 1, "gain": 1.0}})
+
+
+def test_the_learning_sentence_says_plainly_when_a_run_did_not_learn():
+    import pandas as pd
+
+    from adlib.study.report import learning_sentence
+
+    rows = pd.DataFrame({"config": ["A", "A", "untrained", "untrained"],
+                         "image_auroc": [80.0, 70.0, 54.08, 54.08], "f1": [0.0, 0.0, 0.3, 0.3]})
+    assert learning_sentence(rows, "A", "untrained").startswith("This run learned: image AUROC 75.00")
+    flat = rows.assign(image_auroc=[54.5, 54.0, 54.08, 54.08])      # +0.17: not learning
+    assert "did not learn" in learning_sentence(flat, "A", "untrained")
+    assert "did not learn" in learning_sentence(rows, "A", "untrained", "f1")
+    assert "not checked" in learning_sentence(rows, "A", "random init")

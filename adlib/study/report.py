@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1", "final_loss")
+METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
+                "f1": "F1", "image_f1_max": "image F1-max", "final_loss": "final loss"}
 
 
 def has_folds(frame: pd.DataFrame) -> bool:
@@ -64,6 +66,24 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
         out["folds"] = summary[("n", "folds")].astype(int)
     out["categories"] = summary[("n", "categories")].astype(int)
     return out
+
+
+def learning_sentence(frame: pd.DataFrame, config: str, reference: str, metric: str = "image_auroc",
+                      *, what: str = "this run") -> str:
+    """Did ``config`` learn? Its ``metric`` (mean over the rows' seeds and categories) against
+    its untrained ``reference`` cell's, as one plain sentence for the page: a short run that
+    did not learn says so, and points at the committed study."""
+    means = frame.groupby("config")[metric].mean()
+    if config not in means or reference not in means:
+        return f"{what}: no {reference!r} rows to compare {config!r} with; learning not checked."
+    ours, ref = float(means[config]), float(means[reference])
+    name = METRIC_NAMES.get(metric, metric)
+    gap = f"{name} {ours:.2f} against {ref:.2f} for the {reference} reference ({ours - ref:+.2f})"
+    # one point on a 0-100 metric (0.01 on a 0-1 one): a smaller gap is one seed's noise
+    if ours - ref > (1.0 if max(abs(ours), abs(ref)) > 1.5 else 0.01):
+        return f"{what.capitalize()} learned: {gap}."
+    return (f"{what.capitalize()} did not learn: {gap}. This short run shows the pipeline, not the "
+            "method: the committed study (below) is what the verdicts rest on.")
 
 
 def results_dir(paper: str) -> Path:
