@@ -8,23 +8,24 @@ no public code and none was copied. Per image::
     M-net      a U-Net with 4 down-samplings (sides divisible by 16); every encoder depth also
                receives x bilinearly downsampled to it; PixelUnshuffle / PixelShuffle + 1x1
                convolutions resample; a residual attention module after every concatenation
-               (or a 1x1 convolution: the paper's ablation); the decoder's four finest scales,
-               upsampled, fused by SKFF, then a 3x3 convolution to the image
-    loss       alpha * (1 - MS-SSIM) + (1 - alpha) * G_sigma * L1   (pytorch-msssim; alpha 0.84;
-               below 176 px a smaller Gaussian window than 11, which its five scales need)
-    map        alpha * (1 - SSIM) averaged over Gaussian windows sigma = 0.5 ... 8, plus
-               (1 - alpha) * |x0 - y|, per pixel; Gaussian smoothing; image score = max (a guess)
+               (1x1 convolutions change the channels in both its paths; or, the paper's
+               ablation, only a 1x1 convolution); the decoder's four finest scales, upsampled,
+               fused by SKFF, then a 3x3 convolution to the image; 3x3 convolutions pad by
+               reflection
+    loss       alpha * (1 - MS-SSIM) + (1 - alpha) * G_sigma * L1   (Eq. 9; alpha 0.84; MS-SSIM
+               from pytorch-msssim, below 176 px with a smaller Gaussian window than 11, which its
+               five scales need; or the paper's Eq. 7: msssim="eq7")
+    map        alpha * (1 - SSIM) averaged over Gaussian windows sigma = 0.5 ... 8 (or Eq. 7 per
+               pixel), plus (1 - alpha) * |x0 - y|, per pixel; Gaussian smoothing; image score =
+               max (a guess), optionally without a border strip (``score_border``)
 
-Guesses, named: the test image is corrupted with the same noise as in training (seeded, so a
-score is reproducible), since the paper's argument is that noise hides the anomaly from the
-network; the per-pixel map uses scikit-image's SSIM map at each window (Zhao et al.'s per-pixel
-MS-SSIM multiplies contrast-structure terms, which scikit-image does not expose). 20 % of the
+Where this differs from the paper, and the guesses where it is silent, are declared as data in
+``adlib.studies.noise_to_norm.DEVIATIONS`` (the chapter's deviations table). 20 % of the
 training images are held out for early stopping (never the test split).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -62,25 +63,30 @@ class MNet(nn.Module):
         width: channels at full resolution; ``widths`` doubles per depth up to ``8 * width``.
         attention: residual attention modules after each concatenation (False: 1x1 convolutions).
         image_channels: inputs' channels (3).
+        padding: the 3x3 convolutions' border, ``"reflect"`` (the book's choice: a zero frame
+            is something the network must learn to undo, and its error is read as an anomaly)
+            or ``"zeros"`` (PyTorch's default); the paper does not say.
     """
 
     depth = 4  # down-samplings: sides must be divisible by 2 ** depth
 
-    def __init__(self, width: int = 32, attention: bool = True, image_channels: int = 3):
+    def __init__(self, width: int = 32, attention: bool = True, image_channels: int = 3,
+                 padding: str = "reflect"):
         super().__init__()
+        pad = {"padding": 1, "padding_mode": padding}
         w = [width * min(2 ** k, 8) for k in range(self.depth + 1)]
-        self.widths = w
+        self.widths, self.padding = w, padding
         feed = max(width // 2, 4)  # channels the downsampled image brings to each depth
-        self.inputs = nn.ModuleList(nn.Conv2d(image_channels, feed, 3, padding=1) for _ in w)
+        self.inputs = nn.ModuleList(nn.Conv2d(image_channels, feed, 3, **pad) for _ in w)
         self.encoder = nn.ModuleList(
-            [merge_block(feed, w[0], attention)]
-            + [merge_block(w[k] + feed, w[k], attention) for k in range(1, len(w))])
+            [merge_block(feed, w[0], attention, padding)]
+            + [merge_block(w[k] + feed, w[k], attention, padding) for k in range(1, len(w))])
         self.down = nn.ModuleList(Down(w[k], w[k + 1]) for k in range(self.depth))
         self.up = nn.ModuleList(Up(w[k + 1], w[k]) for k in range(self.depth))
-        self.decoder = nn.ModuleList(merge_block(2 * w[k], w[k], attention) for k in range(self.depth))
+        self.decoder = nn.ModuleList(merge_block(2 * w[k], w[k], attention, padding) for k in range(self.depth))
         self.to_fused = nn.ModuleList(nn.Conv2d(w[k], width, 1) for k in range(4))
         self.skff = SKFF(width, 4)
-        self.head = nn.Conv2d(width, image_channels, 3, padding=1)
+        self.head = nn.Conv2d(width, image_channels, 3, **pad)
 
     def check_size(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
@@ -89,6 +95,10 @@ class MNet(nn.Module):
             msg = (f"the M-net halves the image {self.depth} times, so its sides must be divisible "
                    f"by {step}; got {h}x{w}. Resize to e.g. {h // step * step or step}x"
                    f"{w // step * step or step} (image_size) first")
+            raise ValueError(msg)
+        if self.padding == "reflect" and min(h, w) < 2 * step:
+            msg = (f"reflect padding needs at least 2x2 pixels at the M-net's bottom, so sides of "
+                   f"at least {2 * step}; got {h}x{w}. Use a larger image_size, or padding='zeros'")
             raise ValueError(msg)
 
     def scales(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -131,31 +141,84 @@ def msssim_window(size: int) -> int:
 
 
 def msssim_l1_loss(y: torch.Tensor, x0: torch.Tensor, alpha: float = 0.84,
-                   sigma: float = MAP_SIGMAS[-1]) -> torch.Tensor:
-    """Eq. 9: ``alpha * (1 - MS-SSIM) + (1 - alpha) * G_sigma * L1`` on [0, 1] images."""
-    from pytorch_msssim import ms_ssim
+                   sigma: float = MAP_SIGMAS[-1], form: str = "pyramid") -> torch.Tensor:
+    """Eq. 9: ``alpha * (1 - MS-SSIM) + (1 - alpha) * G_sigma * L1`` on normalised images.
 
+    ``form="pyramid"``: pytorch-msssim's MS-SSIM (Wang et al.: five scales of a halving image
+    pyramid, each scale's mean contrast-structure term multiplied); ``"eq7"``: the paper's
+    Eq. 7-8, the mean over pixels of :func:`msssim_map` (Gaussian windows sigma 0.5 ... 8 at full
+    resolution, multiplied per pixel)."""
     a, b = (y.float() + 1) / 2, (x0.float() + 1) / 2
-    structural = 1 - ms_ssim(a, b, data_range=1.0, win_size=msssim_window(min(a.shape[-2:])))
+    if form == "pyramid":
+        from pytorch_msssim import ms_ssim
+
+        structural = 1 - ms_ssim(a, b, data_range=1.0, win_size=msssim_window(min(a.shape[-2:])))
+    elif form == "eq7":
+        structural = 1 - msssim_map(a, b).mean()
+    else:
+        msg = f"MS-SSIM form {form!r}: expected 'pyramid' (pytorch-msssim) or 'eq7' (the paper's Eq. 7)"
+        raise ValueError(msg)
     l1 = gaussian_smooth((a - b).abs().mean(1), sigma).mean()
     return alpha * structural + (1 - alpha) * l1
 
 
+def msssim_map(a: torch.Tensor, b: torch.Tensor, sigmas: Sequence[float] = MAP_SIGMAS,
+               k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Eq. 7 per pixel: ``l_M(p) * prod_j cs_j(p)`` with Gaussian windows ``sigmas`` at full
+    resolution (Zhao et al.'s form), Eqs. 2-6 for the means, variances and covariance.
+
+    ``(B, C, H, W)`` images in [0, 1] -> ``(B, H, W)``, channels averaged. ``C1 = k1 ** 2``,
+    ``C2 = k2 ** 2`` (SSIM's constants for a data range of 1; the paper prints 0.01 and 0.03,
+    SSIM's K1 and K2). Windows reach past the border by reflection (:func:`gaussian_smooth`);
+    a negative ``cs`` is set to 0, as pytorch-msssim does, so that two negatives cannot
+    multiply into a match."""
+    n, c, h, w = a.shape
+    x, y = a.reshape(n * c, h, w), b.reshape(n * c, h, w)
+    product = torch.ones_like(x)
+    for s in sigmas:
+        mx, my = gaussian_smooth(x, s), gaussian_smooth(y, s)
+        vx = gaussian_smooth(x * x, s) - mx ** 2
+        vy = gaussian_smooth(y * y, s) - my ** 2
+        cov = gaussian_smooth(x * y, s) - mx * my
+        product = product * ((2 * cov + k2 ** 2) / (vx + vy + k2 ** 2)).clamp(min=0)
+    luminance = (2 * mx * my + k1 ** 2) / (mx ** 2 + my ** 2 + k1 ** 2)   # at the largest window
+    return (luminance * product).reshape(n, c, h, w).mean(1)
+
+
 def error_maps(y: torch.Tensor, x0: torch.Tensor, alpha: float = 0.84,
-               sigmas: Sequence[float] = MAP_SIGMAS) -> np.ndarray:
-    """Per-pixel ``alpha * (1 - SSIM) + (1 - alpha) * L1`` maps ``(B, H, W)`` (numpy): SSIM maps
-    from scikit-image at each Gaussian window ``sigma``, averaged; channels averaged."""
+               sigmas: Sequence[float] = MAP_SIGMAS, form: str = "pyramid") -> np.ndarray:
+    """Per-pixel ``alpha * (1 - SSIM) + (1 - alpha) * L1`` maps ``(B, H, W)`` (numpy), channels
+    averaged. ``form="pyramid"``: SSIM maps from scikit-image at each Gaussian window ``sigma``,
+    averaged; ``"eq7"``: the paper's per-pixel MS-SSIM, :func:`msssim_map`."""
+    a, b = (y.float().cpu() + 1) / 2, (x0.float().cpu() + 1) / 2
+    l1 = (a - b).abs().mean(1).numpy()
+    if form == "eq7":
+        return (alpha * (1 - msssim_map(a, b, sigmas).numpy()) + (1 - alpha) * l1).astype(np.float32)
     from skimage.metrics import structural_similarity
 
-    a = ((y.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
-    b = ((x0.float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()
-    out = []
-    for ai, bi in zip(a, b):
-        ssim = np.mean([structural_similarity(ai, bi, data_range=1.0, channel_axis=-1, gaussian_weights=True,
-                                              sigma=s, use_sample_covariance=False, full=True)[1].mean(-1)
-                        for s in sigmas], axis=0)
-        out.append(alpha * (1 - ssim) + (1 - alpha) * np.abs(ai - bi).mean(-1))
-    return np.stack(out).astype(np.float32)
+    a, b = a.permute(0, 2, 3, 1).numpy(), b.permute(0, 2, 3, 1).numpy()
+    ssim = np.stack([np.mean([structural_similarity(ai, bi, data_range=1.0, channel_axis=-1,
+                                                    gaussian_weights=True, sigma=s,
+                                                    use_sample_covariance=False, full=True)[1].mean(-1)
+                              for s in sigmas], axis=0) for ai, bi in zip(a, b)])
+    return (alpha * (1 - ssim) + (1 - alpha) * l1).astype(np.float32)
+
+
+def inner(maps: torch.Tensor, border: int | str) -> torch.Tensor:
+    """``(B, H, W)`` maps without a strip of ``border`` pixels on each side (0: all of them;
+    ``"window"``: as wide as the loss's SSIM window at this size, :func:`msssim_window`)."""
+    if border == "window":
+        border = msssim_window(min(maps.shape[-2:]))
+    if not isinstance(border, int) or border < 0:
+        msg = f"score_border {border!r}: expected a number of pixels (0 for none) or 'window'"
+        raise ValueError(msg)
+    if border == 0:
+        return maps
+    if 2 * border >= min(maps.shape[-2:]):
+        msg = (f"score_border {border} leaves nothing of a {maps.shape[-2]}x{maps.shape[-1]} map; "
+               f"use fewer than {min(maps.shape[-2:]) // 2} pixels")
+        raise ValueError(msg)
+    return maps[..., border:-border, border:-border]
 
 
 # -------------------------------------------------------------------------------- detector
@@ -177,6 +240,9 @@ class NoiseToNormConfig:
     val_fraction: float = 0.2
     test_noise: bool = True       # corrupt test images like training ones (a guess; seeded)
     map_sigma: float = 4.0
+    padding: str = "reflect"      # the 3x3 convolutions' border (a choice: the paper is silent)
+    score_border: int | str = 0   # pixels ignored before the maximum ("window": the SSIM window)
+    msssim: str = "pyramid"       # "eq7": the paper's Eq. 7 in the loss and the map
     seed: int = 0
 
 
@@ -187,10 +253,10 @@ def images_of(data: Any) -> torch.Tensor:
     return torch.stack([data[i]["image"] for i in range(len(data))])
 
 
-def _loss(lam: float, alpha: float):
+def _loss(lam: float, alpha: float, form: str = "pyramid"):
     def loss(model: MNet, batch) -> dict[str, torch.Tensor]:
         x0 = normalise(batch[0] if isinstance(batch, (list, tuple)) else batch)
-        return {"loss": msssim_l1_loss(model(add_noise(x0, lam)), x0, alpha)}
+        return {"loss": msssim_l1_loss(model(add_noise(x0, lam)), x0, alpha, form=form)}
     loss.__qualname__ = "msssim_l1_loss"
     return loss
 
@@ -222,14 +288,14 @@ class NoiseToNormDetector(Detector):
         c = self.config
         images = images_of(train)
         torch.manual_seed(c.seed)
-        self.model = MNet(c.width, c.attention, images.shape[1])
+        self.model = MNet(c.width, c.attention, images.shape[1], c.padding)
         self.model.check_size(images)
         if c.epochs == 0:  # the untrained model: a sanity reference for the claims
             return self._untrained()
         fit_idx, val_idx = self.split(len(images))
         self.validation_size = len(val_idx)
         return self._timed_fit(
-            _loss(c.lam, c.alpha), TensorDataset(images[fit_idx]),
+            _loss(c.lam, c.alpha, c.msssim), TensorDataset(images[fit_idx]),
             val_data=TensorDataset(images[val_idx]) if val_idx else None,
             optimizer=lambda p: torch.optim.AdamW(p, lr=c.lr, betas=(0.5, 0.999)),
             scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=c.t_max, eta_min=c.eta_min),
@@ -245,11 +311,16 @@ class NoiseToNormDetector(Detector):
         out = [self.model(x).float().cpu() for (x,) in self._batches([noisy], batch_size, dtype=None)]
         return x0, noisy, torch.cat(out)
 
+    def anomaly_maps(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The smoothed maps ``(B, H, W)`` of images ``x0`` and their reconstructions ``y``
+        (normalised, as :meth:`reconstruct` returns them)."""
+        maps = torch.from_numpy(error_maps(y, x0, self.config.alpha, form=self.config.msssim))
+        return gaussian_smooth(maps, self.config.map_sigma)
+
     def predict(self, test: Any) -> tuple[np.ndarray, np.ndarray]:
         x0, _, y = self.reconstruct(test)
-        maps = torch.from_numpy(error_maps(y, x0, self.config.alpha))
-        maps = gaussian_smooth(maps, self.config.map_sigma)
-        return image_scores(maps), maps.numpy()
+        maps = self.anomaly_maps(x0, y)
+        return image_scores(inner(maps, self.config.score_border)), maps.numpy()
 
     def pixel_threshold(self, train: Any, quantile: float = 0.99) -> float:
         """A map threshold from the held-out *normal* training images (never the test split):

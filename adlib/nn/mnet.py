@@ -26,24 +26,37 @@ class ChannelAttention(nn.Module):
 
 
 class ResidualAttention(nn.Module):
-    """conv3x3 - PReLU - conv3x3, channel attention, plus the input (through a 1x1 convolution
-    when the channel count changes)."""
+    """The paper's residual attention module (Sec. 3.2.1, Fig. 3): in both pathways a 1x1
+    convolution changes the channel count (Identity when it does not change); the attention
+    path then runs conv3x3 - PReLU - conv3x3 and channel attention, and the two paths are added.
+    ``(B, in, H, W) -> (B, out, H, W)``; ``padding_mode``: the 3x3 convolutions' border
+    (``"zeros"``, PyTorch's default, or ``"reflect"``)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, padding_mode: str = "zeros"):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.PReLU(),
-                                  nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        self.body = nn.Sequential(channel_change(in_channels, out_channels),
+                                  nn.Conv2d(out_channels, out_channels, 3, padding=1, padding_mode=padding_mode),
+                                  nn.PReLU(),
+                                  nn.Conv2d(out_channels, out_channels, 3, padding=1, padding_mode=padding_mode),
                                   ChannelAttention(out_channels))
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        self.skip = channel_change(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.skip(x)
 
 
-def merge_block(in_channels: int, out_channels: int, attention: bool = True) -> nn.Module:
+def channel_change(in_channels: int, out_channels: int) -> nn.Module:
+    """A 1x1 convolution from ``in_channels`` to ``out_channels``; Identity when they are equal."""
+    return nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+
+def merge_block(in_channels: int, out_channels: int, attention: bool = True,
+                padding_mode: str = "zeros") -> nn.Module:
     """What follows each concatenation: a residual attention module, or (the paper's ablation)
     a 1x1 convolution that only changes the channel count."""
-    return ResidualAttention(in_channels, out_channels) if attention else nn.Conv2d(in_channels, out_channels, 1)
+    if attention:
+        return ResidualAttention(in_channels, out_channels, padding_mode)
+    return nn.Conv2d(in_channels, out_channels, 1)
 
 
 class Down(nn.Module):
