@@ -77,9 +77,11 @@ def test_baseline_inputs_and_paper_parameter_counts():
     for kind in lea.INPUTS:
         logit, caan = lea.LEANet("basic_cnn", "none", input=kind, width=8, image_size=64)(x, m)
         assert logit.shape == (2,) and caan is None
-    # the paper's widths give its Table 3 / 7 parameter counts (11.2 M, 165.7 M, 4.0 M, 16.1 M)
+    # the paper's widths give its Table 3 / 7 parameter counts (11.2 M, 165.7 M, 4.0 M, 16.1 M;
+    # ResNet50 23.6 M and VGG19 171.0 M, ResNet50's with Keras's convolution biases)
     counts = {adn: lea.count_parameters(lea.make_adn(adn, 3, 64, 256)) for adn in lea.ADNS}
     assert round(counts["resnet18"] / 1e6, 1) == 11.2 and round(counts["vgg16"] / 1e6, 1) == 165.7
+    assert round(counts["resnet50"] / 1e6, 1) == 23.5 and round(counts["vgg19"] / 1e6, 1) == 171.0
     assert round(counts["basic_cnn"] / 1e6, 1) == 3.9
     assert round(lea.count_parameters(lea.LEANet("resnet18", "resnet")) / 1e6, 1) == 16.1
 
@@ -93,8 +95,16 @@ def test_stratified_folds_keep_the_class_ratio_and_repeat_from_the_seed():
     again = [study.fold_split(labels, 5, 3, k)[1] for k in range(5)]
     assert all(np.array_equal(a, b) for a, b in zip(tests, again))
     assert not np.array_equal(tests[0], study.fold_split(labels, 5, 4, 0)[1])
-    train, test = study.fold_split(labels, 5, 3, 0, fraction=0.25)
-    assert np.array_equal(test, tests[0]) and labels[train].sum() == 12    # 25 % of 48 anomalies
+    # fewer anomalous images in the whole data set (the paper's Fig. 4), folds still stratified:
+    # 3 of each fold's 12 anomalous images stay, in its test part and in the others' training parts
+    kept = study.imbalanced_subset(labels, 5, 3, 0.25)
+    assert len(kept) == 88 + 15 and labels[kept].sum() == 15
+    small = [study.fold_split(labels, 5, 3, k, fraction=0.25) for k in range(5)]
+    assert sorted(np.concatenate([t for _, t in small]).tolist()) == kept.tolist()
+    for (train, test), full in zip(small, tests):
+        assert labels[test].sum() == 3 and labels[train].sum() == 12
+        assert np.array_equal(test[labels[test] == 0], full[labels[full] == 0])   # same normals
+        assert set(train) | set(test) == set(kept) and not set(train) & set(test)
 
 
 def test_colour_map_separates_a_hue_stained_image_from_its_clean_twin():
@@ -137,7 +147,9 @@ def test_labelled_categories_and_a_clear_error_for_a_bad_root(tmp_path):
 
 def test_a_short_run_learns_and_is_measured_against_both_sanity_references(tmp_path, monkeypatch):
     """The cpu protocol on 2 folds of the embedded ihc category: LEA-Net beats answering
-    "anomalous" for every image and its untrained self; the threshold on the map's raw maximum
+    "anomalous" for every image, and its untrained self (the same pipeline with no epochs:
+    initial weights, batch-norm statistics of the training images) on the chapter's main
+    metric, the F1 at the paper's 0.5, as on AUROC; the threshold on the map's raw maximum
     (the other reference) is scored on the same folds, and beats "always anomalous" itself."""
     from adlib.data.sources import resolve_root
     from adlib.profiles import resolve
@@ -145,7 +157,7 @@ def test_a_short_run_learns_and_is_measured_against_both_sanity_references(tmp_p
     monkeypatch.setenv("ADLIB_CACHE", str(tmp_path))
     s = study.protocol(resolve("lea_net", "cpu"))
     images, labels = study.load_labelled("embedded", resolve_root("embedded"), "ihc", s["image_size"])
-    f1 = {"model": [], "always": [], "map": []}
+    f1 = {"model": [], "always": [], "map": [], "untrained": []}
     auroc = {"model": [], "untrained": []}
     for fold in range(s["folds"]):
         maps, peak, _ = study.fold_maps(images, labels, s, 0, fold, tag="ihc")
@@ -157,11 +169,120 @@ def test_a_short_run_learns_and_is_measured_against_both_sanity_references(tmp_p
                 auroc["model"].append(out["metrics"]["image_auroc"])
         torch.manual_seed(0)
         untrained = lea.LEANet(s["adn"], s["caan"], s["point"], width=s["width"], image_size=s["image_size"])
-        test = out["test"]
-        probability = lea.predict(untrained, images[test], maps[test])
-        auroc["untrained"].append(lea.classification_metrics(labels[test], probability)["image_auroc"])
+        train, test = study.fold_split(labels, s["folds"], 0, fold)
+        lea.recompute_batch_norm(untrained, images[train], maps[train])
+        before = lea.classification_metrics(labels[test], lea.predict(untrained, images[test], maps[test]))
+        auroc["untrained"].append(before["image_auroc"])
+        f1["untrained"].append(before["f1"])
     mean = {k: float(np.mean(v)) for k, v in f1.items()}
     assert mean["always"] == pytest.approx(2 * 0.405 / 1.405, abs=0.01)   # 2p / (1 + p), p = 60/148
     assert mean["model"] > mean["always"] + 0.03, mean
+    assert mean["model"] > mean["untrained"] + 0.05, mean              # the main metric (+0.10)
     assert np.mean(auroc["model"]) > np.mean(auroc["untrained"]) + 0.15, auroc
     assert mean["map"] > mean["always"], mean
+
+
+def test_mobilenet_caan_points_follow_table_1():
+    """Table 1 (MobileNet-like CAAN): point 5 follows the last three 96-channel bottlenecks, and
+    the 1x1 convolution to 576 channels, the average pool and the 1x1 to 1280 come after it (in
+    the head): the point-5 feature has 96 channels at 1/32 of the input side, not 576."""
+    caan = lea.MobileNetCAAN(64)
+    feats = {}
+    caan(torch.rand(1, 1, 256, 256), hook=lambda p, h: feats.setdefault(p, h))
+    shapes = {p: tuple(f.shape[1:]) for p, f in feats.items()}
+    assert shapes == {1: (16, 128, 128), 2: (16, 64, 64), 3: (24, 32, 32), 4: (48, 16, 16),
+                      5: (96, 8, 8)}
+    linears = [m for m in caan.head.modules() if isinstance(m, torch.nn.Linear)]
+    convs = [m for m in caan.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [576]
+    assert [(m.in_features, m.out_features) for m in linears] == [(576, 1280), (1280, 1)]
+
+
+def green_blotch_set(n: int = 64, n_anomalous: int = 24, size: int = 128, seed: int = 0):
+    """A labelled RGB set: a smooth green texture, the anomalous images with one to three
+    brownish blotches (their lightness close to the leaf's: a colour anomaly)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    texture = F.interpolate(torch.rand(n, 1, size // 8, size // 8, generator=g), size=(size, size),
+                            mode="bicubic", align_corners=False)
+    t = (0.6 * texture + 0.15 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
+    images = (torch.tensor([0.20, 0.55, 0.15]).view(1, 3, 1, 1) * (0.6 + 0.6 * t)).clamp(0, 1)
+    labels = torch.zeros(n, dtype=torch.long)
+    labels[torch.randperm(n, generator=g)[:n_anomalous]] = 1
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    brown = torch.tensor([0.45, 0.30, 0.12]).view(3, 1, 1)
+    for i in torch.nonzero(labels).flatten().tolist():
+        for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+            cy, cx = (torch.rand(2, generator=g) * size * 0.8 + size * 0.1).tolist()
+            r = float(torch.rand(1, generator=g)) * size * 0.08 + size * 0.05
+            blotch = (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r).float()
+            images[i] = images[i] * (1 - blotch) + brown * (0.8 + 0.4 * t[i]) * blotch
+    return images.clamp(0, 1), labels
+
+
+def test_a_perfect_ranking_is_not_called_all_normal_at_the_papers_threshold(tmp_path, monkeypatch):
+    """The cpu protocol (its colouriser shortened to 10 epochs) on fold 0 of a 64-image green /
+    brown-blotch set: 32 training images are 40 steps, after which the running batch-norm
+    variance still holds 1.5 % of its start value 1, several times the stem's true variance.
+    With those statistics (``bn_stats="running"``, the code before the fix) the model ranks the
+    test fold perfectly (AUROC 0.98-1.0) and calls every image normal (F1 0, while its training
+    loss is 0.02); with the statistics recomputed on the training images it calls them right at
+    the paper's 0.5 (F1 0.86), and so does the threshold chosen on the training folds."""
+    from adlib.profiles import resolve
+
+    monkeypatch.setenv("ADLIB_CACHE", str(tmp_path))
+    s = {**study.protocol(resolve("lea_net", "cpu")), "dataset": "synthetic", "colouriser_epochs": 10}
+    images, labels = green_blotch_set()
+    maps, peak, _ = study.fold_maps(images, labels, s, 0, 0, tag="green")
+    fixed = study.train_fold(s, images, labels, maps, peak, 0, 0)["metrics"]
+    running = study.train_fold({**s, "bn_stats": "running"}, images, labels, maps, peak, 0, 0)["metrics"]
+    assert fixed["image_auroc"] > 0.95 and running["image_auroc"] > 0.9, (fixed, running)
+    assert fixed["f1"] > 0.75 and fixed["f1_train_threshold"] > 0.75, fixed
+    # the stale statistics shift every probability down: the ranking survives, the F1 at 0.5 not
+    assert running["f1"] < 0.3 and running["f1_train_threshold"] > 0.75, running
+
+
+def test_batch_norm_statistics_are_recomputed_from_the_training_images():
+    torch.manual_seed(0)
+    net = lea.LEANet("resnet18", "resnet", 4, width=8, image_size=64)
+    x, m = 0.5 + 0.05 * torch.rand(12, 3, 64, 64), torch.rand(12, 1, 64, 64)  # smooth: small variance
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "tracked" not in k}
+    stem_bn = net.adn.stages[0][1]
+    assert float(stem_bn.running_var.mean()) == 1.0                    # the start value
+    lea.recompute_batch_norm(net, x, m, batch_size=4)
+    with torch.no_grad():
+        h = net.adn.stages[0][0](net._adn_input(x, m))
+    # the average of the three batches' variances: near the whole set's, far below the start's 1
+    torch.testing.assert_close(stem_bn.running_var, h.var((0, 2, 3)), rtol=0.1, atol=1e-6)
+    assert stem_bn.momentum == 0.1 and net.training                     # as it was
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())   # weights untouched
+
+
+def test_the_training_threshold_sits_in_the_middle_of_the_training_gap():
+    y = [0, 0, 0, 1, 1]
+    p = [0.01, 0.02, 0.05, 0.95, 0.99]
+    assert lea.best_threshold(y, p) == 0.95                              # the gap's upper edge
+    centre = lea.best_threshold(y, p, centre=True)                      # logit midpoint of 0.05, 0.95
+    assert centre == pytest.approx(0.5) and 0.05 < centre < 0.95
+    assert lea.best_threshold([0, 0], [0.1, 0.2]) == np.inf
+
+
+def test_the_study_declares_its_deviations_and_measures_two_of_them():
+    cells = {f"{c.ablation}/{c.config}": c for c in study.GRIDS["study"]}
+    measured = [d for d in study.DEVIATIONS if d.cell]
+    assert {d.topic for d in measured} >= {"learned attention gate", "batch-norm statistics"}
+    for d in measured:
+        assert d.cell in cells, d.cell
+    assert cells[f"ResNet18/{study.LEARNED_GATE}"].overrides["gate"] == "learned"
+    assert cells[f"ResNet18/{study.RUNNING_BN}"].overrides["bn_stats"] == "running"
+    paper = {c.config for c in study.GRIDS["paper"]}
+    assert {"ResNet50", "VGG19", "VGG16 + MobileNet-small CAAN (4), 25% of the anomalous images"} <= paper
+
+
+def test_the_paper_profile_draws_the_papers_data_set_sizes():
+    labels = np.array([1] * 1000 + [0] * 152)                            # PlantVillage potato: 2 blights + healthy
+    keep = study.paper_subset(labels, "Potato")
+    assert (labels[keep] == 1).sum() == 50 and (labels[keep] == 0).sum() == 152
+    assert np.array_equal(keep, study.paper_subset(labels, "potato"))   # one data set for every seed
+    assert len(study.paper_subset(labels, "ihc")) == len(labels)        # not a paper data set: all
