@@ -265,7 +265,7 @@ def deviations_frame(paper: str):
     from adlib.papers import get_chapter
 
     rows = [{"topic": d.topic, "paper": d.paper + (f" ({d.source})" if d.source else ""),
-             "ours": d.ours, "why": d.why, "kind": "guess: the paper is silent" if d.guess else "choice",
+             "ours": d.ours, "why": d.why, "kind": "guess" if d.guess else "choice",
              "cell": d.cell or "—"} for d in get_chapter(paper).deviations]
     return pd.DataFrame(rows, columns=list(DEVIATION_COLUMNS)).rename(columns=DEVIATION_COLUMNS)
 

@@ -104,7 +104,7 @@ def test_a_toy_chapter_is_in_the_books_contents_intro_api_and_scoreboard(toy, tm
     # its deviations: one table in the chapter, one section of the appendix
     table = book.deviations_frame("toy_chapter")
     assert list(table["the paper"]) == ["silent", "L2 (Eq. 2)"]
-    assert list(table["kind"]) == ["guess: the paper is silent", "choice"]
+    assert list(table["kind"]) == ["guess", "choice"]
     assert "width/width=3" in book.deviations_table("toy_chapter").to_html()
     appendix = book.write_deviations(tmp_path / "deviations.md").read_text()
     assert "## 90. Toy: a chapter from a test" in appendix

@@ -220,7 +220,9 @@ def _feed_forward(dim: int, ratio: int, dropout: float) -> nn.Sequential:
 
 
 class UniADEncoderLayer(nn.Module):
-    """UniAD's post-norm encoder layer ``(x (B, N, D), position (N, D)) -> (B, N, D)``::
+    """UniAD's post-norm encoder layer ``(x (B, N, D), position (N, D)) -> (B, N, D)``.
+
+    Per layer::
 
         x = LN(x + drop(attention(q = k = x + position, v = x)))
         x = LN(x + drop(FFN(x)))            FFN = Linear, ReLU, dropout, Linear

@@ -1,7 +1,7 @@
 """Noise-to-norm reconstruction with an M-net (separate per-category models).
 
-Written from the paper (noise_to_norm_mnet) and the book's implementation notes; the paper has
-no public code and none was copied. Per image::
+Written from the paper (noise_to_norm_mnet); the chapter's deviations table says where the book
+differs from it or guesses. The paper has no public code and none was copied. Per image::
 
     normalise  x0 = (image - 0.5) / 0.5                           (mean 0.5, std 0.5 per channel)
     noise      x = (1 - lam) * x0 + lam * eps,  eps ~ N(0.5, 0.5)  (Eq. 1; lam = 0.3)
