@@ -7,6 +7,7 @@
     python -m adlib bench patchsvdd-embed              dense embeddings: one pass vs patch by patch
     python -m adlib study <paper> --grid study ...     run / resume a paper's ablation grid
     python -m adlib gpucheck --out DIR                 every chapter's paper profile, timed on a GPU
+    python -m adlib pageaudit book/_build/html         the built book as a reader sees it (Chromium)
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ def _gpucheck(args: argparse.Namespace) -> None:
     gpucheck(args.out, device=args.device, tiny=args.tiny, steps=args.steps)
 
 
+def _pageaudit(args: argparse.Namespace) -> None:
+    from adlib.pageaudit import main as audit_main
+
+    argv = [args.html] + (["--screenshots", args.screenshots] if args.screenshots else [])
+    if audit_main(argv):
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m adlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     gc.add_argument("--tiny", action="store_true", help="64 px, 2 steps: the same path in seconds")
     gc.add_argument("--steps", type=int, default=None, help="training steps per chapter (300)")
     gc.set_defaults(func=_gpucheck)
+
+    pa = sub.add_parser("pageaudit", help="read the built book in headless Chromium: verdict box "
+                        "on the first screen, tables that fit, no setup code, no long decimals")
+    pa.add_argument("html", help="the built book's HTML folder (book/_build/html)")
+    pa.add_argument("--screenshots", help="folder for first-screen PNGs")
+    pa.set_defaults(func=_pageaudit)
 
     args = parser.parse_args(argv)
     from adlib.provenance import ProvenanceError

@@ -56,6 +56,38 @@ class Deviation:
 
 
 @dataclass(frozen=True)
+class Finding:
+    """One sentence of a chapter's reading of its committed study, with the comparison behind it.
+
+    The chapter renders each finding with its numbers (:func:`adlib.verdicts.findings_html`), and
+    a test checks that the committed rows still give the verdict the sentence states, so a rerun
+    that changes a result cannot leave the prose behind.
+
+    Args:
+        text: the sentence, as the reader sees it.
+        order: the comparison, in the grid's config labels (``"ANG+FFM > ANG"``).
+        expect: the verdict the sentence states: ``reproduced`` (the first config is better),
+            ``contradicted`` (it is worse) or ``inconclusive`` (level within the interval).
+        metric: the metric compared.
+        ablation: where to look the configs up first (labels may repeat across ablations).
+        grid: the committed study grid whose rows it reads (grids differ in protocol).
+    """
+
+    text: str
+    order: str
+    expect: str = "reproduced"
+    metric: str = "image_auroc"
+    ablation: str | None = None
+    grid: str = "study"
+
+    def __post_init__(self) -> None:
+        if self.expect not in ("reproduced", "contradicted", "inconclusive"):
+            msg = (f"finding {self.text[:40]!r}: expect {self.expect!r}; say 'reproduced', "
+                   "'contradicted' or 'inconclusive'")
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
 class Chapter:
     """One chapter of the book.
 
@@ -81,6 +113,11 @@ class Chapter:
             ``"tree"``: a small MVTec-layout tree of the run's size (data without a train/test
             split).
         estimate_of: what the warm-up's wall time estimates, in words.
+        headline: the cells the verdict box shows side by side, name -> ``"ablation/config"``:
+            the chapter's model first, then its references (untrained, kNN, ...).
+        headline_metrics: the metrics of that line.
+        findings: what the chapter reads in its committed study, sentence by sentence
+            (:class:`Finding`).
     """
 
     key: str
@@ -97,6 +134,9 @@ class Chapter:
     gpucheck_small: Mapping[str, Any] = field(default_factory=dict)
     estimate_on: str = "run"
     estimate_of: str = MVTEC_SCALE
+    headline: Mapping[str, str] = field(default_factory=dict)
+    headline_metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc")
+    findings: tuple[Finding, ...] = ()
     module: str = ""                 # the declaring module; the registry fills it
     study: str | None = None         # that module, when it declares STUDY; the registry fills it
     deviations: tuple[Deviation, ...] = ()   # the module's DEVIATIONS; the registry fills it

@@ -365,6 +365,21 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
             "note": "; ".join(notes)}
 
 
+def compare(rows: pd.DataFrame | Iterable[Mapping], order: str, metric: str = "image_auroc", *,
+            ablation: str | None = None) -> dict[str, Any]:
+    """One direction on study rows, judged as a claim's is (paired differences, 95 % bootstrap
+    interval): ``ours``, ``verdict``, ``n_pairs``, ``note``. For a chapter's own findings, which
+    are no paper's claim."""
+    frame = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
+    for column in ("ablation", "config", *PAIR_KEYS):
+        if column not in frame:
+            frame = frame.assign(**{column: pd.Series(dtype=object)})
+    check = ClaimCheck(0, order=order, ablation=ablation, metrics=(metric,))
+    if metric not in frame:
+        return {"ours": "—", "verdict": NOT_RUN, "n_pairs": 0, "note": f"no {metric} in the rows"}
+    return _order_row(check, "", frame, metric)
+
+
 def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | Iterable[Mapping],
                  *, dataset: str, profile: str, hardware: Any = None, revision: str = "",
                  ) -> list[dict[str, Any]]:

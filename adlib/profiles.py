@@ -191,6 +191,26 @@ class Setup:
                 f"categories ({', '.join(self.categories)}), {c.epochs} epochs, batch "
                 f"{c.batch_size}, seeds {c.seeds}, grid {c.grid}, device {self.device}")
 
+    def settings_line(self, *keys: str) -> str:
+        """The chapter's model settings in one line ("backbone resnet18 · hidden 64 · ..."),
+        from this run's protocol: what a reader needs to rerun it, without a raw dict."""
+        def text(value: Any) -> str:
+            if isinstance(value, (list, tuple)):
+                return ",".join(text(v) for v in value)
+            return f"{value:g}" if isinstance(value, float) else str(value)
+
+        protocol = self.protocol or {}
+        return "model: " + " · ".join(f"{k} {text(protocol[k])}" for k in keys if k in protocol)
+
+
+def display_defaults() -> None:
+    """Tables a reader can scan: two decimals unless a table sets its own (pandas' default is
+    six, which prints 1.400000)."""
+    import pandas as pd
+
+    pd.set_option("styler.format.precision", 2)
+    pd.set_option("display.precision", 2)
+
 
 def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int | None = None,
           **params: Any) -> Setup:
@@ -217,6 +237,7 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
 
         torch.set_num_threads(threads)
     run = Setup(cfg, root, categories, device, started)
+    display_defaults()
     if paper in PAPERS and PAPERS[paper].study:
         from adlib.study.load import load_study
 

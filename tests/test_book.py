@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from adlib import book
+from adlib import book, pageaudit
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = book.notebook_paths(REPO / "notebooks")
@@ -47,14 +46,31 @@ def test_notebook_starts_with_badge_install_and_parameters(path):
         assert re.search(rf"^{name}\s*=", params.source, re.M), f"parameter {name} missing"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_setup_cells_are_hidden_and_a_paper_chapter_opens_with_its_verdict_box(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tags = [c.metadata.get("tags", []) for c in code]
+    assert "remove-cell" in tags[0] and "remove-cell" in tags[1], "install and parameters: remove-cell"
+    setup = [t for c, t in zip(code, tags) if "setup(" in c.source][0]
+    assert "remove-input" in setup, "the setup cell shows its output (the run), not its code"
+    assert "save_record" in code[-1].source and "remove-cell" in tags[-1], "run record: remove-cell"
+    paper = book.chapter_of(path)
+    if paper is not None and paper.paper:
+        assert f'verdict_box("{paper.key}")' in code[2].source and "remove-input" in tags[2], \
+            "third code cell: the verdict box, input removed, right under the title"
+        before = [c for c in nb.cells[:nb.cells.index(code[2])] if c.cell_type == "markdown"]
+        assert len(before) == 1 and before[0].source.count("\n") <= 3, \
+            "only the badge and the title above the verdict box"
+
+
 # --- executed book (one smoke run for the module) ---------------------------------------
 
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
     """Execute every notebook under smoke into a copy of book/ and build it."""
     root = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "intro.md", "api.md"):
-        shutil.copy2(REPO / "book" / name, root / name)
+    book.copy_book_sources(root)
     records = root / "_generated" / "records"
     errors, timings = {}, []
     for path in NOTEBOOKS:
@@ -100,26 +116,38 @@ def test_book_builds_with_warnings_as_errors(smoke_book):
     assert "adlib.metrics" in (html / "api.html").read_text()
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
+_chromium = pageaudit.browser
+CHROMIUM_FLAGS = pageaudit.FLAGS
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                  "--virtual-time-budget=8000"]
+def _need_browser() -> None:
+    if _chromium() is None:
+        if os.environ.get("ADLIB_REQUIRE_BROWSER"):
+            pytest.fail("headless Chromium is required here: apt-get install chromium")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+
+
+@pytest.mark.book
+def test_every_page_reads_as_a_reader_needs_in_chromium(smoke_book):
+    """At 1280 x 900: each paper chapter's verdict box on the first screen; no table wider than
+    its column; no setup code; no table cell with more than 3 decimals (chapters, scoreboard)."""
+    _need_browser()
+    assert smoke_book["html"] is not None, "book did not build"
+    shots = os.environ.get("ADLIB_SCREENSHOT_DIR")
+    found = []
+    for page in pageaudit.book_pages(smoke_book["html"]):
+        chapter = book.chapter_of(page)
+        result = pageaudit.audit(page)
+        found += pageaudit.problems(page, result, needs_box=chapter is not None and chapter.paper)
+        if shots:
+            pageaudit.screenshot(page, Path(shots) / f"{page.stem}.png")
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.book
 def test_chapter_page_shows_figures_and_rendered_maths_in_chromium(smoke_book, tmp_path):
+    _need_browser()
     browser = _chromium()
-    if browser is None:
-        if os.environ.get("ADLIB_REQUIRE_BROWSER"):
-            pytest.fail("headless Chromium is required here: apt-get install chromium")
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
     assert smoke_book["html"] is not None, "book did not build"
     page = smoke_book["html"] / "chapters" / (NOTEBOOKS[0].stem + ".html")
     flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
@@ -139,3 +167,21 @@ def test_chapter_page_shows_figures_and_rendered_maths_in_chromium(smoke_book, t
     text = re.sub(r"<script.*?</script>", "", main, flags=re.S)
     text = re.sub(r"<[^>]+>", " ", text)
     assert "\\[" not in text and "$$" not in text, "raw TeX left on the page"
+
+
+def test_the_page_audit_catches_what_a_reader_would_trip_over(tmp_path):
+    """The audit itself, on a page made to fail it: a verdict box below the first screen, a
+    table wider than its column, visible setup code and six decimals."""
+    _need_browser()
+    page = tmp_path / "page.html"
+    page.write_text(
+        "<html><body><main style='width:600px'>"
+        "<div class='cell_input'><pre>pip install adlib</pre></div>"
+        "<div style='height:1200px'></div><div class='adlib-verdict-box'>box</div>"
+        "<div><table><tr><td style='min-width:900px'>1.400000</td></tr></table></div>"
+        "</main></body></html>")
+    result = pageaudit.audit(page)
+    found = pageaudit.problems(page, result, needs_box=True)
+    assert result["box_top"] > pageaudit.HEIGHT
+    assert any("verdict box" in f for f in found) and any("setup code" in f for f in found)
+    assert any("px in a" in f for f in found) and any("1.400000" in f for f in found)

@@ -1,6 +1,7 @@
 """The generated pages: scoreboard from run records, status page, table of contents."""
 
 import json
+import re
 
 from adlib import book
 from adlib.claims import ClaimCheck, check_claims
@@ -25,29 +26,42 @@ def _record(tmp_path, profile, ours, folder, seeds=(0,)):
     return rec.save(tmp_path / folder)
 
 
+def _html_rows(text: str) -> list[list[str]]:
+    """The body rows of an HTML table as lists of cell texts (tags removed)."""
+    body = text.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [[re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
 def test_scoreboard_prefers_study_records_and_lists_every_claim(tmp_path):
     _record(tmp_path, "cpu", 71.0, "book")
     _record(tmp_path, "study", 83.5, "study", seeds=(0, 1, 2))
     page = book.write_scoreboard(tmp_path / "scoreboard.md", [tmp_path / "study", tmp_path / "book"])
     text = page.read_text()
-    rlr = text.split("## RLR")[1]
-    first = [line for line in rlr.splitlines() if line.startswith("| 1 |")][0]
-    assert "84.5" in first and "study" in first and "not comparable here" in first
-    assert "71" not in first
+    rlr = text.split("## RLR")[1].split("\n## ")[0]
+    main, detail = rlr.split("<details", 1)
+    rows, details = _html_rows(main), _html_rows(detail)
+    first = rows[0]   # claim 1, MVTec AD mean, image: the study's number, not the cpu run's
+    assert first[0].startswith("1 MVTec") and "84.5" in first[3] and first[4] == "not comparable here"
+    assert "71" not in " ".join(first)
+    assert details[0][4].startswith("study") and details[0][6] == "abc"
     # one row per claim, check and level: claim 1 image + pixel, claim 7 image + pixel
-    rows = [line for line in rlr.splitlines() if line.startswith("|") and "abc" in line]
-    assert len(rows) == 4
-    seven = [line for line in rows if "perturbation" in line]
-    assert all("reproduced" in line and "| 6 |" in line for line in seven)
-    # every claim of claims.md gets a row, checked or not
-    assert text.count("not run yet") >= 30
-    assert "Run records read: 2" in text
+    measured = [(row, more) for row, more in zip(rows, details) if more[6] == "abc"]
+    assert len(measured) == 4
+    seven = [(row, more) for row, more in measured if "perturbation" in row[1]]
+    assert len(seven) == 2 and all(row[4] == "reproduced" and more[2] == "6" for row, more in seven)
+    # every claim of claims.md gets a row, checked or not, and the counts table adds them up
+    assert text.count(">not run yet<") >= 30
+    assert "Run records read" not in text and "2 run records read" in text
+    counts = _html_rows(text.split("## ")[0])
+    total = {row[0]: int(row[-1]) for row in counts}
+    assert total["reproduced"] >= 2 and total["not run yet"] >= 30
 
 
 def test_scoreboard_ignores_json_that_is_not_a_run_record(tmp_path):
     (tmp_path / "junk.json").write_text(json.dumps({"hello": 1}))
     text = book.write_scoreboard(tmp_path / "s.md", [tmp_path]).read_text()
-    assert "Run records read: 0" in text
+    assert "0 run records read" in text
 
 
 def test_status_page_lists_times_versions_and_revision(tmp_path):
@@ -65,6 +79,7 @@ def test_status_page_lists_times_versions_and_revision(tmp_path):
 def test_toc_lists_chapters_in_order(tmp_path):
     toc = book.write_toc(tmp_path, ["00_a.ipynb", "01_b.ipynb"]).read_text()
     assert toc.index("chapters/00_a") < toc.index("chapters/01_b") < toc.index("scoreboard")
+    assert toc.index("file: deviations") < toc.index("file: bibliography") < toc.index("file: api")
 
 
 def test_intro_and_api_include_the_chapter_lists_written_from_the_registry(tmp_path):

@@ -17,6 +17,7 @@ from adlib.study.spec import Cell, Study, Task
 
 CHAPTER = Chapter(
     key="cse_patch_svdd", title="C-SE on Patch SVDD", notebook="01_cse_patch_svdd.ipynb",
+    short="C-SE",
     summary="channel attention with max- and average-pooling branches and a long connection",
     model="adlib.models.patch_svdd",
     # cpu: the study's protocol, shortened to 1,200 steps (what fits the 2.5-minute notebook
@@ -43,6 +44,8 @@ CHAPTER = Chapter(
     paper_runs=("-p data_root /data/mvtec_anomaly_detection",),
     # at 64 px an image cannot hold a 64-px patch's neighbours
     gpucheck="gpu_check", gpucheck_small={"patch_sizes": "32", "stride32": 16},
+    headline={"+C-SE+LBR": "variant/+C-SE+LBR", "Patch SVDD": "variant/Patch SVDD",
+              "untrained": "reference/random init +C-SE+LBR"},
 )
 
 DEFAULT = "+C-SE+LBR"

@@ -45,6 +45,8 @@ CHAPTER = Chapter(
     # --tiny's 64 px: a 4x4 stride-16 grid
     gpucheck="adlib.warmup:feature_model_check",
     gpucheck_small={"hidden": 16, "layers": 3, "heads": 2, "neighbour": 3},
+    headline={"MAAE": "Table 3/ANG+FFM+MAAE", "UniAD": "baseline/UniAD",
+              "untrained": "reference/untrained", "kNN": "single-class kNN/kNN unified"},
 )
 
 #: Settings of the MAAE model itself (the rest of the protocol: data, backbone, training).

@@ -19,6 +19,7 @@ from adlib.study.spec import Cell, Study, Task
 # whole map, pytorch-msssim's MS-SSIM (see DEVIATIONS).
 CHAPTER = Chapter(
     key="noise_to_norm", title="Noise-to-norm M-net", notebook="03_noise_to_norm.ipynb",
+    short="Noise-to-norm",
     summary="reconstruct a noised image back to normal; residual attention and SKFF",
     model="adlib.models.noise_to_norm",
     settings={"image_size": 64, "epochs": 20, "batch_size": 8, "max_categories": 2, "lam": 0.3,
@@ -35,6 +36,8 @@ CHAPTER = Chapter(
                   "width": 32, "lr": 1e-4, "t_max": 100, "grid": "paper"},
     },
     paper_runs=("-p data_root /data/mpdd",),
+    headline={"M-net": "Table 4/lambda=0.3", "untrained": "reference/untrained",
+              "mean image": "reference/mean image"},
 )
 
 #: Settings of the model and its training (the rest of the protocol: data, size, epochs).

@@ -9,7 +9,7 @@ claim needs the trained model to beat.
 from __future__ import annotations
 
 
-from adlib.chapter import Chapter, Deviation
+from adlib.chapter import Chapter, Deviation, Finding
 from adlib.claims import ClaimCheck
 from adlib.provenance import Fingerprint
 from adlib.study.spec import Cell, Study, Task
@@ -39,6 +39,24 @@ CHAPTER = Chapter(
     # --tiny's 64 px: a 4x4 stride-16 grid
     gpucheck="adlib.warmup:feature_model_check",
     gpucheck_small={"windows": [5, 3, 3], "hidden": [8, 16, 32], "blocks": 1, "heads": 4},
+    headline={"RLR": "Table 3/MLKA+LCA", "untrained": "reference/untrained"},
+    findings=(
+        Finding("The model learns: MLKA + LCA beats its untrained self on images.",
+                "MLKA+LCA > untrained"),
+        Finding("MLKA and LCA together beat plain cross attention, as Table 3 says.",
+                "MLKA+LCA > Cross Att.", ablation="Table 3"),
+        Finding("They do not beat the residual self-attention baseline on images: the paper's "
+                "largest gap is level here.", "MLKA+LCA > Residual+Self Att.",
+                expect="inconclusive", ablation="Table 3"),
+        Finding("Training without the feature jitter is level on images ...",
+                "perturbation=none > perturbation=jitter", expect="inconclusive",
+                ablation="perturbation"),
+        Finding("... and better on pixels: at this size the jitter costs localisation.",
+                "perturbation=none > perturbation=jitter", metric="pixel_auroc",
+                ablation="perturbation"),
+        Finding("One model per category beats the unified model on images.",
+                "separate > unified", ablation="training"),
+    ),
 )
 
 #: Settings of the RLR model itself (the rest of the protocol: data, backbone, training).

@@ -1,0 +1,156 @@
+"""Reads the built book as a reader sees it, in headless Chromium at 1280 x 900.
+
+:func:`audit` opens one page, lets a small script measure it after layout, and returns what it
+found: where the verdict box starts, the tables wider than their container, setup code left
+visible, table cells with more than 3 decimals. :func:`screenshot` keeps the first screen.
+``python -m adlib pageaudit book/_build/html --screenshots DIR`` audits every chapter and the
+scoreboard; the book's tests run the same checks on the smoke build.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+WIDTH, HEIGHT = 1280, 900
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--window-size={WIDTH},{HEIGHT}", "--virtual-time-budget=8000", "--hide-scrollbars"]
+
+#: Code that is setup, not content: it must not be visible on a page.
+SETUP_MARKERS = ("Parameters (papermill)", "Parameters\n", "pip install", "pip\", \"install",
+                 "run.save_record(", "injected", "import adlib  # noqa")
+
+_SCRIPT = """
+<script>
+window.addEventListener('load', () => setTimeout(() => {
+  const out = {tables: [], wide: [], decimals: [], setup: []};
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  const main = document.querySelector('main') || document.body;
+  const box = document.querySelector('.adlib-verdict-box');
+  out.box_top = box ? box.getBoundingClientRect().top + window.scrollY : null;
+  out.height = document.documentElement.scrollHeight;
+  main.querySelectorAll('table').forEach((t, i) => {
+    if (!t.offsetParent) return;
+    const parent = t.parentElement;
+    const article = t.closest('article') || main;
+    const limit = Math.min(parent.clientWidth || 1e9, article.clientWidth || 1e9);
+    out.tables.push(i);
+    if (t.scrollWidth > limit + 2 || t.getBoundingClientRect().width > limit + 2)
+      out.wide.push({index: i, width: t.scrollWidth, container: limit,
+                     head: (t.innerText || '').slice(0, 80)});
+    t.querySelectorAll('td, th').forEach(c => {
+      const m = (c.innerText || '').match(/\\d+\\.\\d{4,}/);
+      if (m) out.decimals.push(m[0]);
+    });
+  });
+  main.querySelectorAll('.cell_input, .cell .input').forEach(c => {
+    if (!c.offsetParent) return;
+    const text = c.innerText || '';
+    MARKERS.forEach(m => { if (text.includes(m)) out.setup.push(text.slice(0, 80)); });
+  });
+  const pre = document.createElement('pre');
+  pre.id = 'adlib-audit'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 500));
+</script>
+"""
+
+
+def browser() -> str | None:
+    """The headless browser on this machine (Chromium or Chrome), or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    exe = browser()
+    if exe is None:
+        msg = "no headless browser found: install Chromium (apt-get install chromium)"
+        raise RuntimeError(msg)
+    return subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=180)
+
+
+def audit(page: Path | str) -> dict:
+    """Measure one built page: ``box_top`` (px from the top, None without a verdict box),
+    ``wide`` (tables wider than their container), ``setup`` (visible setup code), ``decimals``
+    (table cells with more than 3 decimals), ``height``."""
+    page = Path(page)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the copy sits next to the original so its relative links (CSS, images) still resolve
+        probe = page.with_name(f".audit-{page.name}")
+        script = _SCRIPT.replace("MARKERS", json.dumps(list(SETUP_MARKERS)))
+        probe.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>"),
+                         encoding="utf-8")
+        try:
+            dom = _run(["--dump-dom", probe.as_uri()], Path(tmp)).stdout
+        finally:
+            probe.unlink(missing_ok=True)
+    found = re.search(r'<pre id="adlib-audit">(.*?)</pre>', dom, re.S)
+    if not found:
+        msg = f"{page.name}: the audit script did not run (Chromium printed {len(dom)} characters)"
+        raise RuntimeError(msg)
+    import html
+
+    return json.loads(html.unescape(found.group(1)))
+
+
+def screenshot(page: Path | str, out: Path | str) -> Path:
+    """The page's first screen (1280 x 900) as a PNG."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _run([f"--screenshot={out.resolve()}", Path(page).resolve().as_uri()], Path(tmp))
+    return out
+
+
+def book_pages(html_dir: Path | str) -> list[Path]:
+    """The chapters and the scoreboard of a built book."""
+    html_dir = Path(html_dir)
+    return sorted((html_dir / "chapters").glob("*.html")) + [html_dir / "scoreboard.html"]
+
+
+def problems(page: Path | str, result: dict, *, needs_box: bool) -> list[str]:
+    """What a reader would trip over on one audited page, in words (empty: nothing)."""
+    name = Path(page).name
+    out = []
+    if needs_box and (result["box_top"] is None or result["box_top"] > HEIGHT):
+        out.append(f"{name}: verdict box at {result['box_top']} px, not on the first screen")
+    out += [f"{name}: table {w['index']} is {w['width']} px in a {w['container']} px column "
+            f"({w['head']!r})" for w in result["wide"]]
+    out += [f"{name}: setup code visible: {s!r}" for s in result["setup"]]
+    if result["decimals"]:
+        out.append(f"{name}: table cells with more than 3 decimals: {result['decimals'][:5]}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m adlib pageaudit")
+    parser.add_argument("html", help="the built book's HTML folder (book/_build/html)")
+    parser.add_argument("--screenshots", help="folder for first-screen PNGs")
+    args = parser.parse_args(argv)
+    found = []
+    for page in book_pages(args.html):
+        result = audit(page)
+        from adlib.book import chapter_of
+
+        chapter = chapter_of(page)
+        needs_box = chapter is not None and chapter.paper
+        issues = problems(page, result, needs_box=needs_box)
+        found += issues
+        print(f"{page.name}: box at {result['box_top']} px of {result['height']}; "
+              f"{len(result['tables'])} tables; {len(issues)} problems")
+        if args.screenshots:
+            screenshot(page, Path(args.screenshots) / f"{page.stem}.png")
+    for line in found:
+        print("  ", line)
+    return 1 if found else 0

@@ -1,0 +1,342 @@
+"""What a reader sees first: a chapter's verdict box, claims tables that fit the column, and the
+verdict counts, as HTML.
+
+Everything here is rendered from claims rows (:func:`adlib.claims.check_claims`), picked per
+check and level by :func:`adlib.claims.best_rows`, the same choice the scoreboard makes; the
+verdict box reads the chapter's committed study records, so it shows what the chapter's
+verdicts rest on whatever profile the page was built with.
+
+Tables for people: a handful of columns (claim, level, the paper's number, ours, verdict), the
+verdict coloured, and everything else (pairs, data set, profile, hardware, revision, note) in a
+``<details>`` element under each table.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from adlib.claims import (
+    CONTRADICTED,
+    DID_NOT_LEARN,
+    INCONCLUSIVE,
+    NOT_COMPARABLE,
+    NOT_RUN,
+    REPRODUCED,
+    SMALLER_THAN_PAPER,
+    UNDERPOWERED,
+    VERDICTS,
+    best_rows,
+)
+
+#: Text and background colour of each verdict (colour-blind safe: green / red / amber / grey,
+#: and the word is always written out).
+VERDICT_COLOURS = {REPRODUCED: ("#0a5c1e", "#d3f0d9"), CONTRADICTED: ("#8a1c12", "#f9d4cf"),
+                   INCONCLUSIVE: ("#6b4e00", "#fff0c2"), UNDERPOWERED: ("#6b4e00", "#fff0c2"),
+                   SMALLER_THAN_PAPER: ("#6b4e00", "#fde3bf"), DID_NOT_LEARN: ("#7a3b00", "#fcd9b6"),
+                   NOT_COMPARABLE: ("#404040", "#e6e6e6"), NOT_RUN: ("#606060", "#ffffff")}
+
+#: The box's short words for the long verdicts (the legend under it spells them out).
+SHORT = {UNDERPOWERED: "too small to tell", SMALLER_THAN_PAPER: "smaller than the paper's",
+         DID_NOT_LEARN: "did not learn", NOT_COMPARABLE: "not comparable"}
+
+_TABLE = ("width:100%;table-layout:fixed;border-collapse:collapse;font-size:0.82em;"
+          "line-height:1.35;margin:0.4em 0")
+_CELL = "padding:4px 6px;border-bottom:1px solid #ddd;vertical-align:top;overflow-wrap:anywhere;text-align:left"
+_HEAD = _CELL + ";border-bottom:2px solid #999;font-weight:600"
+
+
+class Html:
+    """An HTML fragment that Jupyter renders (``_repr_html_``) and a Markdown page can embed
+    (``str``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _repr_html_(self) -> str:
+        return self.text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def badge(verdict: str, *, short: bool = False) -> str:
+    """A verdict as a coloured label; ``short``: the box's word for it (:data:`SHORT`)."""
+    fg, bg = VERDICT_COLOURS.get(verdict, ("#000", "#fff"))
+    word = SHORT.get(verdict, verdict) if short else verdict
+    return (f'<span class="adlib-verdict" title="{html.escape(verdict)}" style="color:{fg};'
+            f'background:{bg};border:1px solid {fg}33;border-radius:3px;padding:0 4px;'
+            f'display:inline-block;margin:1px 0">{html.escape(word)}</span>')
+
+
+def _e(value: Any) -> str:
+    return "" if value is None else html.escape(str(value))
+
+
+def html_table(header: list[tuple[str, str]], body: list[list[str]]) -> str:
+    """An HTML table with fixed column widths (``(title, width)``); body cells are HTML."""
+    cols = "".join(f'<col style="width:{w}">' for _, w in header)
+    head = "".join(f'<th style="{_HEAD}">{_e(t)}</th>' for t, _ in header)
+    rows = "".join("<tr>" + "".join(f'<td style="{_CELL}">{c}</td>' for c in row) + "</tr>"
+                   for row in body)
+    return (f'<table class="adlib-table" style="{_TABLE}"><colgroup>{cols}</colgroup>'
+            f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _level(row: Mapping[str, Any]) -> str:
+    return " · ".join(_e(x) for x in (row.get("check"), row.get("level")) if x)
+
+
+def _ours(row: Mapping[str, Any]) -> str:
+    """Ours, one relation a line (an order of several configs is several differences)."""
+    text = str(row.get("ours") or "—")
+    return "<br>".join(_e(part.strip()) for part in text.split(";"))
+
+
+def verdict_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many rows end in each verdict (every verdict of :data:`VERDICTS`, zeros included)."""
+    counts = dict.fromkeys(VERDICTS, 0)
+    for row in rows:
+        counts[row.get("verdict", NOT_RUN)] = counts.get(row.get("verdict", NOT_RUN), 0) + 1
+    return counts
+
+
+def counts_line(counts: Mapping[str, int]) -> str:
+    """``3 reproduced · 1 contradicted · ...`` with coloured verdicts, zeros left out."""
+    return " ".join(f"{n}&nbsp;{badge(v, short=True)}" for v, n in counts.items() if n)
+
+
+def claims_html(rows: Iterable[Mapping[str, Any]], *, caption: str = "",
+                skip_not_run: bool = False) -> Html:
+    """The claims rows as a table for people: claim, level, the paper's number or order, ours
+    with its 95 % interval, the coloured verdict; pairs, data set, profile, hardware, revision
+    and notes in a collapsible detail below it."""
+    rows = [r for r in rows if not (skip_not_run and r.get("verdict") == NOT_RUN)]
+    if not rows:
+        return Html(f"<p><em>{_e(caption)}</em>: no claim could be checked on these rows.</p>"
+                    if caption else "<p>No claim could be checked on these rows.</p>")
+    body, detail, previous = [], [], None
+    for row in rows:
+        first = row.get("claim") != previous
+        previous = row.get("claim")
+        number = str(row.get("claim", "")).rsplit("#", 1)[-1]
+        claim = f"<b>{_e(number)}</b> {_e(row.get('claim_text'))}" if first else ""
+        body.append([claim, _level(row), _e(row.get("paper") or "—"), _ours(row),
+                     badge(row.get("verdict", NOT_RUN))])
+        epochs = row.get("epochs")
+        profile = f"{row.get('profile')}, {epochs} epochs" if epochs else row.get("profile")
+        detail.append([_e(str(row.get("claim", "")).rsplit("#", 1)[-1]), _level(row), _e(row.get("n_pairs")),
+                       _e(row.get("dataset")), _e(profile), _e(row.get("hardware")),
+                       _e(row.get("revision")), _e(row.get("note"))])
+    main = html_table([("claim", "30%"), ("check · level", "14%"), ("paper", "17%"),
+                   ("ours (95 % interval)", "24%"), ("verdict", "15%")], body)
+    more = html_table([("claim", "9%"), ("check · level", "13%"), ("pairs", "7%"),
+                   ("data set", "10%"), ("profile", "11%"), ("hardware", "14%"),
+                   ("revision", "10%"), ("note", "26%")], detail)
+    cap = f'<p style="margin:0.2em 0;font-size:0.9em"><em>{_e(caption)}</em></p>' if caption else ""
+    return Html(f'<div class="adlib-claims">{cap}{main}<details style="font-size:0.9em">'
+                "<summary>pairs, data set, profile, hardware, revision and notes</summary>"
+                f"{more}</details></div>")
+
+
+def _paper_claims(paper: str) -> list:
+    from adlib.results import load_claims
+
+    return load_claims(paper=paper)
+
+
+def chapter_claim_rows(paper: str, records: list[dict] | None = None,
+                       claims: list | None = None) -> list[dict]:
+    """Every claim of ``paper`` (``claims``, default its claims of ``claims.md``), one row per
+    check and level, from the best record that checked it (``records``: run-record dicts;
+    default: the chapter's committed study records); a claim nobody checked gets one
+    ``not run yet`` row."""
+    if records is None:
+        from adlib.study.report import committed_records
+
+        records = [r.to_dict() for r in committed_records(paper)]
+    measured: dict[str, list[dict]] = {}
+    for row in best_rows(records):
+        measured.setdefault(row["claim"], []).append(row)
+    out = []
+    for claim in claims if claims is not None else _paper_claims(paper):
+        out += measured.get(claim.label) or [{"claim": claim.label, "claim_text": claim.summary,
+                                              "verdict": NOT_RUN, "paper": "—", "ours": "—"}]
+    return out
+
+
+def _cell_values(records: list[dict], cell: str, metric: str) -> list[float]:
+    """Per-seed means over categories of one ``ablation/config`` (or config) cell."""
+    ablation, _, config = cell.rpartition("/")
+    per_seed: dict[Any, list[float]] = {}
+    for record in records:
+        for row in record.get("ablations") or []:
+            if row.get("config") != config or (ablation and row.get("ablation") != ablation):
+                continue
+            value = row.get(metric)
+            if value is not None and math.isfinite(float(value)):
+                per_seed.setdefault(row.get("seed"), []).append(float(value))
+    return [sum(v) / len(v) for v in per_seed.values()]
+
+
+def references_line(paper: str, records: list[dict]) -> str:
+    """The chapter's model beside its references (untrained, kNN, ...) from the committed rows:
+    the chapter's ``headline`` cells, mean over seeds of the category mean, in %."""
+    from adlib.metrics import bootstrap_interval
+    from adlib.papers import get_chapter
+
+    chapter = get_chapter(paper)
+    parts = []
+    for metric in chapter.headline_metrics:
+        shown = []
+        for name, cell in chapter.headline.items():
+            values = _cell_values(records, cell, metric)
+            if not values:
+                continue
+            if max(values) <= 1.0:   # a chapter that stores fractions (LEA-Net): shown in %
+                values = [100 * v for v in values]
+            mean, lo, hi = bootstrap_interval(values)
+            span = f" [{lo:.1f}, {hi:.1f}]" if math.isfinite(lo) else ""
+            shown.append(f"{_e(name)} <b>{mean:.1f}</b>{span}")
+        if shown:
+            parts.append(f"{_e(_METRIC_NAMES.get(metric, metric))}: " + " · ".join(shown))
+    return "; ".join(parts)
+
+
+_METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
+                 "f1": "F1", "image_f1_max": "F1-max"}
+
+
+def measured_on(records: list[dict]) -> str:
+    """On what the committed records were measured: data set, image size, seeds x categories,
+    epochs, hardware, revision (of the record with most rows)."""
+    from adlib.results import hardware_label
+
+    if not records:
+        return ""
+    main = max(records, key=lambda r: len(r.get("ablations") or []))
+    protocol = (main.get("params") or {}).get("protocol") or {}
+    size = protocol.get("image_size")
+    cats = main.get("categories") or []
+    seeds = main.get("seeds") or []
+    data = "the embedded default" if main.get("dataset") == "embedded" else main.get("dataset")
+    bits = [f"{data} ({len(cats)} categories{f', {size} px' if size else ''})",
+            f"{len(seeds)} seeds", f"{protocol.get('epochs')} epochs" if protocol.get("epochs") else "",
+            f"on {hardware_label(main.get('hardware'))}", f"revision {main.get('adlib_revision')}"]
+    return ", ".join(_e(b) for b in bits if b)
+
+
+_DIFF = re.compile(r"([+-−]?\d+\.\d+) \[([+-−]?\d+\.\d+), ([+-−]?\d+\.\d+)\]")
+
+
+def _number(text: str) -> float:
+    return float(text.replace("−", "-"))
+
+
+def _short_ours(row: Mapping[str, Any]) -> str:
+    """Ours in a few characters: the interval of a single difference or number; for an order of
+    several relations, how many of its differences lie above 0, span it, lie below."""
+    text = str(row.get("ours") or "—")
+    found = _DIFF.findall(text)
+    if len(found) <= 1:
+        return _e(text.split(": ", 1)[-1]) if ";" not in text else _e(text)
+    intervals = [(_number(lo), _number(hi)) for _, lo, hi in found]
+    above = sum(lo > 0 for lo, _ in intervals)
+    below = sum(hi < 0 for _, hi in intervals)
+    return (f"{len(intervals)} differences: {above} above 0, {len(intervals) - above - below} "
+            f"span 0, {below} below")
+
+
+def _short_paper(row: Mapping[str, Any]) -> str:
+    """The paper's number, its difference ("by +3.1") or its order, shortened."""
+    text = str(row.get("paper") or "—")
+    if " (by " in text:
+        return _e("by " + text.rsplit(" (by ", 1)[1].rstrip(")"))
+    return _e(text if len(text) <= 40 else text[:38] + "…")
+
+
+def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
+    """The top of a chapter: each claim in one line (the paper's number or difference, ours
+    with its 95 % interval, the coloured verdict, one per level), the counts, the chapter's
+    model beside its untrained and kNN references, and on what data, size and hardware, from the
+    committed study (``records``: run-record dicts, default the committed ones)."""
+    if records is None:
+        from adlib.study.report import committed_records
+
+        records = [r.to_dict() for r in committed_records(paper)]
+    rows = chapter_claim_rows(paper, records)
+    lines: dict[tuple, list[dict]] = {}
+    for row in rows:
+        lines.setdefault((row.get("claim"), row.get("check") or ""), []).append(row)
+    body, previous = [], None
+    for (claim, check), group in lines.items():
+        number = str(claim).rsplit("#", 1)[-1]
+        text = _e(group[0].get("claim_text")) if claim != previous else ""
+        previous = claim
+        what = f"<b>{_e(number)}</b>&nbsp;{text}" + (f" <em>({_e(check)})</em>" if check else "")
+        levels = [f'<span style="color:#555">{_e(r.get("level"))}</span> ' if r.get("level") else ""
+                  for r in group]
+        body.append([what, _short_paper(group[0]),
+                     "<br>".join(lv + _short_ours(r) for lv, r in zip(levels, group)),
+                     "<br>".join(badge(r.get("verdict", NOT_RUN), short=True) for r in group)])
+    table = html_table([("claim", "40%"), ("paper", "15%"), ("ours (95 % interval)", "27%"),
+                    ("verdict", "18%")], body)
+    counts = counts_line(verdict_counts(rows))
+    where = measured_on(records)
+    refs = references_line(paper, records)
+    foot = [f"Ours: the committed <code>study</code> on {where}." if where else
+            "No committed study yet: every claim is <em>not run yet</em>."]
+    if refs:
+        foot.append(f"The model beside its references, mean over seeds [95 % interval], in %: {refs}.")
+    foot.append("A direction is judged on paired differences over (seed, category) pairs; "
+                "<em>too small to tell</em>: the interval spans 0 and still holds the paper's "
+                "effect; <em>did not learn</em>: the model does not beat its untrained self; "
+                "<em>not comparable</em>: the paper's number is on another data set. Every check "
+                "in full: the claims table at the end of the chapter.")
+    style = ("border:1px solid #c8c8c8;border-left:5px solid #4a6fa5;border-radius:4px;"
+             "padding:8px 12px;margin:0.5em 0 1em 0;background:#fafbfd;max-width:100%;"
+             "box-sizing:border-box")
+    return Html(f'<div class="adlib-verdict-box" style="{style}">'
+                f'<p style="margin:0 0 0.3em 0"><b>Verdicts</b> ({len(rows)} checks): {counts}</p>'
+                f"{table}"
+                f'<p style="margin:0.4em 0 0 0;font-size:0.8em;color:#444">{" ".join(foot)}</p></div>')
+
+
+def findings_html(paper: str, records: list[dict] | None = None) -> Html:
+    """The chapter's reading of its committed study (its ``CHAPTER.findings``), one sentence a
+    line, each with the paired difference behind it; a sentence the committed rows no longer
+    support is marked, and the chapter's tests fail on it."""
+    import pandas as pd
+
+    from adlib.claims import compare
+    from adlib.papers import get_chapter
+
+    if records is None:
+        from adlib.study.report import committed_records
+
+        records = [r.to_dict() for r in committed_records(paper)]
+    frame = pd.DataFrame([{**row, "grid": (r.get("params") or {}).get("grid")}
+                          for r in records for row in (r.get("ablations") or [])])
+    items = []
+    for finding in get_chapter(paper).findings:
+        rows = frame[frame["grid"] == finding.grid] if "grid" in frame else frame
+        result = compare(rows, finding.order, finding.metric, ablation=finding.ablation)
+        name = _METRIC_NAMES.get(finding.metric, finding.metric)
+        backing = (f'<span style="color:#444;font-size:0.9em">({_e(name)}, {_e(result["ours"])}, '
+                   f'{result["n_pairs"]} pairs)</span>')
+        stale = ("" if result["verdict"] == finding.expect else
+                 f' <b style="color:#8a1c12">The committed study now says {_e(result["verdict"])}: '
+                 "this sentence is out of date.</b>")
+        items.append(f"<li>{_e(finding.text)} {backing}{stale}</li>")
+    if not items:
+        return Html("")
+    return Html(f'<ul class="adlib-findings">{"".join(items)}</ul>')
+
+
+def stale_findings(paper: str, records: list[dict] | None = None) -> list[str]:
+    """The chapter's findings whose committed rows give another verdict than the sentence's."""
+    text = str(findings_html(paper, records))
+    return re.findall(r"<li>(.*?) <span[^>]*>.*?</span> <b[^>]*>The committed study", text)

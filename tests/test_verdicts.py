@@ -1,0 +1,113 @@
+"""The verdict box and the claims tables a reader sees: generated from claims rows by the
+scoreboard's code, every claim present, verdicts coloured, references from the study rows."""
+
+import importlib
+import re
+
+import pytest
+
+from adlib.claims import ClaimCheck, check_claims
+from adlib.papers import chapters
+from adlib.results import RunRecord, load_claims
+from adlib.verdicts import VERDICT_COLOURS, badge, claims_html, verdict_box
+
+
+def _study_record(shift: float) -> dict:
+    """A study record of RLR: MLKA+LCA beats the untrained model by ``shift`` points."""
+    rows = [{"ablation": a, "config": c, "seed": s, "category": k,
+             "image_auroc": 70.0 + bump + s + i, "pixel_auroc": 85.0 + bump}
+            for a, c, bump in (("Table 3", "MLKA+LCA", shift), ("reference", "untrained", 0.0),
+                               ("perturbation", "perturbation=none", shift - 4.0))
+            for s in (0, 1, 2) for i, k in enumerate(("brick", "grass", "coins"))]
+    checks = [ClaimCheck(7, order="MLKA+LCA > perturbation=none", sanity="untrained",
+                         label="perturbation")]
+    claims = check_claims("rlr", checks, rows, dataset="embedded", profile="study",
+                          hardware="2x cpu", revision="abc1234")
+    return RunRecord(paper="rlr", notebook="05_rlr.ipynb", profile="study", dataset="embedded",
+                     data_root=None, categories=["brick", "grass", "coins"],
+                     params={"grid": "study", "protocol": {"image_size": 128, "epochs": 12}},
+                     seeds=[0, 1, 2], metrics={}, ablations=rows, claims=claims,
+                     hardware={"cpu": "Test CPU", "cpu_count": 2}).to_dict()
+
+
+def test_the_box_lists_every_claim_with_coloured_verdicts_and_the_references():
+    box = str(verdict_box("rlr", [_study_record(10.0)]))
+    claims = load_claims(paper="rlr")
+    body = box.split("<tbody>")[1]
+    numbers = re.findall(r"<td[^>]*><b>(\d+)</b>", body)
+    assert sorted(set(map(int, numbers))) == sorted(c.number for c in claims)
+    # claim 7 measured: reproduced (the +4 gap over 9 pairs), coloured; the rest not run yet
+    seven = [row for row in body.split("<tr>") if re.search(r"<b>7</b>", row)][0]
+    assert seven.count(VERDICT_COLOURS["reproduced"][1]) == 2 and "+4.00" in seven
+    assert body.count(">not run yet<") == len(claims) - 1
+    counts = box.split("<table")[0]   # the line above the table: 2 reproduced, 6 not run yet
+    assert re.search(r"2&nbsp;<span[^>]*>reproduced<", counts)
+    assert re.search(rf"{len(claims) - 1}&nbsp;<span[^>]*>not run yet<", counts)
+    # the model beside its untrained self, from the rows: 80.0 vs 70.0 (+1 per seed, +1 per category)
+    assert "RLR <b>82.0</b>" in box and "untrained <b>72.0</b>" in box
+    assert "128 px" in box and "3 seeds" in box and "12 epochs" in box and "Test CPU" in box
+
+
+def test_a_model_that_did_not_learn_is_flagged_in_the_box():
+    box = str(verdict_box("rlr", [_study_record(0.0)]))
+    assert ">did not learn<" in box and VERDICT_COLOURS["inconclusive: the model did not learn"][1] in box
+
+
+def test_the_box_without_a_study_says_so():
+    box = str(verdict_box("rlr", []))
+    assert "No committed study yet" in box
+    body = box.split("<tbody>")[1].split("</tbody>")[0]
+    assert body.count(">not run yet<") == len(load_claims(paper="rlr"))
+
+
+def test_claims_table_keeps_five_columns_and_moves_the_details_into_a_dropdown():
+    record = _study_record(10.0)
+    table = str(claims_html(record["claims"], caption="this run"))
+    main, detail = table.split("<details")
+    assert main.count("<th style") == 5 and "abc1234" not in main and "abc1234" in detail
+    assert "this run" in main
+    empty = str(claims_html([r for r in record["claims"] if r["verdict"] == "not run yet"],
+                            caption="this run", skip_not_run=True))
+    assert "<table" not in empty and "no claim could be checked" in empty
+
+
+def test_every_verdict_has_its_own_colour():
+    backgrounds = {v: bg for v, (_, bg) in VERDICT_COLOURS.items()}
+    assert backgrounds["reproduced"] != backgrounds["contradicted"] != backgrounds["inconclusive"]
+    assert "not comparable" in badge("not comparable here", short=True)
+
+
+@pytest.mark.parametrize("chapter", [c for c in chapters() if c.paper], ids=lambda c: c.key)
+def test_the_box_names_cells_the_chapter_declares(chapter):
+    """A renamed cell must not leave the box's references empty without a word."""
+    assert chapter.headline, f"{chapter.key}: declare headline= in its CHAPTER"
+    grids = importlib.import_module(chapter.module).GRIDS
+    declared = {f"{cell.ablation}/{cell.config}" for cells in grids.values() for cell in cells}
+    missing = [c for c in chapter.headline.values() if c not in declared]
+    assert not missing, f"{chapter.key}: headline cells {missing} are in none of its grids"
+
+
+@pytest.mark.parametrize("chapter", [c for c in chapters() if c.paper], ids=lambda c: c.key)
+def test_every_finding_a_chapter_states_still_holds_on_its_committed_study(chapter):
+    from adlib.verdicts import stale_findings
+
+    stale = stale_findings(chapter.key)
+    assert not stale, (f"{chapter.key}: the committed study no longer supports {stale}; "
+                       "rewrite these findings in its CHAPTER (and the prose around them)")
+
+
+def test_a_finding_the_rows_contradict_is_marked_stale(monkeypatch):
+    from dataclasses import replace
+
+    import adlib.papers
+    from adlib.chapter import Finding
+    from adlib.verdicts import findings_html, stale_findings
+
+    rlr = adlib.papers.get_chapter("rlr")
+    wrong = replace(rlr, findings=(Finding("Jitter hurts.", "perturbation=none > MLKA+LCA"),
+                                   Finding("Jitter helps.", "MLKA+LCA > perturbation=none")))
+    monkeypatch.setattr(adlib.papers, "get_chapter", lambda key: wrong)
+    record = _study_record(10.0)
+    record["params"]["grid"] = "study"
+    assert stale_findings("rlr", [record]) == ["Jitter hurts."]
+    assert str(findings_html("rlr", [record])).count("now says contradicted") == 1
