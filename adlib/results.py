@@ -159,6 +159,10 @@ def _git(args: Sequence[str], cwd: Path) -> str:
     return out.stdout.strip()
 
 
+#: Where committed study results live, relative to the repository root.
+RESULTS_PATH = "adlib/resources/results"
+
+
 def adlib_revision() -> str:
     """The code revision behind a run: ``<short sha>`` or ``<short sha>-dirty`` in a git
     checkout of adlib, else the package version (e.g. ``0.1.0``). Never raises."""
@@ -169,7 +173,9 @@ def adlib_revision() -> str:
         if top / "adlib" != package_dir:
             return _package_version()
         sha = _git(["rev-parse", "--short", "HEAD"], top)
-        dirty = _git(["status", "--porcelain", "--untracked-files=no"], top)
+        # results a study appends to as it runs are output, not code: they never make it dirty
+        dirty = _git(["status", "--porcelain", "--untracked-files=no", "--", ".",
+                      f":(exclude){RESULTS_PATH}"], top)
         return f"{sha}-dirty" if dirty else sha
     except Exception:  # noqa: BLE001 -- no git, no commits, not a checkout: fall back
         return _package_version()

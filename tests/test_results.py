@@ -6,6 +6,8 @@ import json
 import math
 import os
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -214,3 +216,27 @@ def test_load_claims_counts_and_text():
     assert R.get_claim("lea_net", 2).text.startswith("The biggest gain is Potato")
     assert [c.number for c in R.load_claims(paper="cse_patch_svdd")] == list(range(1, 8))
     assert R.get_claim("rlr", 3).label == "rlr #3"
+
+
+def test_study_results_being_written_do_not_make_the_revision_dirty(tmp_path):
+    """A study appends rows to adlib/resources/results/ as it runs; those are output, so a tree
+    whose only changes are there still names its commit. Any code change does make it dirty."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(R.__file__).parent, repo / "adlib",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.jsonl"))
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    code = f"import sys; sys.path.insert(0, {str(repo)!r}); import adlib.results as r; print(r.adlib_revision())"
+    revision = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
+                                      check=True).stdout.strip()
+    clean = revision()
+    assert re.fullmatch(r"[0-9a-f]{7,40}", clean)
+    (repo / "adlib" / "resources" / "results" / "README.md").write_text("rows appended\n")
+    assert revision() == clean
+    (repo / "adlib" / "metrics.py").write_text("# changed\n")
+    assert revision() == clean + "-dirty"
