@@ -22,6 +22,11 @@ Sub-packages and modules:
     adlib.features  the frozen-backbone feature cache
     adlib.evaluation  per-category and unified evaluation
     adlib.viz       the book's plots
+    adlib.diagrams  architecture diagrams drawn from a model's modules by one forward pass
+    adlib.verdicts  what a reader sees first: the verdict box, claims tables, findings
+    adlib.findings  sentences that state a finding, generated from the numbers they describe
+    adlib.book      builds the book: executes the notebooks, writes the generated pages
+    adlib.pageaudit the built book read in headless Chromium, as a reader sees it
     adlib.profiles  smoke / cpu / study / paper defaults, and the notebooks' setup call
     adlib.warmup    a chapter's timed warm-up (the GPU check's rows, the paper run's estimate)
 """

@@ -210,13 +210,19 @@ def provenance_lines(paper: str) -> list[str]:
             "uncommitted code (rerun pending).", ""]
 
 
+def _committed(paper: str) -> list[dict]:
+    from adlib.study.report import committed_records
+
+    return [r.to_dict() for r in committed_records(paper)]
+
+
 def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
                      claims_path: Path | str | None = None) -> Path:
     """Write the scoreboard page: the verdict counts per paper, then every claim of
     ``claims.md`` with our measurement or why not (:func:`adlib.verdicts.claims_html`)."""
     from adlib.papers import chapters
     from adlib.results import load_claims
-    from adlib.verdicts import chapter_claim_rows, claims_html
+    from adlib.verdicts import chapter_claim_rows, claims_html, references_line
 
     claims = load_claims(claims_path)
     records = _read_records([Path(p) for p in records_dirs if Path(p).exists()])
@@ -248,6 +254,13 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
          "comparable here*."),
         "",
     ]
+    lines += ["## Each model beside its references", "",
+              ("Each chapter's model beside its untrained self and, where its study ran it, chapter "
+               "0's kNN baseline, from the chapter's committed study (mean over seeds of the "
+               "category mean, 95 % interval, in %). The chapters differ in image size, "
+               "categories and seeds, so read each line on its own; chapter 6 compares them on one "
+               "footing."), "", *[f"* **{p.short or p.title}**: {references_line(p.key, _committed(p.key))}"
+                                 for p in papers if references_line(p.key, _committed(p.key))], ""]
     for paper in papers:
         lines += [f"## {paper.title}", "", *provenance_lines(paper.key),
                   str(claims_html(per_paper[paper.short or paper.key])), ""]
@@ -384,7 +397,9 @@ def write_chapter_pages(book_dir: Path | str) -> list[Path]:
     runs += ["```"]
     api = []
     for c in written:
-        modules = [m for m in (c.model, c.study) if m]
+        walkthrough = f"adlib.walkthrough.{c.key}"
+        has_walkthrough = (REPO / "adlib" / "walkthrough" / f"{c.key}.py").is_file()
+        modules = [m for m in (c.model, c.study, walkthrough if has_walkthrough else None) if m]
         if modules:
             api += [f"### {c.number}. {c.title}", "", "```{eval-rst}"]
             api += [f".. automodule:: {m}\n   :members:\n" for m in modules]

@@ -189,6 +189,7 @@ def references_line(paper: str, records: list[dict]) -> str:
     from adlib.papers import get_chapter
 
     chapter = get_chapter(paper)
+    records = [_main_record(records)] if records else []   # one protocol: the main study's
     parts = []
     for metric in chapter.headline_metrics:
         shown = []
@@ -210,6 +211,11 @@ _METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au
                  "f1": "F1", "image_f1_max": "F1-max"}
 
 
+def _main_record(records: list[dict]) -> dict:
+    """The record a chapter's box describes: its study with the most rows."""
+    return max(records, key=lambda r: len(r.get("ablations") or []))
+
+
 def measured_on(records: list[dict]) -> str:
     """On what the committed records were measured: data set, image size, seeds x categories,
     epochs, hardware, revision (of the record with most rows)."""
@@ -217,7 +223,7 @@ def measured_on(records: list[dict]) -> str:
 
     if not records:
         return ""
-    main = max(records, key=lambda r: len(r.get("ablations") or []))
+    main = _main_record(records)
     protocol = (main.get("params") or {}).get("protocol") or {}
     size = protocol.get("image_size")
     cats = main.get("categories") or []

@@ -180,7 +180,7 @@ def test_the_deviations_name_cells_of_the_study_grid_and_guesses_say_silent():
 
 
 def test_the_grain_texture_is_seeded_grainy_and_its_defects_are_dark_and_flat():
-    from adlib.studies.noise_to_norm import grain_texture
+    from adlib.walkthrough.noise_to_norm import grain_texture
 
     images, masks = grain_texture(4, 64, defects=True, seed=3)
     again, _ = grain_texture(4, 64, defects=True, seed=3)
