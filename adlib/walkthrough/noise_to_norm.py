@@ -7,8 +7,6 @@ outside that study's code hash (:mod:`adlib.provenance`): a clearer figure stale
 
 from __future__ import annotations
 
-import numpy as np
-
 from adlib.studies.noise_to_norm import LAMBDAS, MPDD_LIKE, make_detector
 
 
