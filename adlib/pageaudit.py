@@ -48,6 +48,11 @@ window.addEventListener('load', () => setTimeout(() => {
       if (m) out.decimals.push(m[0]);
     });
   });
+  out.wide_output = [];
+  main.querySelectorAll('.cell_output pre').forEach(p => {
+    if (p.offsetParent && p.scrollWidth > p.clientWidth + 2)
+      out.wide_output.push((p.innerText || '').slice(0, 80));
+  });
   main.querySelectorAll('.cell_input, .cell .input').forEach(c => {
     if (!c.offsetParent) return;
     const text = c.innerText || '';
@@ -80,8 +85,9 @@ def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess:
 
 def audit(page: Path | str) -> dict:
     """Measure one built page: ``box_top`` (px from the top, None without a verdict box),
-    ``wide`` (tables wider than their container), ``setup`` (visible setup code), ``decimals``
-    (table cells with more than 3 decimals), ``height``."""
+    ``wide`` (tables wider than their container), ``wide_output`` (printed output that scrolls
+    sideways), ``setup`` (visible setup code), ``decimals`` (table cells with more than 3
+    decimals), ``height``."""
     page = Path(page)
     with tempfile.TemporaryDirectory() as tmp:
         # the copy sits next to the original so its relative links (CSS, images) still resolve
@@ -126,6 +132,8 @@ def problems(page: Path | str, result: dict, *, needs_box: bool) -> list[str]:
     out += [f"{name}: table {w['index']} is {w['width']} px in a {w['container']} px column "
             f"({w['head']!r})" for w in result["wide"]]
     out += [f"{name}: setup code visible: {s!r}" for s in result["setup"]]
+    out += [f"{name}: output wider than the column (scrolls sideways): {s!r}"
+            for s in result.get("wide_output", [])]
     if result["decimals"]:
         out.append(f"{name}: table cells with more than 3 decimals: {result['decimals'][:5]}")
     return out

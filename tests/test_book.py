@@ -179,9 +179,11 @@ def test_the_page_audit_catches_what_a_reader_would_trip_over(tmp_path):
         "<div class='cell_input'><pre>pip install adlib</pre></div>"
         "<div style='height:1200px'></div><div class='adlib-verdict-box'>box</div>"
         "<div><table><tr><td style='min-width:900px'>1.400000</td></tr></table></div>"
+        "<div class='cell_output'><pre style='width:500px;overflow:auto'>" + "x" * 300 + "</pre></div>"
         "</main></body></html>")
     result = pageaudit.audit(page)
     found = pageaudit.problems(page, result, needs_box=True)
     assert result["box_top"] > pageaudit.HEIGHT
     assert any("verdict box" in f for f in found) and any("setup code" in f for f in found)
     assert any("px in a" in f for f in found) and any("1.400000" in f for f in found)
+    assert any("scrolls sideways" in f for f in found)

@@ -26,6 +26,11 @@ METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aup
                 "f1": "F1", "image_f1_max": "image F1-max", "final_loss": "final loss"}
 
 
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with metric column labels (any level) named for readers ("image AUROC")."""
+    return frame.rename(columns=METRIC_NAMES)
+
+
 def has_folds(frame: pd.DataFrame) -> bool:
     return "fold" in frame and frame["fold"].notna().any()
 
@@ -55,11 +60,12 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """A summary's metric columns as ``mean ± std`` strings (one column per metric)."""
+    """A summary's metric columns as ``mean ± std`` strings (one column per metric, named for
+    readers: "image AUROC", "final loss")."""
     out = pd.DataFrame(index=summary.index)
     for metric in [m for m in summary.columns.get_level_values(0).unique() if m != "n"]:
         mean, std = summary[(metric, "mean")], summary[(metric, "std")]
-        out[metric] = [("—" if not math.isfinite(m) else f"{m:.2f} ± {s:.2f}" if math.isfinite(s)
+        out[METRIC_NAMES.get(metric, metric)] = [("—" if not math.isfinite(m) else f"{m:.2f} ± {s:.2f}" if math.isfinite(s)
                         else f"{m:.2f}") for m, s in zip(mean, std)]
     out["seeds"] = summary[("n", "seeds")].astype(int)
     if ("n", "folds") in summary:
