@@ -264,15 +264,36 @@ def _short_paper(row: Mapping[str, Any]) -> str:
     return _e(text if len(text) <= 40 else text[:38] + "…")
 
 
+def stale_warning(paper: str, folder=None) -> str:
+    """A sentence when some of the chapter's committed rows are stale (made by code that is no
+    longer the book's, or from uncommitted code): its verdicts then await a rerun."""
+    from adlib.verify import provenance_table
+
+    try:
+        table = provenance_table(paper, folder)
+    except (FileNotFoundError, KeyError, ValueError):
+        return ""
+    if table.empty:
+        return ""
+    stale = int(table.loc[table["status"] == "stale", "rows"].sum())
+    if not stale:
+        return ""
+    return (f"Stale: {stale} of {int(table['rows'].sum())} committed rows were made by code that "
+            "is no longer the book's (or from uncommitted code): the verdicts that rest on them "
+            "await a rerun.")
+
+
 def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
     """The top of a chapter: each claim in one line (the paper's number or difference, ours
     with its 95 % interval, the coloured verdict, one per level), the counts, the chapter's
     model beside its untrained and kNN references, and on what data, size and hardware, from the
     committed study (``records``: run-record dicts, default the committed ones)."""
+    warning = ""
     if records is None:
         from adlib.study.report import committed_records
 
         records = [r.to_dict() for r in committed_records(paper)]
+        warning = stale_warning(paper)
     rows = chapter_claim_rows(paper, records)
     lines: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -295,6 +316,8 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
     refs = references_line(paper, records)
     foot = [f"Ours: the committed <code>study</code> on {where}." if where else
             "No committed study yet: every claim is <em>not run yet</em>."]
+    if warning:
+        foot.insert(0, f'<b style="color:#8a1c12">{_e(warning)}</b>')
     if refs:
         foot.append(f"The model beside its references, mean over seeds [95 % interval], in %: {refs}.")
     foot.append("A direction is judged on paired differences over (seed, category) pairs; "

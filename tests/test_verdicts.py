@@ -111,3 +111,24 @@ def test_a_finding_the_rows_contradict_is_marked_stale(monkeypatch):
     record["params"]["grid"] = "study"
     assert stale_findings("rlr", [record]) == ["Jitter hurts."]
     assert str(findings_html("rlr", [record])).count("now says contradicted") == 1
+
+
+def test_the_box_warns_when_the_committed_rows_are_stale(tmp_path):
+    import json
+
+    from adlib.study.report import results_dir
+    from adlib.verdicts import stale_warning
+
+    rows = [json.loads(line) for line in (results_dir("rlr") / "rows.jsonl").read_text().splitlines()[:3]]
+    for i, row in enumerate(rows):
+        row["key"] = f"k{i}"
+    rows[0]["model_hash"] = "0000000000000000"   # made by code that is not the book's
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert stale_warning("rlr", tmp_path).startswith("Stale: ")
+    rows = rows[1:]
+    from adlib.study.load import load_study
+
+    for row in rows:
+        row["model_hash"] = load_study("rlr").model_hash()
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert stale_warning("rlr", tmp_path) == ""
