@@ -261,7 +261,9 @@ def _short_paper(row: Mapping[str, Any]) -> str:
     text = str(row.get("paper") or "—")
     if " (by " in text:
         return _e("by " + text.rsplit(" (by ", 1)[1].rstrip(")"))
-    return _e(text if len(text) <= 40 else text[:38] + "…")
+    if len(text) <= 40:
+        return _e(text)
+    return f'<span title="{_e(text)}">{_e(text[:38])}…</span>'   # the whole order on hover
 
 
 def stale_warning(paper: str, folder=None) -> str:
