@@ -12,15 +12,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
-          "f1": "F1", "image_f1_max": "F1-max"}
+from adlib.study.report import METRIC_NAMES
 
 
 def versus(metric: str, values: Mapping[str, float], run: str, *, tie: float = 1.0) -> str:
     """Two (or more) models on one metric of one run, best first, and whether the first named
     beats the others by more than ``tie`` points (one seed: no interval, so a gap under ``tie``
     reads as level)."""
-    name = _NAMES.get(metric, metric)
+    name = METRIC_NAMES.get(metric, metric)
     (first, a), *rest = values.items()
     parts = ", ".join(f"{n} {v:.1f}" for n, v in sorted(values.items(), key=lambda kv: -kv[1]))
     verdicts = []

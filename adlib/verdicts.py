@@ -31,6 +31,7 @@ from adlib.claims import (
     VERDICTS,
     best_rows,
 )
+from adlib.study.report import METRIC_NAMES
 
 #: Text and background colour of each verdict (colour-blind safe: green / red / amber / grey,
 #: and the word is always written out).
@@ -203,12 +204,10 @@ def references_line(paper: str, records: list[dict]) -> str:
             span = f" [{lo:.1f}, {hi:.1f}]" if math.isfinite(lo) else ""
             shown.append(f"{_e(name)} <b>{mean:.1f}</b>{span}")
         if shown:
-            parts.append(f"{_e(_METRIC_NAMES.get(metric, metric))}: " + " · ".join(shown))
+            parts.append(f"{_e(METRIC_NAMES.get(metric, metric))}: " + " · ".join(shown))
     return "; ".join(parts)
 
 
-_METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
-                 "f1": "F1", "image_f1_max": "F1-max"}
 
 
 def _main_record(records: list[dict]) -> dict:
@@ -355,7 +354,7 @@ def findings_html(paper: str, records: list[dict] | None = None) -> Html:
     for finding in get_chapter(paper).findings:
         rows = frame[frame["grid"] == finding.grid] if "grid" in frame else frame
         result = compare(rows, finding.order, finding.metric, ablation=finding.ablation)
-        name = _METRIC_NAMES.get(finding.metric, finding.metric)
+        name = METRIC_NAMES.get(finding.metric, finding.metric)
         backing = (f'<span style="color:#444;font-size:0.9em">({_e(name)}, {_e(result["ours"])}, '
                    f'{result["n_pairs"]} pairs)</span>')
         stale = ("" if result["verdict"] == finding.expect else
