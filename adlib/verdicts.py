@@ -198,8 +198,6 @@ def references_line(paper: str, records: list[dict]) -> str:
             values = _cell_values(records, cell, metric)
             if not values:
                 continue
-            if max(values) <= 1.0:   # a chapter that stores fractions (LEA-Net): shown in %
-                values = [100 * v for v in values]
             mean, lo, hi = bootstrap_interval(values)
             span = f" [{lo:.1f}, {hi:.1f}]" if math.isfinite(lo) else ""
             shown.append(f"{_e(name)} <b>{mean:.1f}</b>{span}")

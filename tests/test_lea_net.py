@@ -175,10 +175,10 @@ def test_a_short_run_learns_and_is_measured_against_both_sanity_references(tmp_p
         auroc["untrained"].append(before["image_auroc"])
         f1["untrained"].append(before["f1"])
     mean = {k: float(np.mean(v)) for k, v in f1.items()}
-    assert mean["always"] == pytest.approx(2 * 0.405 / 1.405, abs=0.01)   # 2p / (1 + p), p = 60/148
-    assert mean["model"] > mean["always"] + 0.03, mean
-    assert mean["model"] > mean["untrained"] + 0.05, mean              # the main metric (+0.10)
-    assert np.mean(auroc["model"]) > np.mean(auroc["untrained"]) + 0.15, auroc
+    assert mean["always"] == pytest.approx(100 * 2 * 0.405 / 1.405, abs=1)   # 2p / (1 + p), p = 60/148
+    assert mean["model"] > mean["always"] + 3, mean
+    assert mean["model"] > mean["untrained"] + 5, mean                 # the main metric (+10 points)
+    assert np.mean(auroc["model"]) > np.mean(auroc["untrained"]) + 15, auroc
     assert mean["map"] > mean["always"], mean
 
 
@@ -226,9 +226,9 @@ def test_a_perfect_ranking_is_not_called_all_normal_at_the_papers_threshold(tmp_
     brown-blotch set: 32 training images are 40 steps, after which the running batch-norm
     variance still holds 1.5 % of its start value 1, several times the stem's true variance.
     With those statistics (``bn_stats="running"``, the code before the fix) the model ranks the
-    test fold perfectly (AUROC 0.98-1.0) and calls every image normal (F1 0, while its training
+    test fold perfectly (AUROC 98-100) and calls every image normal (F1 0, while its training
     loss is 0.02); with the statistics recomputed on the training images it calls them right at
-    the paper's 0.5 (F1 0.86), and so does the threshold chosen on the training folds."""
+    the paper's 0.5 (F1 86), and so does the threshold chosen on the training folds."""
     from adlib.profiles import resolve
 
     monkeypatch.setenv("ADLIB_CACHE", str(tmp_path))
@@ -237,10 +237,10 @@ def test_a_perfect_ranking_is_not_called_all_normal_at_the_papers_threshold(tmp_
     maps, peak, _ = study.fold_maps(images, labels, s, 0, 0, tag="green")
     fixed = study.train_fold(s, images, labels, maps, peak, 0, 0)["metrics"]
     running = study.train_fold({**s, "bn_stats": "running"}, images, labels, maps, peak, 0, 0)["metrics"]
-    assert fixed["image_auroc"] > 0.95 and running["image_auroc"] > 0.9, (fixed, running)
-    assert fixed["f1"] > 0.75 and fixed["f1_train_threshold"] > 0.75, fixed
+    assert fixed["image_auroc"] > 95 and running["image_auroc"] > 90, (fixed, running)
+    assert fixed["f1"] > 75 and fixed["f1_train_threshold"] > 75, fixed
     # the stale statistics shift every probability down: the ranking survives, the F1 at 0.5 not
-    assert running["f1"] < 0.3 and running["f1_train_threshold"] > 0.75, running
+    assert running["f1"] < 30 and running["f1_train_threshold"] > 75, running
 
 
 def test_batch_norm_statistics_are_recomputed_from_the_training_images():

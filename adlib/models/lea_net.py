@@ -506,14 +506,16 @@ def recompute_batch_norm(model: nn.Module, x: torch.Tensor, m: torch.Tensor, bat
 def classification_metrics(labels: Sequence[int], probability: Sequence[float],
                            threshold: float = 0.5) -> dict[str, float]:
     """F1 of the anomalous class (label 1) when ``probability >= threshold`` (the book's one
-    convention, :mod:`adlib.metrics`), accuracy, and the threshold-free image AUROC."""
+    convention, :mod:`adlib.metrics`), accuracy, and the threshold-free image AUROC, all in %
+    like every other chapter's metrics."""
     from adlib.metrics import f1_at_threshold, image_auroc
 
     y = np.asarray(labels).astype(int)
     p = np.asarray(probability, dtype=float)
     auroc = image_auroc(p, y) if len(set(y.tolist())) == 2 else math.nan
-    return {"f1": f1_at_threshold(p, y, threshold) if y.any() else 0.0,
-            "accuracy": float(((p >= threshold).astype(int) == y).mean()), "image_auroc": float(auroc)}
+    return {"f1": 100 * f1_at_threshold(p, y, threshold) if y.any() else 0.0,
+            "accuracy": 100 * float(((p >= threshold).astype(int) == y).mean()),
+            "image_auroc": 100 * float(auroc)}
 
 
 def best_threshold(labels: Sequence[int], scores: Sequence[float], centre: bool = False) -> float:

@@ -197,12 +197,12 @@ def cost_table(settings, images, maps, device: str = "cpu", configs=None):
 def threshold_table(rows):
     """Per config, mean over (seed, fold): F1 at the paper's 0.5, F1 at the training folds'
     threshold (where the rows have it), image AUROC, and how many rows rank well (AUROC at
-    least 0.9) yet score F1 0 at 0.5: the sign of probabilities placed below 0.5, not of a bad
+    least 90) yet score F1 0 at 0.5: the sign of probabilities placed below 0.5, not of a bad
     ranking. ``rows``: study rows."""
     import pandas as pd
 
     columns = [c for c in ("f1", "f1_train_threshold", "image_auroc") if c in rows]
     table = rows.groupby(["ablation", "config"], sort=False)[columns].mean()
-    flagged = (rows["f1"] == 0) & (rows["image_auroc"] >= 0.9)
-    table["rows: AUROC ≥ 0.9, F1 0"] = flagged.groupby([rows["ablation"], rows["config"]], sort=False).sum()
+    flagged = (rows["f1"] == 0) & (rows["image_auroc"] >= 90)
+    table["rows: AUROC ≥ 90, F1 0"] = flagged.groupby([rows["ablation"], rows["config"]], sort=False).sum()
     return pd.DataFrame(table)
