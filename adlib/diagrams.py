@@ -175,7 +175,7 @@ def architecture_diagram(model: nn.Module, *inputs, depth: int = 1, title: str =
         else:
             boxes.append(_box(row, modules[row["name"]], sources))
 
-    width, gap, line, pad, row_gap = 9.5, 0.32, 8.6 / 72 * 1.25, 0.08, 0.42  # inches; 8-pt lines
+    width, gap, line, pad, row_gap = 6.85, 0.32, 8.6 / 72 * 1.25, 0.08, 0.42  # inches; 8-pt lines
     cols = len(boxes) if len(boxes) <= 7 else math.ceil(len(boxes) / math.ceil(len(boxes) / 6))
     bw = (width - 0.2) / cols - gap
     for i, b in enumerate(boxes):

@@ -21,6 +21,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--window-size={WIDTH},{HEIGHT}", "--virtual-time-budget=8000", "--hide-scrollbars"]
 
+#: A figure shown below this fraction of its drawn width shrinks its text below legibility
+#: (a 10 pt label drawn 9 inches wide is shown at 7.6 pt; see :mod:`adlib.figures`).
+MIN_FIGURE_SCALE = 0.7
+
 #: Code that is setup, not content: it must not be visible on a page.
 SETUP_MARKERS = ("Parameters (papermill)", "Parameters\n", "pip install", "pip\", \"install",
                  "run.save_record(", "injected", "import adlib  # noqa")
@@ -47,6 +51,12 @@ window.addEventListener('load', () => setTimeout(() => {
       const m = (c.innerText || '').match(/\\d+\\.\\d{4,}/);
       if (m) out.decimals.push(m[0]);
     });
+  });
+  out.shrunk = [];
+  main.querySelectorAll('.cell_output img').forEach(img => {
+    if (img.offsetParent && img.naturalWidth && img.clientWidth < MIN_SCALE * img.naturalWidth)
+      out.shrunk.push({src: img.src.split('/').pop().slice(0, 12),
+                       scale: Math.round(100 * img.clientWidth / img.naturalWidth) / 100});
   });
   out.wide_output = [];
   main.querySelectorAll('.cell_output pre').forEach(p => {
@@ -87,12 +97,13 @@ def audit(page: Path | str) -> dict:
     """Measure one built page: ``box_top`` (px from the top, None without a verdict box),
     ``wide`` (tables wider than their container), ``wide_output`` (printed output that scrolls
     sideways), ``setup`` (visible setup code), ``decimals`` (table cells with more than 3
-    decimals), ``height``."""
-    page = Path(page)
+    decimals), ``shrunk`` (figures shown below ``MIN_FIGURE_SCALE`` of their width), ``height``."""
+    page = Path(page).resolve()   # a file URI needs an absolute path
     with tempfile.TemporaryDirectory() as tmp:
         # the copy sits next to the original so its relative links (CSS, images) still resolve
         probe = page.with_name(f".audit-{page.name}")
-        script = _SCRIPT.replace("MARKERS", json.dumps(list(SETUP_MARKERS)))
+        script = (_SCRIPT.replace("MARKERS", json.dumps(list(SETUP_MARKERS)))
+                  .replace("MIN_SCALE", str(MIN_FIGURE_SCALE)))
         probe.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>"),
                          encoding="utf-8")
         try:
@@ -134,6 +145,9 @@ def problems(page: Path | str, result: dict, *, needs_box: bool) -> list[str]:
     out += [f"{name}: setup code visible: {s!r}" for s in result["setup"]]
     out += [f"{name}: output wider than the column (scrolls sideways): {s!r}"
             for s in result.get("wide_output", [])]
+    out += [f"{name}: figure {f['src']} shown at {f['scale']:.0%} of its size (its text shrinks "
+            "with it): draw it narrower or pass it through adlib.figures.fit_column"
+            for f in result.get("shrunk", [])]
     if result["decimals"]:
         out.append(f"{name}: table cells with more than 3 decimals: {result['decimals'][:5]}")
     return out

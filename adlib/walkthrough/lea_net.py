@@ -8,8 +8,10 @@ study's code hash (:mod:`adlib.provenance`): a clearer figure stales nothing.
 from __future__ import annotations
 
 import time
+
 import numpy as np
 
+from adlib.figures import fit_column
 from adlib.studies.lea_net import ADN_NAMES, CAAN_NAMES, INPUT_NAMES, POINT, label
 
 
@@ -22,8 +24,8 @@ def pipeline_figure(colouriser, images, labels, title: str = ""):
 
     picks = [int(np.flatnonzero(np.asarray(labels) == k)[0]) for k in (0, 1)]
     out = lea.recolour(colouriser, images[picks])
-    columns = ("input", "L*", "predicted a*b* (L* = 60)", "recoloured", "CIEDE2000")
-    fig, axes = plt.subplots(2, 5, figsize=(11, 4.6))
+    columns = ("input", "L*", "predicted a*b*\n(L* = 60)", "recoloured", "CIEDE2000")
+    fig, axes = plt.subplots(2, 5, figsize=(7.2, 3.9), layout="constrained")
     for row, name in enumerate(("normal", "anomalous")):
         panels = (images[picks[row]].permute(1, 2, 0).numpy(), out["L"][row], out["predicted"][row],
                   out["recoloured"][row], out["delta_e"][row])
@@ -36,8 +38,8 @@ def pipeline_figure(colouriser, images, labels, title: str = ""):
                 ax.set_title(columns[col], fontsize=9)
         axes[row, 0].set_ylabel(f"{name}\nmax ΔE00 {out['max_delta_e'][row]:.1f}", fontsize=9)
     fig.colorbar(shown, ax=axes[:, 4], shrink=0.8, label="ΔE00")
-    fig.suptitle(title or "Colour anomaly map: L* in, a*b* predicted, CIEDE2000 to the input", fontsize=10)
-    return fig
+    fig.suptitle(title or "Colour anomaly map: L* in, a*b* predicted,\nCIEDE2000 to the input", fontsize=10)
+    return fit_column(fig)
 
 
 def attention_figure(model, image, colour_map, title: str = ""):
@@ -62,7 +64,7 @@ def attention_figure(model, image, colour_map, title: str = ""):
         model.adn(model._adn_input(image[None], colour_map[None]), hook=keep)
         for p, f in adn_feats.items():
             feats[p] = (torch.sigmoid(caan[p].mean(1))[0], f.mean(1)[0], lea.external_attention(f, caan[p]).mean(1)[0])
-    fig, axes = plt.subplots(3, 6, figsize=(11, 5.6))
+    fig, axes = plt.subplots(3, 6, figsize=(7.2, 4.6))
     axes[0, 0].imshow(image.permute(1, 2, 0).numpy())
     axes[0, 0].set_title("image", fontsize=9)
     axes[1, 0].imshow(colour_map[0].numpy(), cmap="inferno")
@@ -74,13 +76,17 @@ def attention_figure(model, image, colour_map, title: str = ""):
         for row, (panel, name) in enumerate(((att, "M"), (before, "before"), (after, "after"))):
             ax = axes[row, p]
             ax.imshow(panel.numpy(), cmap="viridis", **({} if row == 0 else {"vmin": lo, "vmax": hi}))
-            ax.set_title(f"point {p}{' (trained)' if p == model.point else ''}: {name}", fontsize=8)
+            if row == 0:
+                ax.set_title(f"point {p}{chr(10) + '(trained)' if p == model.point else ''}", fontsize=8)
+            if p == 1:
+                ax.set_ylabel(name, fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(title or "Attention maps and ADN features (channel means) before / after f + f·M", fontsize=10)
+    fig.suptitle(title or "Attention maps M and ADN features (channel means)\nbefore / after f + f·M",
+                 fontsize=10)
     fig.tight_layout()
-    return fig
+    return fit_column(fig)
 
 
 def points_figure(rows, title: str = ""):
@@ -89,7 +95,7 @@ def points_figure(rows, title: str = ""):
     import matplotlib.pyplot as plt
 
     ablations = [a for a in ("ResNet18", "basic CNN", "VGG16") if (rows["ablation"] == a).any()]
-    fig, axes = plt.subplots(1, len(ablations), figsize=(5.2 * len(ablations), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(ablations), figsize=(3.6 * len(ablations), 3.6), squeeze=False)
     for ax, ablation in zip(axes[0], ablations):
         part = rows[rows["ablation"] == ablation]
         adn = {v: k for k, v in ADN_NAMES.items()}[ablation]
@@ -106,12 +112,12 @@ def points_figure(rows, title: str = ""):
                         capsize=3, label=name)
         ax.set_xticks((1, 2, 3, 4, 5))
         ax.set_xlabel("attention point")
-        ax.set_ylabel("F1 (anomalous class)")
+        ax.set_ylabel("F1 of the anomalous class (%)")
         ax.set_title(ablation, fontsize=10)
         ax.legend(fontsize=7)
     fig.suptitle(title or "F1 per attention point: mean ± std over (seed, fold)", fontsize=10)
     fig.tight_layout()
-    return fig
+    return fit_column(fig, ncols=2)
 
 
 def main_metrics(trained: dict, category: str) -> dict:

@@ -7,6 +7,7 @@ study's code hash (:mod:`adlib.provenance`): a clearer figure stales nothing.
 
 from __future__ import annotations
 
+from adlib.figures import fit_column
 from adlib.studies.maae import DEFAULT, make_detector
 
 
@@ -84,8 +85,8 @@ def fusion_figure(cache, data, index: int, stages=(0, 1, 2, 3)):
         fused = FeatureFusion(channels, kind)(levels)[0, :c0]
         panels.append((fused.norm(dim=0).detach().numpy(), f"{name} -> {tuple(fused.shape[-2:])}", "magma"))
     mask = np.asarray(data[index]["mask"]).squeeze()
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2), layout="constrained")
-    for ax, (img, title, cmap) in zip(axes, panels):
+    fig, axes = plt.subplots(2, 2, figsize=(6.9, 7.4), layout="constrained")
+    for ax, (img, title, cmap) in zip(axes.flat, panels):
         ax.imshow(img, cmap=cmap)
         if mask.any():   # the mask's pixel grid mapped onto this panel's grid
             h, w = img.shape[:2]
@@ -94,9 +95,9 @@ def fusion_figure(cache, data, index: int, stages=(0, 1, 2, 3)):
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{data.category}: {data[index]['defect_type']} (outlined); the finest level's "
+    fig.suptitle(f"{data.category}: {data[index]['defect_type']} (outlined); the finest level's\n"
                  "energy (channel norm) on the token grid, each panel its own colour scale")
-    return fig
+    return fit_column(fig)
 
 
 def noise_figure(detector, train):
@@ -116,20 +117,21 @@ def noise_figure(detector, train):
     mean = float(w.mean())
     per_token = 100 * (w.mean(1) / mean - 1)
     per_channel = 100 * (w.mean(0) / mean - 1)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained")
-    for ax, img, title in ((axes[0], per_token.view(*m.grid), "ANG: per token, % from its mean"),
-                           (axes[1], jitter, "jitter: noise std per token")):
+    fig, axes = plt.subplot_mosaic([["token", "jitter"], ["channel", "channel"]], figsize=(6.9, 6.4),
+                                   layout="constrained")
+    for ax, img, title in ((axes["token"], per_token.view(*m.grid), "ANG: per token, % from its mean"),
+                           (axes["jitter"], jitter, "jitter: noise std per token")):
         im = ax.imshow(img.numpy(), cmap="viridis")
         fig.colorbar(im, ax=ax, fraction=0.046, format="%.2g")
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[2].hist(per_channel.numpy(), bins=30, color="tab:green")
-    axes[2].set_xlabel("% from the mean")
-    axes[2].set_title("ANG: per channel", fontsize=10)
-    fig.suptitle(f"ANG after training: A|W| = {mean:.3f} on average (it started at {ang.amplitude:g} "
+    axes["channel"].hist(per_channel.numpy(), bins=30, color="tab:green")
+    axes["channel"].set_xlabel("% from the mean")
+    axes["channel"].set_title("ANG: per channel", fontsize=10)
+    fig.suptitle(f"ANG after training: A|W| = {mean:.3f} on average (it started at {ang.amplitude:g}\n"
                  "everywhere); UniAD's jitter for comparison")
-    return fig
+    return fit_column(fig)
 
 
 def cost_table(cache, settings, trains, test, measured=(), variants=None):

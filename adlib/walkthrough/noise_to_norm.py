@@ -7,6 +7,7 @@ outside that study's code hash (:mod:`adlib.provenance`): a clearer figure stale
 
 from __future__ import annotations
 
+from adlib.figures import fit_column
 from adlib.studies.noise_to_norm import LAMBDAS, MPDD_LIKE, make_detector
 
 
@@ -32,12 +33,12 @@ def noise_figure(image, lambdas=LAMBDAS, seed: int = 0):
     from adlib.models.noise_to_norm import add_noise, normalise
 
     x0 = normalise(image[None])
-    fig, axes = plt.subplots(1, len(lambdas), figsize=(2.6 * len(lambdas), 2.8))
+    fig, axes = plt.subplots(1, len(lambdas), figsize=(1.75 * len(lambdas), 2.3))
     for ax, lam in zip(axes, lambdas):
         x = add_noise(x0, lam, torch.Generator().manual_seed(seed))
-        _show(ax, ((x[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy(), f"lambda = {lam:g}")
-    fig.suptitle("x = (1 - lambda) x0 + lambda eps, eps ~ N(0.5, 0.5)")
-    return fig
+        _show(ax, ((x[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy(), f"λ = {lam:g}")
+    fig.suptitle("x = (1 − λ) x0 + λ ε, ε ~ N(0.5, 0.5)")
+    return fit_column(fig)
 
 
 def identity_figure(detectors: dict, test, index: int):
@@ -45,16 +46,17 @@ def identity_figure(detectors: dict, test, index: int):
     with its map: without noise the network reproduces the defect."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(detectors), 4, figsize=(10, 2.7 * len(detectors)), squeeze=False)
+    fig, axes = plt.subplots(len(detectors), 4, figsize=(7.2, 2.1 * len(detectors)), squeeze=False)
     for row, (name, det) in zip(axes, detectors.items()):
         x0, noisy, y = (t[index:index + 1] for t in det.reconstruct(test))
         maps = det.anomaly_maps(x0, y).numpy()
         to_img = lambda t: ((t[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()  # noqa: E731
-        _show(row[0], to_img(x0), f"{test.category}: {test[index]['defect_type']}")
-        _show(row[1], to_img(noisy), f"{name}: input")
-        _show(row[2], to_img(y), f"{name}: reconstruction")
-        _show(row[3], maps[0], f"{name}: map", cmap="magma")
-    return fig
+        _show(row[0], to_img(x0), f"{test.category}:\n{test[index]['defect_type']}")
+        _show(row[1], to_img(noisy), f"{name}:\ninput")
+        _show(row[2], to_img(y), f"{name}:\nreconstruction")
+        _show(row[3], maps[0], f"{name}:\nmap", cmap="magma")
+    fig.tight_layout()
+    return fit_column(fig)
 
 
 def fig4(detector, result, train, indices):
@@ -65,7 +67,7 @@ def fig4(detector, result, train, indices):
 
     threshold = detector.pixel_threshold(train)
     _, _, y = detector.reconstruct(result.test)
-    fig, axes = plt.subplots(len(indices), 5, figsize=(11, 2.3 * len(indices)), squeeze=False)
+    fig, axes = plt.subplots(len(indices), 5, figsize=(7.2, 1.75 * len(indices) + 0.5), squeeze=False)
     for row, i in zip(axes, indices):
         _show(row[0], result.test[i]["image"].permute(1, 2, 0).numpy(), result.test[i]["defect_type"])
         _show(row[1], result.masks[i], "ground truth", cmap="gray")
@@ -75,9 +77,10 @@ def fig4(detector, result, train, indices):
         if result.masks[i].any():
             for ax in row[3:]:
                 ax.contour(result.masks[i], levels=[0.5], colors="red", linewidths=1)
-    fig.suptitle(f"{result.category}: threshold {threshold:.3f} (99th percentile on held-out "
+    fig.suptitle(f"{result.category}: threshold {threshold:.3f} (99th percentile on held-out\n"
                  "normals); red: the defect")
-    return fig
+    fig.tight_layout()
+    return fit_column(fig)
 
 
 def skff_figure(detectors: dict, test):
@@ -103,7 +106,7 @@ def skff_figure(detectors: dict, test):
     ax.set_ylabel("mean SKFF weight")
     ax.set_title("Which decoder scale the fusion uses")
     ax.legend(fontsize=8)
-    return fig
+    return fit_column(fig)
 
 
 def cost_table(settings, train, test, device: str = "cpu", n_timed: int = 8):
@@ -249,17 +252,20 @@ def grain_figure(experiments: dict, index: int = 0):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(len(experiments), 6, figsize=(15, 2.9 * len(experiments)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 1, 1, 1, 2.4]})
-    for row, (name, exp) in zip(axes, experiments.items()):
+    # per experiment: the five pictures in a row, the AUROC of each part of the map below them
+    # (sub-figures, so the bars' long labels do not squeeze the pictures)
+    fig = plt.figure(figsize=(7.2, 5.2 * len(experiments)), layout="constrained")
+    parts = fig.subfigures(2 * len(experiments), 1, height_ratios=[1, 1.3] * len(experiments))
+    for k, (name, exp) in enumerate(experiments.items()):
+        row = [*parts[2 * k].subplots(1, 5), parts[2 * k + 1].subplots()]
         auc = exp["pixel_auroc"]
-        _show(row[0], exp["images"][index].permute(1, 2, 0).numpy(), f"{name}: dark flat defect")
+        _show(row[0], exp["images"][index].permute(1, 2, 0).numpy(), f"{name}:\ndark flat defect")
         row[0].contour(exp["masks"][index], levels=[0.5], colors="cyan", linewidths=0.8)
         _show(row[1], exp["reconstructions"][index].permute(1, 2, 0).numpy(),
-              f"reconstruction ({exp['grain_kept']:.0%} of grain)")
+              f"reconstruction\n({exp['grain_kept']:.0%} of grain)")
         for ax, key in zip(row[2:5], ("ours", "Eq. 7 + L1", "kNN")):
             if key in exp["maps"]:
-                _show(ax, exp["maps"][key][index], f"{key}: pixel {auc[key]:.0f}", cmap="magma")
+                _show(ax, exp["maps"][key][index], f"{key}:\npixel {auc[key]:.0f}", cmap="magma")
             else:
                 ax.axis("off")
         names = [k for k in GRAIN_MAPS if k in auc]
@@ -272,6 +278,5 @@ def grain_figure(experiments: dict, index: int = 0):
         row[5].set_xlim(0, 108)
         row[5].set_xlabel("pixel AUROC (%), 50 = chance")
         row[5].set_title(f"{name}: each part of the map alone", fontsize=9)
-    fig.suptitle("Fine grain, dark flat defects: the denoiser removes the grain and keeps the defect")
-    fig.tight_layout()
-    return fig
+    fig.suptitle("Fine grain, dark flat defects: the denoiser removes\nthe grain and keeps the defect")
+    return fit_column(fig)

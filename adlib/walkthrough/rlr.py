@@ -7,6 +7,7 @@ study's code hash (:mod:`adlib.provenance`): a clearer figure stales nothing.
 
 from __future__ import annotations
 
+from adlib.figures import fit_column
 from adlib.studies.rlr import MODEL_KEYS
 
 
@@ -29,7 +30,7 @@ def mask_figure(shapes: dict, settings: dict):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"stage {stage}: {h}x{w} tokens, the red cross is the query token")
-    return fig
+    return fit_column(fig)
 
 
 def variant_parameters(shapes: dict, settings: dict):
@@ -72,18 +73,19 @@ def reconstruction_figure(detector, train, result, index: int):
         x = (f[0].permute(1, 2, 0).reshape(-1, c) - mean) @ v
         return ((x - lo) / (hi - lo)).clamp(0, 1).reshape(f.shape[2], f.shape[3], 3).numpy()
 
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    fig, axes = plt.subplots(2, 2, figsize=(6.9, 7.0))
     panels = [(result.test[index]["image"].permute(1, 2, 0).numpy(), "image"),
               (to_rgb(level_in), "input features (PCA)"), (to_rgb(level_out), "reconstruction (PCA)"),
               (result.maps[index], "anomaly map")]
-    for ax, (img, name) in zip(axes, panels):
+    for ax, (img, name) in zip(axes.flat, panels):
         ax.imshow(img)
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     spread = [float(((f[0].permute(1, 2, 0).reshape(-1, c) - mean) @ v).std(0).mean())
               for f in (level_in, level_out)]
-    fig.suptitle(f"{result.category}: {result.test[index]['defect_type']}. The reconstruction's "
-                 f"spread across tokens is {100 * spread[1] / spread[0]:.0f} % of the input's "
+    fig.suptitle(f"{result.category}: {result.test[index]['defect_type']}. The reconstruction's\n"
+                 f"spread across tokens is {100 * spread[1] / spread[0]:.0f} % of the input's\n"
                  "(colours: the normal training features' range)")
-    return fig
+    fig.tight_layout()
+    return fit_column(fig)
