@@ -185,7 +185,7 @@ def _direction(lo: float, hi: float) -> str:
     return INCONCLUSIVE
 
 
-def _term_values(rows: pd.DataFrame, term: str, metric: str, ablation: str | None,
+def term_values(rows: pd.DataFrame, term: str, metric: str, ablation: str | None,
                  higher_is_better: bool) -> pd.Series | None:
     """Per (seed, category) values of a config, or of the better of ``A | B``; None if absent."""
     parts = []
@@ -208,6 +208,8 @@ def _fmt(x: float) -> str:
 
 
 def _interval(mean: float, lo: float, hi: float) -> str:
+    if not math.isfinite(mean):
+        return "— (no pairs)"
     if not math.isfinite(lo):
         return f"{_fmt(mean)} (one pair, no interval)"
     return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
@@ -237,7 +239,7 @@ def _absolute_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str
         number = paper_value(paper, metric=metric, **dict(check.absolute or {}))
     except LookupError:
         number = math.nan
-    values = _term_values(rows, check.config or "", metric, check.ablation, check.higher_is_better)
+    values = term_values(rows, check.config or "", metric, check.ablation, check.higher_is_better)
     out: dict[str, Any] = {"paper": f"{number:g}" if math.isfinite(number) else "—",
                            "paper_value": number}
     if values is None:
@@ -263,7 +265,7 @@ def _absolute_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str
             "note": "paper number inside or below our interval" if ok else "paper number outside our interval"}
 
 
-def _pair_verdict(lo: float, hi: float, n: int, effect: float | None,
+def pair_verdict(lo: float, hi: float, n: int, effect: float | None,
                   margin: float | None) -> str:
     """One relation's verdict from the interval of (better - worse), signed so that > 0 favours
     the claim; ``effect`` the paper's size, ``margin`` a non-inferiority margin."""
@@ -327,7 +329,7 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
         sizes = ", ".join(f"{e:+.2f}" for e in effects if e is not None)
         out["paper"] += f" (by {sizes})"
     terms = {t for p in pairs for t in p} | ({check.sanity} if check.sanity else set())
-    values = {t: _term_values(rows, t, metric, check.ablation, check.higher_is_better) for t in terms}
+    values = {t: term_values(rows, t, metric, check.ablation, check.higher_is_better) for t in terms}
     missing = sorted(t for t, v in values.items() if v is None and t != check.sanity)
     if missing:
         return {**out, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
@@ -338,7 +340,7 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
     for (better, worse), effect in zip(pairs, effects):
         both = pd.concat([values[better], values[worse]], axis=1).dropna()
         mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
-        verdicts.append(_pair_verdict(lo, hi, len(both), effect, check.margin))
+        verdicts.append(pair_verdict(lo, hi, len(both), effect, check.margin))
         n_pairs.append(len(both))
         shown = f"{better} − {worse}" if sign > 0 else f"{worse} − {better}"
         parts.append(f"{shown}: {_interval(mean, lo, hi)}")
@@ -365,15 +367,22 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
             "note": "; ".join(notes)}
 
 
+def with_pair_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every column a check pairs on; a missing ablation reads as "" (rows are
+    kept by equality with their config's ablation, and NaN equals nothing)."""
+    for column in ("ablation", "config", *PAIR_KEYS):
+        if column not in frame:
+            frame = frame.assign(**{column: pd.Series(dtype=object, index=frame.index)})
+    return frame.assign(ablation=frame["ablation"].fillna(""))
+
+
 def compare(rows: pd.DataFrame | Iterable[Mapping], order: str, metric: str = "image_auroc", *,
             ablation: str | None = None) -> dict[str, Any]:
     """One direction on study rows, judged as a claim's is (paired differences, 95 % bootstrap
     interval): ``ours``, ``verdict``, ``n_pairs``, ``note``. For a chapter's own findings, which
     are no paper's claim."""
     frame = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
-    for column in ("ablation", "config", *PAIR_KEYS):
-        if column not in frame:
-            frame = frame.assign(**{column: pd.Series(dtype=object)})
+    frame = with_pair_columns(frame)
     check = ClaimCheck(0, order=order, ablation=ablation, metrics=(metric,))
     if metric not in frame:
         return {"ours": "—", "verdict": NOT_RUN, "n_pairs": 0, "note": f"no {metric} in the rows"}
@@ -393,9 +402,7 @@ def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | 
     from adlib.results import get_claim, hardware_label
 
     frame = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
-    for column in ("ablation", "config", *PAIR_KEYS):
-        if column not in frame:
-            frame = frame.assign(**{column: pd.Series(dtype=object)})
+    frame = with_pair_columns(frame)
     context = {"dataset": dataset, "profile": profile}
     out = []
     for check in checks:

@@ -246,3 +246,15 @@ def test_a_wins_count_is_judged_on_categories_with_an_interval():
     few = rows[rows.category.isin(["c0", "c1", "c2", "c3"])]      # 3 of 4: interval spans 1/2
     row = _verdict(ClaimCheck(2, order="A > B", wins=(10, 15), metrics=("image_auroc",)), few)[0]
     assert row["verdict"].startswith(INCONCLUSIVE) and row["ours"].startswith("3/4")
+
+
+def test_compare_pairs_rows_that_carry_no_ablation_column():
+    """Rows of a grid without ablations (a comparison of methods) pair on (seed, category)
+    as any others: before, the missing column became NaN, NaN equals nothing, and every row
+    was dropped (0 pairs, inconclusive)."""
+    from adlib.claims import compare
+
+    rows = [{"config": name, "seed": seed, "category": cat, "image_auroc": 70 + seed + (5 if name == "A" else 0)}
+            for name in ("A", "B") for seed in range(3) for cat in ("x", "y", "z")]
+    out = compare(rows, "A > B")
+    assert out["n_pairs"] == 9 and out["verdict"] == "reproduced", out
