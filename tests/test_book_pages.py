@@ -92,7 +92,7 @@ def test_intro_and_api_include_the_chapter_lists_written_from_the_registry(tmp_p
     for page, parts in (("intro.md", ("chapters.md", "paper_runs.md")), ("api.md", ("api_chapters.md",))):
         for part in parts:
             assert f"```{{include}} _generated/{part}" in (book_dir / page).read_text(), (page, part)
-    for c in chapters():
+    for c in [c for c in chapters() if c.notebook]:   # a declared study whose chapter is not written yet is not in the book
         assert f"| {c.number} |" in written["chapters.md"] and c.summary in written["chapters.md"]
         assert all(args in written["paper_runs.md"] for args in c.paper_runs)
         for module in (c.model, c.study):

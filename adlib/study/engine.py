@@ -195,7 +195,9 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                 "config": task_like["config"], "overrides": dict(task_like["overrides"]),
                 "seed": int(seed), "category": category, "fold": fold,
                 "metrics": result["metrics"], "train_seconds": result.get("train_seconds"),
-                **{k: result[k] for k in ("test_curve", "train_curve") if result.get(k)},
+                # timings and curves: reported, never compared bit for bit as metrics are
+                **{k: result[k] for k in ("test_curve", "train_curve", "inference_seconds")
+                   if result.get(k)},
                 "final_loss": result.get("final_loss"),
                 "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},
                 "hardware": result.get("hardware") or here,

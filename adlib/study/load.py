@@ -8,13 +8,15 @@ from adlib.study.spec import Study, StudyError
 
 
 def load_study(paper_or_module: str) -> Study:
-    """The :class:`Study` of a paper key (registry) or of a module path declaring ``STUDY``."""
-    from adlib.papers import PAPERS
+    """The :class:`Study` of a chapter key (a paper's, or the comparison's: registry) or of a
+    module path declaring ``STUDY``."""
+    from adlib.papers import PAPERS, chapters
 
     module_name = paper_or_module
     # a module path (what workers get) needs no registry, whose first use imports every study
-    if "." not in paper_or_module and paper_or_module in PAPERS:
-        module_name = PAPERS[paper_or_module].study
+    studies = {c.key: c.study for c in chapters()}
+    if "." not in paper_or_module and paper_or_module in studies:
+        module_name = studies[paper_or_module]
         if module_name is None:
             msg = f"{paper_or_module} has no study yet (its chapter is not written)"
             raise StudyError(msg)

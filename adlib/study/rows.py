@@ -17,12 +17,13 @@ ROWS_FILE = "rows.jsonl"
 
 ROW_FIELDS = ("paper", "ablation", "config", "overrides", "seed", "category", "fold", "metrics",
               "train_seconds", "final_loss", "protocol", "hardware", "revision", "model_hash",
-              "fingerprint", "dirty", "key", "created", "test_curve", "train_curve")
+              "fingerprint", "dirty", "key", "created", "test_curve", "train_curve",
+              "inference_seconds")
 #: What a worker hands back of ``run``'s results (the fitted model stays in the worker).
 
 
 RESULT_FIELDS = ("category", "fold", "metrics", "train_seconds", "final_loss", "test_curve",
-                 "train_curve")
+                 "train_curve", "inference_seconds")
 
 
 class RowStore:

@@ -1,0 +1,142 @@
+"""Chapter 6's comparison grid: one image size, one set of seeds and categories for every
+method, every trainable method beside its untrained self, and a smoke run of each family."""
+
+import math
+
+import pytest
+
+from adlib.jsonable import jsonable
+from adlib.profiles import resolve
+from adlib.studies import comparison as C
+from adlib.study.engine import plan
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread, as a study worker runs (and quick on a loaded machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def embedded_root():
+    from adlib.data.sources import resolve_root
+
+    return resolve_root("embedded")
+
+
+def _tasks(profile: str, grid: str | None = None):
+    """The grid's tasks as ``python -m adlib study`` plans them under ``profile``."""
+    cfg = resolve("comparison", profile, data_root="/data/mvtec" if profile == "paper" else None)
+    categories = cfg.categories or list(C.CATEGORIES)
+    tasks, _ = plan(C.STUDY, C.STUDY.grid(grid or cfg.grid), C.protocol(cfg), cfg.seeds,
+                    categories, dataset=cfg.dataset, data_root="root")
+    return cfg, tasks
+
+
+def test_the_study_grid_gives_every_method_one_size_seed_set_and_category_set():
+    cfg, tasks = _tasks("study")
+    assert cfg.image_size == C.IMAGE_SIZE and tuple(cfg.seeds) == C.SEEDS
+    assert set(cfg.categories) == set(C.CATEGORIES) and len(C.CATEGORIES) == 6
+    seeds, methods = {}, set()
+    for task in tasks:
+        s = C.method_task(task).settings
+        assert task.categories == tuple(cfg.categories), task.config
+        assert task.settings["image_size"] == s["image_size"] == C.IMAGE_SIZE, task.config
+        assert s["dataset"] == "embedded"
+        seeds.setdefault(task.config, set()).add(task.seed)
+        methods.add(task.settings["method"])
+    assert methods == set(C.METHODS)
+    assert all(found == set(C.SEEDS) for found in seeds.values()), seeds
+    assert len(tasks) == len(C.GRIDS["study"]) * len(C.SEEDS)
+
+
+def test_each_method_runs_its_chapters_study_protocol_at_the_common_size():
+    _, tasks = _tasks("study")
+    by_config = {t.config: C.method_task(t).settings for t in tasks if t.seed == 0}
+    rlr_study = jsonable(C.chapter_protocol("rlr", "study", "embedded", 128))
+    assert by_config["RLR"] == {**rlr_study, "variant": "MLKA+LCA"}
+    assert by_config["MAAE"]["epochs"] == 30 and by_config["UniAD"]["variant"] == "UniAD"
+    assert by_config["noise-to-norm"]["epochs"] == 60 and by_config["noise-to-norm"]["lam"] == 0.3
+    assert by_config["Patch SVDD"]["attention"] == "none" and by_config["C-SE+LBR"]["lbr"] is True
+    assert by_config["LEA colour map"]["colouriser_epochs"] == 60
+    assert by_config["kNN"]["sigma"] == 2.0
+
+
+@pytest.mark.parametrize("profile", ["smoke", "study", "paper"])
+def test_chapter_protocols_are_the_ones_their_profiles_resolve_to(profile):
+    """The comparison builds each chapter's protocol from its card (keeping the registry out of
+    its code hash): it must be what ``resolve`` gives, with only the data set and size moved."""
+    dataset, size = ("mvtec_ad", 256) if profile == "paper" else ("embedded", 96)
+    for key, module in C.CHAPTER_MODULES.items():
+        cfg = resolve(key, profile, dataset=dataset, image_size=size,
+                      data_root="/data/mvtec" if profile == "paper" else None)
+        assert C.chapter_protocol(key, profile, dataset, size) == module.protocol(cfg), key
+
+
+def test_every_trainable_method_has_its_untrained_cell_and_lea_nets_network_is_not_ranked():
+    for name in ("smoke", "study", "paper"):
+        cells = C.GRIDS[name]
+        untrained = {c.overrides["method"] for c in cells if c.overrides.get("epochs") == 0}
+        trainable = {m for m, spec in C.METHODS.items() if spec.untrained is not None}
+        assert untrained == trainable == set(C.METHODS) - {"kNN"}, name
+        assert not any("LEA-Net" in c.config for c in cells)
+    _, tasks = _tasks("study")
+    for task in tasks:
+        s = C.method_task(task).settings
+        if task.settings["epochs"] == 0:
+            assert s.get("epochs") == 0 or s.get("colouriser_epochs") == 0, task.config
+    assert C.BUILDERS["lea_net"] is C._colour_map    # the colour map alone, never the ADN
+
+
+def test_the_paper_grid_is_the_same_comparison_on_mvtec_ad():
+    cfg, tasks = _tasks("paper")
+    assert cfg.dataset == "mvtec_ad" and cfg.image_size == 256 and tuple(cfg.seeds) == C.SEEDS
+    assert {c.config for c in C.GRIDS["paper"]} == {c.config for c in C.GRIDS["study"]}
+    for task in tasks:
+        s = C.method_task(task).settings
+        assert (s["dataset"], s["image_size"]) == ("mvtec_ad", 256)
+
+
+def test_the_cpu_grid_is_two_methods_on_two_categories_with_one_seed():
+    cfg, tasks = _tasks("cpu")
+    assert len(cfg.categories) == 2 and cfg.seeds == [0] and cfg.image_size == C.IMAGE_SIZE
+    assert {t.settings["method"] for t in tasks} == {"kNN", "RLR"}
+
+
+def test_epochs_other_than_none_or_zero_are_refused():
+    settings = {**C.protocol(resolve("comparison", "smoke")), "method": "RLR", "epochs": 3}
+    with pytest.raises(ValueError, match="untrained"):
+        C.method_settings(settings)
+    with pytest.raises(ValueError, match="trains nothing"):
+        C.method_settings({**settings, "method": "kNN", "epochs": 0})
+
+
+SMOKE_CELLS = ["kNN", "C-SE+LBR", "MAAE", "noise-to-norm", "LEA colour map", "RLR",
+               "untrained LEA colour map"]   # the skeleton's untrained path has its own tests
+
+
+@pytest.mark.parametrize("config", SMOKE_CELLS)
+def test_a_smoke_run_of_each_family_gives_the_three_metrics_and_the_costs(config, embedded_root,
+                                                                           one_thread):
+    from adlib.study.spec import Task, cell_settings
+
+    cfg = resolve("comparison", "smoke")
+    cell = next(c for c in C.GRIDS["smoke"] if c.config == config)
+    settings = cell_settings(C.protocol(cfg), cell)
+    task = Task(C.STUDY.module, "comparison", cell.ablation, cell.config, dict(cell.overrides),
+                settings, 0, ("brick",), cfg.dataset, str(embedded_root), "cpu")
+    rows = C.run(task)
+    assert [r["category"] for r in rows] == ["brick"]
+    metrics = rows[0]["metrics"]
+    for name in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= metrics[name] <= 100.0, (name, metrics[name])
+    assert rows[0]["inference_seconds"] > 0 and math.isfinite(rows[0]["inference_seconds"])
+    assert metrics["parameters"] == (0 if config == "kNN" else rows[0]["model"].parameter_count)
+    assert not isinstance(rows[0]["model"], C.TimedDetector)
+    if config.startswith("untrained"):
+        assert rows[0]["final_loss"] is None
