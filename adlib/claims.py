@@ -161,10 +161,29 @@ def table_values(paper: str, table: int | str, metric: str) -> pd.Series:
 _RELATION = re.compile(r"\s*(>|<)\s*")
 
 
+def _chains(order: str) -> list[str]:
+    """The comma-separated chains of ``order``; a piece with no ``>`` / ``<`` is part of a config
+    name that holds a comma ("CAAN (4), learned gate"), so it joins its neighbour."""
+    chains: list[str] = []
+    pending = ""
+    for piece in order.split(","):
+        if _RELATION.search(piece):
+            chains.append(pending + piece)
+            pending = ""
+        elif chains and not pending:
+            chains[-1] += "," + piece
+        else:
+            pending += piece + ","
+    if pending:
+        chains.append(pending.rstrip(","))
+    return chains
+
+
 def parse_order(order: str) -> list[tuple[str, str]]:
-    """``"A > B > C, A > D"`` -> ``[(A, B), (B, C), (A, D)]`` (better first); ``<`` flips."""
+    """``"A > B > C, A > D"`` -> ``[(A, B), (B, C), (A, D)]`` (better first); ``<`` flips. A
+    config name may hold a comma when one side of it states no relation (:func:`_chains`)."""
     pairs = []
-    for chain in order.split(","):
+    for chain in _chains(order):
         parts = _RELATION.split(chain.strip())
         names, rels = parts[0::2], parts[1::2]
         for left, rel, right in zip(names, rels, names[1:]):

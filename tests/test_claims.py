@@ -258,3 +258,15 @@ def test_compare_pairs_rows_that_carry_no_ablation_column():
             for name in ("A", "B") for seed in range(3) for cat in ("x", "y", "z")]
     out = compare(rows, "A > B")
     assert out["n_pairs"] == 9 and out["verdict"] == "reproduced", out
+
+
+def test_an_order_names_configs_that_hold_a_comma():
+    """LEA-Net's deviation cells are named "ResNet18 + ResNet-based CAAN (4), learned gate
+    (official code)": split on every comma, such an order compared nothing ("not run yet", or
+    a config with itself)."""
+    from adlib.claims import parse_order
+
+    gate, caan = "R + C (4), learned gate (official code)", "R + C (4)"
+    assert parse_order(f"{gate} > {caan}") == [(gate, caan)]
+    assert parse_order(f"{caan} > {caan}, running statistics") == [(caan, f"{caan}, running statistics")]
+    assert parse_order("A > B > C, A > D") == [("A", "B"), ("B", "C"), ("A", "D")]
