@@ -367,4 +367,6 @@ def findings_html(paper: str, records: list[dict] | None = None) -> Html:
 def stale_findings(paper: str, records: list[dict] | None = None) -> list[str]:
     """The chapter's findings whose committed rows give another verdict than the sentence's."""
     text = str(findings_html(paper, records))
-    return re.findall(r"<li>(.*?) <span[^>]*>.*?</span> <b[^>]*>The committed study", text)
+    # one list item at a time: a lazy match from the first <li> would name the wrong sentence
+    return re.findall(r"<li>((?:(?!</li>).)*?) <span[^>]*>(?:(?!</li>).)*?</span> <b[^>]*>The committed study",
+                      text)

@@ -104,8 +104,9 @@ def test_a_finding_the_rows_contradict_is_marked_stale(monkeypatch):
     from adlib.verdicts import findings_html, stale_findings
 
     rlr = adlib.papers.get_chapter("rlr")
-    wrong = replace(rlr, findings=(Finding("Jitter hurts.", "perturbation=none > MLKA+LCA"),
-                                   Finding("Jitter helps.", "MLKA+LCA > perturbation=none")))
+    # the out-of-date sentence second: each list item is read on its own
+    wrong = replace(rlr, findings=(Finding("Jitter helps.", "MLKA+LCA > perturbation=none"),
+                                   Finding("Jitter hurts.", "perturbation=none > MLKA+LCA")))
     monkeypatch.setattr(adlib.papers, "get_chapter", lambda key: wrong)
     record = _study_record(10.0)
     record["params"]["grid"] = "study"
