@@ -205,7 +205,7 @@ def _direction(lo: float, hi: float) -> str:
 
 
 def term_values(rows: pd.DataFrame, term: str, metric: str, ablation: str | None,
-                 higher_is_better: bool) -> pd.Series | None:
+                higher_is_better: bool) -> pd.Series | None:
     """Per (seed, category) values of a config, or of the better of ``A | B``; None if absent."""
     parts = []
     for name in (t.strip() for t in term.split("|")):
@@ -285,7 +285,7 @@ def _absolute_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str
 
 
 def pair_verdict(lo: float, hi: float, n: int, effect: float | None,
-                  margin: float | None) -> str:
+                 margin: float | None) -> str:
     """One relation's verdict from the interval of (better - worse), signed so that > 0 favours
     the claim; ``effect`` the paper's size, ``margin`` a non-inferiority margin."""
     if n < MIN_PAIRS:
@@ -386,9 +386,10 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
             "note": "; ".join(notes)}
 
 
-def with_pair_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with every column a check pairs on; a missing ablation reads as "" (rows are
-    kept by equality with their config's ablation, and NaN equals nothing)."""
+def with_pair_columns(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:
+    """``rows`` as a frame with every column a check pairs on; a missing ablation reads as ""
+    (rows are kept by equality with their config's ablation, and NaN equals nothing)."""
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     for column in ("ablation", "config", *PAIR_KEYS):
         if column not in frame:
             frame = frame.assign(**{column: pd.Series(dtype=object, index=frame.index)})
@@ -400,8 +401,7 @@ def compare(rows: pd.DataFrame | Iterable[Mapping], order: str, metric: str = "i
     """One direction on study rows, judged as a claim's is (paired differences, 95 % bootstrap
     interval): ``ours``, ``verdict``, ``n_pairs``, ``note``. For a chapter's own findings, which
     are no paper's claim."""
-    frame = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
-    frame = with_pair_columns(frame)
+    frame = with_pair_columns(rows)
     check = ClaimCheck(0, order=order, ablation=ablation, metrics=(metric,))
     if metric not in frame:
         return {"ours": "—", "verdict": NOT_RUN, "n_pairs": 0, "note": f"no {metric} in the rows"}
@@ -420,8 +420,7 @@ def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | 
     """
     from adlib.results import get_claim, hardware_label
 
-    frame = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
-    frame = with_pair_columns(frame)
+    frame = with_pair_columns(rows)
     context = {"dataset": dataset, "profile": profile}
     out = []
     for check in checks:

@@ -45,11 +45,6 @@ _FONT_PT = 9.0   # the column shows a 6.8-inch figure at full size: 9 pt stays 9
 
 # --- rows to a (block x method) table ---------------------------------------------------------
 
-def _frame(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:
-    """The rows as a frame with every column :func:`adlib.claims.term_values` reads."""
-    return with_pair_columns(rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows)))
-
-
 def _methods(frame: pd.DataFrame, metric: str, methods: Sequence[str] | None) -> list[str]:
     """The methods to compare: the ones asked for, or every config with a ``metric`` value."""
     if metric not in frame:
@@ -102,7 +97,7 @@ def pairwise(rows: pd.DataFrame | Iterable[Mapping], metric: str,
     :data:`adlib.claims.MIN_PAIRS` pairs). Each interval is for its own pair; for a verdict on
     all methods at once use :func:`ranks`.
     """
-    frame = _frame(rows)
+    frame = with_pair_columns(rows)
     values = _values(frame, metric, _methods(frame, metric, methods))
     order = _by_mean(values)
     means = values.mean()
@@ -177,7 +172,7 @@ def ranks(rows: pd.DataFrame | Iterable[Mapping], metric: str,
     ``statistic`` and ``p_value`` (Friedman), ``q_alpha`` and ``cd`` (Nemenyi) and ``cliques``
     (:func:`cliques`: the methods the test cannot tell apart).
     """
-    frame = _frame(rows)
+    frame = with_pair_columns(rows)
     chosen = _methods(frame, metric, methods)
     if len(chosen) < 2:
         msg = f"ranking needs two methods or more; {metric} rows have {chosen}"
@@ -276,7 +271,7 @@ def winners(rows: pd.DataFrame | Iterable[Mapping], metric: str,
     The winner is picked on the same seeds its lead is then judged on, which favours it: with
     many methods and nothing between them, some category will still show a "real" lead.
     """
-    frame = _frame(rows)
+    frame = with_pair_columns(rows)
     values = _values(frame, metric, _methods(frame, metric, methods))
     words = {A_BETTER: "winner better", B_BETTER: "runner-up better", TIED: TIED}
     out = []
