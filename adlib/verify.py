@@ -137,7 +137,8 @@ def _settings_of(row: Mapping[str, Any]) -> dict:
 
 def _tasks_of(study, rows: Sequence[Mapping[str, Any]], data_root: str) -> list[tuple[Any, list]]:
     """The tasks that made ``rows`` (a unified task made one row per category), each with its
-    rows; the reconstruction is checked against every row's key."""
+    rows, run by the runner that made them (``study.curve`` where a row has a test curve); the
+    reconstruction is checked against every row's key."""
     from adlib.study.spec import Task, run_key
 
     groups: dict[tuple, list] = {}
@@ -156,7 +157,9 @@ def _tasks_of(study, rows: Sequence[Mapping[str, Any]], data_root: str) -> list[
         categories = tuple(dict.fromkeys(r["category"] for r in members))
         tasks.append((Task(study.module, study.paper, members[0]["ablation"], members[0]["config"],
                            dict(members[0].get("overrides", {})), settings, int(seed), categories,
-                           settings.get("dataset", "embedded"), data_root, "cpu", fold), members))
+                           settings.get("dataset", "embedded"), data_root, "cpu", fold,
+                           # rows made with --test-curve were made by the study's curve runner
+                           test_curve=any(m.get("test_curve") for m in members)), members))
     return tasks
 
 
@@ -228,7 +231,11 @@ study = load_study(jobs["paper"])
 out = []
 for job in jobs["tasks"]:
     job = dict(job, data_root=str(resolve_root(job["dataset"])), categories=tuple(job["categories"]))
-    results = study.run(Task(**{k: v for k, v in job.items() if k in names}))
+    # a row made by the curve runner is remade by it (older revisions: run, as they made it)
+    runner = study.run
+    if job.get("test_curve") and getattr(study, "curve", None) is not None:
+        runner = study.curve
+    results = runner(Task(**{k: v for k, v in job.items() if k in names}))
     out.append([{k: r.get(k) for k in ("category", "fold", "metrics", "final_loss")} for r in results])
 print("RESULTS " + json.dumps(out))
 """

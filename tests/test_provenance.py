@@ -219,3 +219,32 @@ def test_a_legacy_equivalence_links_only_the_revisions_it_checked():
     assert status({"model_hash": "new"}) == "current"
     groups = _groups([checked, other, fresh], row_status("new", []))
     assert set(groups) == {("old", "abc1234"), ("old", "abc1234-dirty"), ("old", None)}
+
+
+CURVE_RUNNER = '''
+
+def run_curve(task):
+    """Scored after every epoch: training epoch by epoch ends a little away from one fit."""
+    rows = run(task)
+    for row in rows:
+        row["metrics"]["image_auroc"] += 0.5
+        row["test_curve"] = {"epoch": [0, 1], "image_auroc": [50.0, row["metrics"]["image_auroc"]]}
+    return rows
+
+'''
+
+
+def test_verify_remakes_rows_made_with_test_curves_by_the_curve_runner(toyfp, tmp_path):
+    """Rows made by ``study.curve`` are rerun by it: rerun by ``study.run`` they would move
+    (chapter 1's rows moved 12.7 points so and were rerun bit for bit by the curve runner)."""
+    pkg, data, reload = toyfp
+    source = (TOY_STUDY.replace("\nGRIDS = ", CURVE_RUNNER + "\nGRIDS = ")
+              .replace("fingerprint=Fingerprint(", "curve=run_curve, fingerprint=Fingerprint("))
+    (pkg / "toyfp_study.py").write_text(source)
+    out = tmp_path / "rows"
+    reload()
+    assert _study(out, data, test_curve=True).ran == 8
+    (pkg / "toyfp_study.py").write_text(source + "\n\ndef helper():\n    return 1\n")
+    reload()
+    found = verify("toyfp_study", folder=out, data_root=data, allow_dirty=True, echo=lambda s: None)
+    assert [v.equivalent for v in found] == [True] and found[0].largest_change == 0
