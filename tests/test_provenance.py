@@ -27,8 +27,9 @@ HASH_SCRIPT = textwrap.dedent('''
     import adlib
     from adlib import provenance as p
     assert Path(adlib.__file__).resolve().is_relative_to(Path.cwd().resolve()), adlib.__file__
-    study = "adlib.studies.rlr"
-    out = {"closure": p.import_closure(study), "clean": p.dirty_files(study)}
+    study, comparison = "adlib.studies.rlr", "adlib.studies.comparison"
+    out = {"closure": p.import_closure(study), "clean": p.dirty_files(study),
+           "c0": p.code_hash(comparison)}
 
     def edit(path, old, new):
         text = Path(path).read_text()
@@ -46,6 +47,10 @@ HASH_SCRIPT = textwrap.dedent('''
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
     edit("adlib/studies/rlr.py", "\\nGRIDS = {", "\\nGRIDS = {\\n    \\"extra\\": REFERENCE,")
     out["h_grid"] = p.code_hash(study)
+    out["c_grid"] = p.code_hash(comparison)     # it imports rlr's study module for its detector
+    subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
+    edit("adlib/studies/rlr.py", "\\nMODEL_KEYS = (", "\\nMODEL_KEYS = (\\"extra\\", ")
+    out["c_code"] = p.code_hash(comparison)
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
     edit("adlib/claims.py", "\\nMIN_PAIRS = 6", "\\nMIN_PAIRS = 7")     # how rows are judged
     out["h_claims"] = p.code_hash(study)
@@ -55,7 +60,8 @@ HASH_SCRIPT = textwrap.dedent('''
 
 def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp_path):
     """A copy of adlib in its own git checkout: a docstring or comment edit keeps the hash
-    (and is still a dirty file), an edit to adlib.data.sources changes it, a new grid does not."""
+    (and is still a dirty file), an edit to adlib.data.sources changes it, a new grid does not,
+    in the study's own module or in another chapter's study module that a study imports."""
     repo = tmp_path / "repo"
     shutil.copytree(REPO / "adlib", repo / "adlib",
                     ignore=shutil.ignore_patterns("__pycache__", "results", "paper_tables"))
@@ -78,6 +84,9 @@ def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp
     assert out["dirty"] == ["adlib/data/folders.py"]
     assert out["h_data"] != out["h0"], "an edit to adlib.data.sources left the hash unchanged"
     assert out["h_grid"] == out["h0"], "declaring another grid changed the code hash"
+    # a study that imports another chapter's study module hashes its code, not its declarations
+    assert out["c_grid"] == out["c0"], "another chapter's new grid changed the comparison's hash"
+    assert out["c_code"] != out["c0"], "another chapter's code edit left the comparison's hash"
     # the claim checks, the registry and the run records judge and show rows; they make none
     assert not {"adlib.claims", "adlib.chapter", "adlib.papers", "adlib.results"} & set(out["closure"])
     assert out["h_claims"] == out["h0"], "changing how claims are judged changed the code hash"
