@@ -85,7 +85,7 @@ def fingerprint(study, *, data_root: str | os.PathLike | None = None) -> dict:
     """Run ``study.fingerprint`` and return ``{"digest", "seconds", "detail"}``."""
     import torch
 
-    from adlib.study.spec import Task, cell_settings
+    from adlib.study.spec import Task
 
     spec = study.fingerprint
     if spec is None:
@@ -105,7 +105,7 @@ def fingerprint(study, *, data_root: str | os.PathLike | None = None) -> dict:
     try:
         for config in spec.cells:
             cell = cells[config]
-            settings = cell_settings(protocol, cell)
+            settings = study.cell_settings(protocol, cell)
             task = Task(study.module, study.paper, cell.ablation, cell.config,
                         dict(cell.overrides), settings, spec.seed, (spec.category,),
                         settings.get("dataset", "embedded"), root, "cpu", spec.fold)

@@ -55,6 +55,20 @@ def test_the_study_grid_gives_every_method_one_size_seed_set_and_category_set():
     assert len(tasks) == len(C.GRIDS["study"]) * len(C.SEEDS)
 
 
+def test_a_task_and_its_row_key_carry_only_their_own_methods_settings():
+    """The protocol holds every chapter's settings; a task keeps its method's alone, so a row
+    names what it ran with and another chapter's protocol change cannot rerun it."""
+    cfg, tasks = _tasks("study")
+    for task in tasks:
+        assert "chapters" not in task.settings, task.config
+        assert task.settings == {"method": task.settings["method"], **C.method_task(task).settings}
+    knn = next(t for t in tasks if t.config == "kNN" and t.seed == 0)
+    protocol = C.protocol(cfg)
+    protocol["chapters"]["rlr"] = {**protocol["chapters"]["rlr"], "lr": 1.0}
+    cell = next(c for c in C.GRIDS["study"] if c.config == "kNN")
+    assert C.STUDY.cell_settings(protocol, cell) == knn.settings
+
+
 def test_each_method_runs_its_chapters_study_protocol_at_the_common_size():
     _, tasks = _tasks("study")
     by_config = {t.config: C.method_task(t).settings for t in tasks if t.seed == 0}
@@ -88,7 +102,7 @@ def test_every_trainable_method_has_its_untrained_cell_and_lea_nets_network_is_n
     _, tasks = _tasks("study")
     for task in tasks:
         s = C.method_task(task).settings
-        if task.settings["epochs"] == 0:
+        if task.overrides.get("epochs") == 0:
             assert s.get("epochs") == 0 or s.get("colouriser_epochs") == 0, task.config
     assert C.BUILDERS["lea_net"] is C._colour_map    # the colour map alone, never the ADN
 
@@ -123,11 +137,11 @@ SMOKE_CELLS = ["kNN", "C-SE+LBR", "MAAE", "noise-to-norm", "LEA colour map", "RL
 @pytest.mark.parametrize("config", SMOKE_CELLS)
 def test_a_smoke_run_of_each_family_gives_the_three_metrics_and_the_costs(config, embedded_root,
                                                                            one_thread):
-    from adlib.study.spec import Task, cell_settings
+    from adlib.study.spec import Task
 
     cfg = resolve("comparison", "smoke")
     cell = next(c for c in C.GRIDS["smoke"] if c.config == config)
-    settings = cell_settings(C.protocol(cfg), cell)
+    settings = C.STUDY.cell_settings(C.protocol(cfg), cell)
     task = Task(C.STUDY.module, "comparison", cell.ablation, cell.config, dict(cell.overrides),
                 settings, 0, ("brick",), cfg.dataset, str(embedded_root), "cpu")
     rows = C.run(task)

@@ -218,12 +218,18 @@ BUILDERS: dict[str, Callable[[Task], tuple[Callable[[], Any], bool]]] = {
     "noise_to_norm": _noise_to_norm, "lea_net": _colour_map, "rlr": _rlr}
 
 
+def resolve(settings: Mapping[str, Any]) -> dict:
+    """A cell's settings as a task carries them (:attr:`Study.resolve`): the method's name and
+    :func:`method_settings`, so a row names what its own method ran with and nothing else."""
+    return {"method": settings["method"], **method_settings(settings)}
+
+
 def method_task(task: Task) -> Task:
-    """The comparison task as its method's chapter would run it: its settings
-    (:func:`method_settings`), its chapter as study and paper."""
+    """The comparison task as its method's chapter would run it: its settings without the
+    method's name, its chapter as study and paper."""
+    settings = {k: v for k, v in task.settings.items() if k != "method"}
     chapter = METHODS[task.settings["method"]].chapter
-    return replace(task, study=f"adlib.studies.{chapter}", paper=chapter,
-                   settings=method_settings(task.settings))
+    return replace(task, study=f"adlib.studies.{chapter}", paper=chapter, settings=settings)
 
 
 def run(task: Task) -> list[dict]:
@@ -364,4 +370,5 @@ TITLES = {"methods": "Every method, trained as its chapter found it learns",
           "untrained": "Each trainable method untrained (epochs = 0): the reference it must beat"}
 
 STUDY = Study(paper="comparison", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
-              unit="all", titles=TITLES, fingerprint=Fingerprint(tuple(METHODS), "brick"))
+              unit="all", titles=TITLES, resolve=resolve,
+              fingerprint=Fingerprint(tuple(METHODS), "brick"))

@@ -108,7 +108,7 @@ def plan(study: Study, cells: Sequence[Cell], protocol: Mapping[str, Any], seeds
     slots = []
     units = [tuple(categories)] if study.unit == "all" else [(c,) for c in categories]
     for cell in cells:
-        settings = cell_settings(protocol, cell)
+        settings = study.cell_settings(protocol, cell)
         folds = _folds(study, settings)
         for seed in seeds:
             for unit in units:
@@ -189,7 +189,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     here = hardware_info(device)  # rows from the workers carry their own
 
     def provenance(task_like: Mapping[str, Any], result: Mapping[str, Any], seed: int) -> dict:
-        settings = cell_settings(protocol, Cell("", "", task_like["overrides"]))
+        settings = study.cell_settings(protocol, Cell("", "", task_like["overrides"]))
         category, fold = result["category"], result.get("fold")
         return {"paper": study.paper, "ablation": task_like["ablation"],
                 "config": task_like["config"], "overrides": dict(task_like["overrides"]),
