@@ -22,18 +22,16 @@ A method that cannot work on a category still runs there: Patch SVDD's position 
 defined on the textures and the IHC tiles (chapter 1), the colour map sees only colour.
 
 A cell overrides ``method`` (and ``epochs = 0`` for the untrained reference, the detector
-skeleton's convention); the protocol holds every chapter's settings under ``chapters``, so a
-row's settings name everything its method ran with. Rows carry the trainable parameter count
-as the metric ``parameters`` (deterministic) and the inference seconds per image as
-``inference_seconds`` (a timing: kept out of the metrics, which fingerprints compare bit for bit).
+skeleton's convention). The protocol holds every chapter's settings under ``chapters``; a task
+keeps only its own method's (:func:`resolve`), so a row names everything its method ran with and
+nothing else, and its key does not move when another chapter's protocol does. The code hash
+leaves out the declarations of the chapters' study modules it imports, as it does its own
+(:mod:`adlib.provenance`). Rows carry the trainable parameter count as the metric ``parameters``
+(deterministic) and the inference seconds per image as ``inference_seconds`` (a timing: kept out
+of the metrics, which fingerprints compare bit for bit).
 
-Declared, not yet run. Before its first run: (1) this module imports the chapters' study modules
-whole, so their declarations (claims, findings, deviations) enter its code hash and editing a
-chapter's prose would stale every comparison row: the code hash must strip declarations from
-imported study modules as it does from the study's own (a change to :mod:`adlib.provenance`,
-which every study hashes, so it goes with a verify of every study); (2) each row's protocol
-holds every chapter's settings, where its own method's would do; (3) the ``study`` grid is about
-2.7 h on 2 workers, Patch SVDD and C-SE+LBR most of it (estimated from one-epoch timings).
+Declared, not yet run: the ``study`` grid is about 2.7 h on 2 workers, Patch SVDD and C-SE+LBR
+most of it (estimated from one-epoch timings).
 """
 
 from __future__ import annotations
