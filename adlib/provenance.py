@@ -2,8 +2,8 @@
 
 Code identity (:func:`code_hash`): the study module's import closure -- every module it reaches
 through ``import`` statements anywhere in its source (functions included), inside ``adlib`` or
-inside the study module's own package -- each module as its syntax tree without docstrings. A
-comment or docstring edit is therefore no change; a constant, a default or a line of code is.
+inside the study module's own package, this module aside (it names code and makes no rows) --
+each module as its syntax tree without docstrings. A comment or docstring edit is therefore no change; a constant, a default or a line of code is.
 In a study module -- the study's own, and every module of its package that it imports (chapter
 6's comparison imports each chapter's study module for its detector) -- the declarations of
 :data:`STUDY_DECLARATIONS` (grids, claim checks, titles, the chapter's registry entry, its
@@ -118,11 +118,17 @@ def _tree(path: Path) -> ast.Module:
     return _parsed(path, path.stat().st_mtime_ns)
 
 
+# This module names code and records rows; it makes none. Hashing it would stale every study's
+# rows whenever the hashing changes (each study imports Fingerprint from here). A change to how
+# rows are made is still caught: verify compares the code's fingerprint run bit for bit.
+NOT_HASHED = frozenset({"adlib.provenance"})
+
+
 def import_closure(module: str) -> list[str]:
     """``module`` and every module it reaches by import statements (anywhere in the source,
     lazy imports inside functions included) that belongs to ``adlib`` or to ``module``'s own
     top-level package (or, for a top-level module, its directory), with their parent packages;
-    sorted by name."""
+    sorted by name. :data:`NOT_HASHED` is left out."""
     root = _module_file(module)
     if root is None:
         msg = f"module {module!r} has no Python source to hash (is it importable here?)"
@@ -143,7 +149,7 @@ def import_closure(module: str) -> list[str]:
         if name in seen:
             continue
         path = _module_file(name)
-        if not ours(name, path):
+        if not ours(name, path) or name in NOT_HASHED:
             continue
         seen[name] = path
         for node in _walk_imports(_study_tree(path) if _is_study(name, module) else _tree(path)):

@@ -54,6 +54,8 @@ HASH_SCRIPT = textwrap.dedent('''
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
     edit("adlib/claims.py", "\\nMIN_PAIRS = 6", "\\nMIN_PAIRS = 7")     # how rows are judged
     out["h_claims"] = p.code_hash(study)
+    edit("adlib/provenance.py", "\\ndef code_hash", "\\nEXTRA = 1\\n\\n\\ndef code_hash")
+    out["h_provenance"] = p.code_hash(study)    # how code is named, not how rows are made
     print(json.dumps(out))
 ''')
 
@@ -90,6 +92,8 @@ def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp
     # the claim checks, the registry and the run records judge and show rows; they make none
     assert not {"adlib.claims", "adlib.chapter", "adlib.papers", "adlib.results"} & set(out["closure"])
     assert out["h_claims"] == out["h0"], "changing how claims are judged changed the code hash"
+    assert "adlib.provenance" not in out["closure"]
+    assert out["h_provenance"] == out["h0"], "an edit to the hashing code changed the code hash"
 
 
 TOY_MODEL = "SCALE = 10.0\n"
