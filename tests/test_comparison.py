@@ -2,6 +2,7 @@
 method, every trainable method beside its untrained self, and a smoke run of each family."""
 
 import math
+import sys
 
 import pytest
 
@@ -150,7 +151,22 @@ def test_a_smoke_run_of_each_family_gives_the_three_metrics_and_the_costs(config
     for name in ("image_auroc", "pixel_auroc", "aupro"):
         assert 0.0 <= metrics[name] <= 100.0, (name, metrics[name])
     assert rows[0]["inference_seconds"] > 0 and math.isfinite(rows[0]["inference_seconds"])
+    if sys.platform == "linux":
+        assert rows[0]["peak_memory_mb"] >= 0
     assert metrics["parameters"] == (0 if config == "kNN" else rows[0]["model"].parameter_count)
     assert not isinstance(rows[0]["model"], C.TimedDetector)
     if config.startswith("untrained"):
         assert rows[0]["final_loss"] is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the CPU peak reads /proc/self")
+def test_the_peak_memory_window_sees_an_allocation_made_inside_it_and_not_one_before():
+    import numpy as np
+
+    before = np.ones(60 * 2**20 // 8)          # 60 MB held from before the window opens
+    start = C._reset_peak_memory("cpu")
+    inside = np.ones(120 * 2**20 // 8)         # 120 MB touched inside it
+    peak = C._peak_memory_mb("cpu", start)
+    del inside
+    assert 100 <= peak < 170, peak              # the 60 MB before it do not count
+    assert before.sum() > 0

@@ -27,8 +27,9 @@ keeps only its own method's (:func:`resolve`), so a row names everything its met
 nothing else, and its key does not move when another chapter's protocol does. The code hash
 leaves out the declarations of the chapters' study modules it imports, as it does its own
 (:mod:`adlib.provenance`). Rows carry the trainable parameter count as the metric ``parameters``
-(deterministic) and the inference seconds per image as ``inference_seconds`` (a timing: kept out
-of the metrics, which fingerprints compare bit for bit).
+(deterministic), the inference seconds per image as ``inference_seconds`` and the peak memory of
+training or scoring above the worker's start as ``peak_memory_mb`` (:class:`TimedDetector`):
+measurements of this machine, kept out of the metrics, which fingerprints compare bit for bit.
 
 Declared, not yet run: the ``study`` grid is about 2.7 h on 2 workers, Patch SVDD and C-SE+LBR
 most of it (estimated from one-epoch timings).
@@ -37,6 +38,7 @@ most of it (estimated from one-epoch timings).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
@@ -234,10 +236,12 @@ def run(task: Task) -> list[dict]:
     """Train the task's method on its categories (separate or unified, as its chapter does) and
     score each: the engine's rows, plus the cost columns (module docstring)."""
     from adlib.evaluation import evaluate_task
+    from adlib.train import pick_device
 
     sub = method_task(task)
     make, separate = BUILDERS[sub.paper](sub)
-    rows = evaluate_task(lambda: TimedDetector(make()), sub, separate=separate)
+    device = pick_device(_device(task) or "auto")
+    rows = evaluate_task(lambda: TimedDetector(make(), device), sub, separate=separate)
     return [_with_costs(row) for row in rows]
 
 
@@ -246,37 +250,87 @@ def _with_costs(row: dict) -> dict:
     detector = timed.detector
     # the trainable parameters, as every chapter counts them; kNN trains none (its bank is data)
     parameters = getattr(detector, "parameter_count", 0)
+    peaks = [p for p in (timed.fit_peak_mb, timed.peak_mb.get(row["category"])) if p is not None]
     return {**row, "model": detector, "inference_seconds": timed.seconds.get(row["category"]),
+            "peak_memory_mb": max(peaks) if peaks else None,
             "metrics": {**row["metrics"], "parameters": float(parameters)}}
 
 
+def _reset_peak_memory(device: Any) -> float | None:
+    """Start a peak-memory window; the resident MB now (CPU) or 0 (CUDA), None: unmeasurable.
+
+    CPU: Linux resets the process's resident high-water mark (VmHWM) when "5" is written to
+    /proc/self/clear_refs, so the window's peak is this task's even in a reused worker."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return 0.0
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_mb("VmRSS")
+    except OSError:
+        return None
+
+
+def _peak_memory_mb(device: Any, start: float | None) -> float | None:
+    """The window's peak above its start, in MB (None: not measurable here)."""
+    import torch
+
+    if start is None:
+        return None
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = _proc_status_mb("VmHWM")
+    return None if peak is None else max(peak - start, 0.0)
+
+
+def _proc_status_mb(field_name: str) -> float | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return float(line.split()[1]) / 1024   # kB
+    return None
+
+
 class TimedDetector:
-    """A detector whose ``predict`` is timed: seconds per test image, by the test set's category.
+    """A detector whose ``predict`` is timed (seconds per test image, by the test set's
+    category) and whose ``fit`` and ``predict`` are measured for peak memory: MB above what the
+    process held when each began (CPU resident memory; on CUDA the peak tensor memory), by
+    category for ``predict``. A worker that ran other tasks before may reuse freed memory
+    without growing, so CPU peaks are a lower bound; the table says so.
 
     A detector on a shared feature cache (MAAE, UniAD, RLR) reads features the cache may have
     extracted before (another seed in the same process); then the cache's mean backbone seconds
     per image are added, so every method's time includes its backbone."""
 
-    def __init__(self, detector: Any):
-        self.detector, self.seconds = detector, {}
+    def __init__(self, detector: Any, device: Any = "cpu"):
+        self.detector, self.device = detector, device
+        self.seconds: dict = {}
+        self.peak_mb: dict = {}
+        self.fit_peak_mb: float | None = None
 
     @property
     def history(self):
         return getattr(self.detector, "history", None)
 
     def fit(self, train: Any) -> TimedDetector:
+        start = _reset_peak_memory(self.device)
         self.detector.fit(train)
+        self.fit_peak_mb = _peak_memory_mb(self.device, start)
         return self
 
     def predict(self, test: Any):
         cache = getattr(self.detector, "cache", None)
         extracted = getattr(cache, "images_extracted", 0)
+        memory = _reset_peak_memory(self.device)
         start = time.perf_counter()
         out = self.detector.predict(test)
         seconds = time.perf_counter() - start
+        category = getattr(test, "category", None)
+        self.peak_mb[category] = _peak_memory_mb(self.device, memory)
         if cache is not None and cache.images_extracted == extracted and extracted:
             seconds += len(test) * cache.seconds / cache.images_extracted
-        self.seconds[getattr(test, "category", None)] = seconds / max(len(test), 1)
+        self.seconds[category] = seconds / max(len(test), 1)
         return out
 
 

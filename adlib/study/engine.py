@@ -49,7 +49,7 @@ from adlib.provenance import dirty_files, dirty_message, load_equivalences, row_
 from adlib.study.executors import EXECUTORS, run_local, run_serial, run_slurm
 from adlib.study.load import load_study
 from adlib.study.report import format_summary, seed_means, summarise
-from adlib.study.rows import RowStore, rows_frame
+from adlib.study.rows import COST_FIELDS, RowStore, rows_frame
 from adlib.study.spec import (
     Cell,
     Study,
@@ -196,7 +196,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                 "seed": int(seed), "category": category, "fold": fold,
                 "metrics": result["metrics"], "train_seconds": result.get("train_seconds"),
                 # timings and curves: reported, never compared bit for bit as metrics are
-                **{k: result[k] for k in ("test_curve", "train_curve", "inference_seconds")
+                **{k: result[k] for k in ("test_curve", "train_curve", *COST_FIELDS)
                    if result.get(k)},
                 "final_loss": result.get("final_loss"),
                 "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},
