@@ -170,3 +170,51 @@ def test_the_peak_memory_window_sees_an_allocation_made_inside_it_and_not_one_be
     del inside
     assert 100 <= peak < 170, peak              # the 60 MB before it do not count
     assert before.sum() > 0
+
+
+def _page_rows(gap: float, seeds: int = 3) -> "pd.DataFrame":
+    """Two methods on three categories: A trained beats its untrained self by ``gap``; B
+    trains nothing (as kNN)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(seeds):
+        for category in ("brick", "coins", "retina"):
+            noise = rng.normal(0, 1)
+            for config, ablation, value in (("A", "methods", 70 + gap + noise),
+                                            ("untrained A", "untrained", 70 + rng.normal(0, 1)),
+                                            ("B", "methods", 80 + noise)):
+                rows.append({"ablation": ablation, "config": config, "seed": seed,
+                             "category": category, "fold": None, "image_auroc": value,
+                             "pixel_auroc": value, "parameters": 10.0 if config == "A" else 0.0,
+                             "train_seconds": 60.0, "inference_seconds": 0.002,
+                             "peak_memory_mb": 5.0})
+    return pd.DataFrame(rows)
+
+
+def test_the_page_says_whether_a_method_beats_its_untrained_self_with_the_sign_kept():
+    from adlib.walkthrough import comparison as W
+
+    assert W.learned(_page_rows(gap=8.0)).set_index("method").loc["A", "learned"]
+    level = W.learned(_page_rows(gap=0.0)).set_index("method").loc["A"]
+    assert not level["learned"] and level["low"] < 0 < level["high"]
+    worse = W.learned(_page_rows(gap=-8.0)).set_index("method").loc["A"]
+    assert worse["difference"] < -5 and worse["high"] < 0 and not worse["learned"]
+    table = W.ranking_table(_page_rows(gap=8.0))
+    assert list(table["method"]) == ["B", "A"] and table["learned"].tolist() == [None, True]
+
+
+def test_tied_groups_share_a_letter_and_training_time_is_per_image_of_what_was_trained():
+    from adlib.walkthrough import comparison as W
+
+    assert W.group_letters([["kNN", "RLR"], ["RLR", "MAAE"]]) == {"kNN": "a", "RLR": "ab",
+                                                                "MAAE": "b"}
+    images = {"brick": 10, "coins": 20, "retina": 30}
+    separate = W.cost_table(_page_rows(gap=8.0), images).set_index("method")
+    unified = W.cost_table(_page_rows(gap=8.0), images, unified=("A",)).set_index("method")
+    assert separate.loc["A", "train s / image"] == pytest.approx((6 + 3 + 2) / 3)
+    assert unified.loc["A", "train s / image"] == pytest.approx(1.0)     # 60 s over 60 images
+    assert unified.loc["A", "inference ms / image"] == pytest.approx(2.0)
+    assert "untrained A" not in unified.index
