@@ -347,7 +347,7 @@ def pareto_figure(table: pd.DataFrame, cost: str, accuracy: str, log_cost: bool 
     ax.set_xlabel(cost, fontsize=_FONT_PT)
     ax.set_ylabel(METRIC_NAMES.get(accuracy, accuracy), fontsize=_FONT_PT)
     ax.tick_params(labelsize=_FONT_PT)
-    ax.legend(fontsize=_FONT_PT, loc="lower right")
+    ax.legend(fontsize=_FONT_PT, loc="best")
     ax.grid(alpha=0.3)
     ax.margins(x=0.08, y=0.12)      # room for the labels of the outermost points
     return fit_column(fig)

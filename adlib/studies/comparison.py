@@ -70,9 +70,7 @@ KNN_CHAPTER = "data_and_metrics"
 
 CHAPTER = Chapter(
     key="comparison", title="Every method side by side",
-    # "06_comparison.ipynb" once the notebook exists: the book refuses a declared notebook
-    # that is missing (adlib.book.notebook_paths)
-    notebook=None,
+    notebook="06_comparison.ipynb",
     short="Comparison", paper=False,
     summary="every method and the kNN baseline on the same images, seeds and metrics, and what "
             "each costs",

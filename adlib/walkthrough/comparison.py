@@ -139,3 +139,211 @@ def answer_box(ranking: pd.DataFrame, front: Sequence[str], *, metric: str = "im
     return Html(f'<div class="adlib-verdict-box" style="{style}">'
                 f'<p style="margin:0 0 0.3em 0"><b>The ranking</b> ({len(ranking)} methods)</p>'
                 f'{table}<p style="margin:0.4em 0 0 0;font-size:0.8em;color:#444">{foot}</p></div>')
+
+
+def train_counts(dataset: str, root: Any, categories: Sequence[str], image_size: int) -> dict:
+    """The training images per category (the denominators of training seconds per image)."""
+    from adlib.data.sources import open_split
+
+    return {c: len(open_split(dataset, root, c, "train", image_size)) for c in categories}
+
+
+def unified_methods() -> list[str]:
+    """The methods that train one model for all categories (their chapters' ``separate``)."""
+    from types import SimpleNamespace
+
+    from adlib.studies import comparison as C
+
+    cfg = SimpleNamespace(profile="study", dataset="embedded", image_size=C.IMAGE_SIZE)
+    protocol = C.protocol(cfg)
+    return [c.config for c in C.TRAINED
+            if C.STUDY.cell_settings(protocol, c).get("separate") is False]
+
+
+STUDY_HOURS = "3 h"   # measured before its first run; its README gives the real wall time
+NOT_RUN = ("The committed comparison has not been run yet: <code>python -m adlib study comparison "
+           "--grid study --seeds 0,1,2 --workers 2 --out adlib/resources/results/comparison</code> "
+           "makes it (about {hours} on 2 CPU cores).")
+
+
+class Page:
+    """The committed comparison as the chapter shows it; every part says so when there are no
+    committed rows yet, so the page builds before the study has run."""
+
+    def __init__(self, rows: pd.DataFrame, train_images: Mapping[str, int] | None = None,
+                 unified: Sequence[str] = (), metric: str = "image_auroc"):
+        self.rows, self.metric = rows, metric
+        self.empty = rows.empty or not (rows.get("ablation") == TRAINED).any()
+        self.train_images, self.unified = dict(train_images or {}), list(unified)
+
+    @classmethod
+    def committed(cls, root: Any = None, folder: Any = None) -> Page:
+        """The committed ``study`` grid's rows (``root``: the embedded default's folder, for
+        the training-image counts)."""
+        from adlib.data.sources import resolve_root
+        from adlib.studies import comparison as C
+        from adlib.study.report import committed_rows
+
+        rows = committed_rows("comparison", folder)
+        if not rows.empty:
+            rows = rows[rows["grid"] == "study"]
+        if rows.empty:
+            return cls(rows)
+        root = resolve_root("embedded", root)
+        counts = train_counts("embedded", root, sorted(rows["category"].unique()), C.IMAGE_SIZE)
+        return cls(rows, counts, unified_methods())
+
+    def _missing(self) -> Html:
+        return Html(f"<p><em>{NOT_RUN.format(hours=STUDY_HOURS)}</em></p>")
+
+    def ranking(self) -> pd.DataFrame:
+        return ranking_table(self.rows, self.metric)
+
+    def costs(self) -> pd.DataFrame:
+        table = cost_table(self.rows, self.train_images, self.unified)
+        return compare.pareto(table, "train s / image", self.metric)
+
+    def where(self) -> str:
+        from adlib.studies import comparison as C
+
+        seeds = self.rows["seed"].nunique()
+        cats = self.rows["category"].nunique()
+        return (f"the embedded default, {cats} categories at {C.IMAGE_SIZE} px, {seeds} seeds, "
+                "one CPU core per task")
+
+    def answer(self) -> Html:
+        if self.empty:
+            return self._missing()
+        costs = self.costs()
+        return answer_box(self.ranking(), list(costs.loc[costs["pareto"], "method"]),
+                          metric=self.metric, where=self.where())
+
+    def rank_figure(self):
+        """The critical-difference diagram of the trained methods (None: not run yet)."""
+        return None if self.empty else compare.cd_figure(compare.ranks(trained(self.rows), self.metric))
+
+    def cost_figure(self):
+        """Image AUROC against training seconds per image, the front marked (None: not run)."""
+        if self.empty:
+            return None
+        return compare.pareto_figure(self.costs(), "train s / image", self.metric, label="method")
+
+    def learned_table(self):
+        if self.empty:
+            return self._missing()
+        return _styled(learned(self.rows, self.metric), "Each method against its untrained self "
+                       f"({compare.METRIC_NAMES.get(self.metric, self.metric)}, %), paired over "
+                       "(seed, category)")
+
+    def category_table(self):
+        """Per category: each method's mean over seeds, and the winner's lead over the
+        runner-up with its interval (over seeds only: too few to call a lead real)."""
+        if self.empty:
+            return [self._missing()]
+        means = trained(self.rows).pivot_table(index="config", columns="category",
+                                               values=self.metric, aggfunc="mean")
+        means = means.loc[self.ranking()["method"]]
+        won = compare.winners(trained(self.rows), self.metric)
+        return [_styled(means.rename_axis(None, axis=0).rename_axis(None, axis=1),
+                        "Mean over seeds per category (%), methods in rank order"), _styled(
+            won[["category", "winner", "runner_up", "lead", "low", "high", "n_pairs", "verdict"]],
+            "Per category: the winner's lead over the runner-up, paired over seeds")]
+
+    def pairwise_table(self):
+        if self.empty:
+            return self._missing()
+        table = compare.pairwise(trained(self.rows), self.metric)
+        return _styled(table[["A", "B", "difference", "low", "high", "n_pairs", "verdict"]],
+                       "Every pair, A the higher mean: A - B over (seed, category) pairs, 95 % interval")
+
+    def cost_table(self):
+        if self.empty:
+            return self._missing()
+        return _styled(self.costs(), "What each method costs on one CPU core per task "
+                       "(peak MB: above the worker's start, a lower bound)")
+
+    def papers_table(self):
+        """Each paper's chapter verdicts beside where its method ranks here."""
+        from adlib.studies import comparison as C
+        from adlib.verdicts import chapter_claim_rows
+
+        if self.empty:
+            return self._missing()
+        chapters: dict[str, list[str]] = {}
+        for name, method in C.METHODS.items():
+            if method.chapter in C.CHAPTER_MODULES:
+                chapters.setdefault(method.chapter, []).append(name)
+        claims = {key: chapter_claim_rows(key) for key in chapters}
+        return _styled(papers_table(self.ranking(), chapters, claims),
+                       "Each paper's verdicts in its own chapter, and where its method ranks here")
+
+
+def _styled(frame: pd.DataFrame, caption: str):
+    """A table for the page: one decimal, counts as integers, the caption above."""
+    formats = {c: "{:.0f}" for c in frame.columns if c in ("n_pairs", "parameters")}
+    formats.update({c: "{:.2f}" for c in frame.columns if c in ("mean rank", "train s / image",
+                                                                 "inference ms / image")})
+    return (frame.style.format(precision=1, na_rep="—").format(formats)
+            .hide(axis="index").set_caption(caption))
+
+
+def contestants() -> Any:
+    """Each method: the chapter it comes from, its config there, how it trains and for how
+    many epochs under the comparison's ``study`` profile."""
+    from types import SimpleNamespace
+
+    from adlib.papers import get_chapter
+    from adlib.studies import comparison as C
+
+    protocol = C.protocol(SimpleNamespace(profile="study", dataset="embedded",
+                                          image_size=C.IMAGE_SIZE))
+    out = []
+    for cell in C.TRAINED:
+        method = C.METHODS[cell.config]
+        settings = C.STUDY.cell_settings(protocol, cell)
+        chapter = get_chapter(method.chapter)
+        epochs = settings.get("colouriser_epochs", settings.get("epochs"))
+        out.append({"method": cell.config, "chapter": chapter.title,
+                    "as its chapter names it": method.config or "(the chapter's protocol)",
+                    "trains": "nothing (a feature bank)" if method.untrained is None else
+                    "one model for all categories" if settings.get("separate") is False
+                    else "one model per category",
+                    "epochs": "—" if method.untrained is None else str(epochs)})
+    return pd.DataFrame(out).style.hide(axis="index").set_caption(
+        f"The contestants, each at {C.IMAGE_SIZE} px on the same images and seeds")
+
+
+def run_table(rows: pd.DataFrame):
+    """This run's rows: each method and category, the three metrics and the costs."""
+    columns = {"config": "method", "category": "category", "image_auroc": "image AUROC",
+               "pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "train_seconds": "train s",
+               "inference_seconds": "ms / test image"}
+    frame = rows[[c for c in columns if c in rows]].copy()
+    if "inference_seconds" in frame:
+        frame["inference_seconds"] = 1000 * frame["inference_seconds"]
+    return (frame.rename(columns=columns).style.format(precision=1, na_rep="—")
+            .hide(axis="index").set_caption("This run: one seed, no intervals (%)"))
+
+
+def record_metrics(rows: pd.DataFrame) -> dict:
+    """``{category: {metric: value}}`` of this run's trained method with the best mean image
+    AUROC: the run record's main metrics (the chapter has no one model of its own)."""
+    first = trained(rows)
+    if first.empty:
+        return {}
+    name = first.groupby("config")["image_auroc"].mean().idxmax()
+    metrics = ("image_auroc", "pixel_auroc", "aupro")
+    return {row.category: {m: float(getattr(row, m)) for m in metrics}
+            for row in first[first["config"] == name].itertuples()}
+
+
+def describe(run: Any) -> str:
+    """This run in one line; the epochs are each method's chapter's, so the profile's are not
+    shown."""
+    c = run.cfg
+    from adlib.studies import comparison as C
+
+    cells = ", ".join(cell.config for cell in C.GRIDS[c.grid])
+    return (f"profile {c.profile}: {c.dataset} at {c.image_size} px, categories "
+            f"{', '.join(run.categories)}, seeds {c.seeds}, device {run.device}; grid {c.grid}: "
+            f"{cells}; each method's epochs are its chapter's")
