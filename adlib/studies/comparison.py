@@ -7,7 +7,9 @@ metrics (image AUROC, pixel AUROC, AUPRO), each trainable one beside its untrain
     kNN                   chapter 0's baseline (PatchCore without coreset), one bank per category
     Patch SVDD, C-SE+LBR  chapter 1's model without and with its modules, one per category
     MAAE, UniAD           chapter 2's model and its UniAD baseline, unified (one model for all)
-    noise-to-norm         chapter 3's M-net (lambda 0.3), one per category
+    noise-to-norm         chapter 3's M-net (lambda 0.3) with the paper's Eq. 7 MS-SSIM, one per
+                          category: with the pyramid form the chapter's default uses, its image
+                          score did not beat its untrained self; with Eq. 7 it does
     LEA colour map        chapter 4's colour anomaly map on its own: the colouriser trained on the
                           category's normal training images, the image score the map's maximum
     RLR                   chapter 5's model, unified
@@ -117,7 +119,7 @@ METHODS: dict[str, Method] = {
     "C-SE+LBR": Method("cse_patch_svdd", cse_patch_svdd.DEFAULT),
     "MAAE": Method("maae", maae.DEFAULT),
     "UniAD": Method("maae", "UniAD"),
-    "noise-to-norm": Method("noise_to_norm", noise_to_norm.DEFAULT),
+    "noise-to-norm": Method("noise_to_norm", "Eq. 7 (per pixel)"),
     # the colouriser is what trains; LEA-Net's ADN and CAAN settings are not used
     "LEA colour map": Method("lea_net", untrained={"colouriser_epochs": 0}),
     "RLR": Method("rlr", rlr.DEFAULT),
