@@ -278,6 +278,31 @@ class Page:
                        "Each paper's verdicts in its own chapter, and where its method ranks here")
 
 
+def supervised_table(folder: Any = None):
+    """Chapter 4's supervised LEA-Net (trained on anomalous images too) beside its colour map's
+    maximum and the always-anomalous answer, from that chapter's committed study: F1 and image
+    AUROC, and each network's AUROC minus the map maximum's, paired over (seed, fold)."""
+    from adlib.studies import lea_net
+    from adlib.study.report import committed_rows
+
+    rows = committed_rows("lea_net", folder)
+    if rows.empty:
+        return Html("<p><em>Chapter 4's study has no committed rows.</em></p>")
+    rows = rows[rows["grid"] == "study"]
+    out = []
+    for name in (lea_net.DEFAULT, "ResNet18", "map maximum", "always anomalous"):
+        mine = rows[rows["config"] == name]
+        entry = {"model": name, "F1": mine["f1"].mean(), "image AUROC": mine["image_auroc"].mean()}
+        if name != "map maximum" and name != "always anomalous":
+            d = compare.difference(rows, "image_auroc", name, "map maximum")
+            entry.update({"AUROC - map maximum": d["difference"], "low": d["low"],
+                          "high": d["high"], "n_pairs": d["n_pairs"]})
+        out.append(entry)
+    categories = ", ".join(sorted(rows["category"].unique()))
+    return _styled(pd.DataFrame(out), f"Chapter 4's committed study ({categories}, "
+                   "cross-validated folds): the supervised network and its references (%)")
+
+
 def _styled(frame: pd.DataFrame, caption: str):
     """A table for the page: one decimal, counts as integers, the caption above."""
     formats = {c: "{:.0f}" for c in frame.columns if c in ("n_pairs", "parameters")}
