@@ -221,3 +221,25 @@ def test_tied_groups_share_a_letter_and_training_time_is_per_image_of_what_was_t
     assert unified.loc["A", "train s / image"] == pytest.approx(1.0)     # 60 s over 60 images
     assert unified.loc["A", "inference ms / image"] == pytest.approx(2.0)
     assert "untrained A" not in unified.index
+
+
+def test_the_page_builds_before_the_study_has_run_and_says_how_to_run_it():
+    import pandas as pd
+
+    from adlib.walkthrough import comparison as W
+
+    page = W.Page(pd.DataFrame())
+    parts = [page.answer(), page.learned_table(), *page.category_table(), page.pairwise_table(),
+             page.cost_table(), page.papers_table()]
+    assert all("python -m adlib study comparison --grid study" in str(p) for p in parts)
+    assert page.rank_figure() is None and page.cost_figure() is None
+
+
+def test_the_answer_box_ranks_the_methods_and_marks_the_one_that_did_not_learn():
+    from adlib.walkthrough import comparison as W
+
+    rows = _page_rows(gap=0.0)
+    page = W.Page(rows, {"brick": 10, "coins": 10, "retina": 10})
+    box = str(page.answer())
+    assert box.index("<b>B</b>") < box.index("<b>A</b>")          # B ranks first
+    assert "trains nothing" in box and ">no</b>" in box              # A did not beat its untrained self
