@@ -183,6 +183,39 @@ def test_a_verified_equivalence_keeps_rows_and_a_moved_fingerprint_makes_them_st
     assert stale.missing == 8 and len(stale.stale) == 8
 
 
+def test_a_fingerprint_moved_by_the_environment_is_equivalent_when_the_old_revision_agrees(
+        toyfp, tmp_path, monkeypatch):
+    """MAAE's fingerprint at its rows' own revision, printed today, differs from the one its rows
+    recorded: the environment moved it. When that revision, rerun here, gives the current code's
+    numbers for every sampled row, the rows hold; without such reruns a moved fingerprint is
+    still STALE (the test above)."""
+    import adlib.verify as verify_module
+
+    pkg, data, reload = toyfp
+    out = tmp_path / "rows"
+    reload()
+    _study(out, data, fingerprint="printed-elsewhere-long-ago")
+    (pkg / "toyfp_study.py").write_text(TOY_STUDY + "\n\ndef helper():\n    return 1\n")
+    study = reload()
+    rerun_here = lambda paper, tasks, workers, echo: [  # noqa: E731  the old revision, rerun here
+        load_study("toyfp_study").run(task) for task, _ in tasks]
+    monkeypatch.setattr(verify_module, "_baselines", rerun_here)
+    lines = []
+    found = verify("toyfp_study", folder=out, data_root=data, allow_dirty=True, echo=lines.append)
+    assert [v.equivalent for v in found] == [True] and found[0].fingerprint_match is False
+    assert any("EQUIVALENT" in line and "the environment's, not the code's" in line for line in lines)
+    assert json.loads((out / EQUIVALENCES_FILE).read_text())["new_hash"] == study.model_hash()
+
+    # the same moved fingerprint where the old revision gives other numbers: STALE
+    (out / EQUIVALENCES_FILE).unlink()
+    shifted = lambda paper, tasks, workers, echo: [  # noqa: E731
+        [dict(r, metrics={k: v + 1 for k, v in r["metrics"].items()}) for r in rows]
+        for rows in rerun_here(paper, tasks, workers, echo)]
+    monkeypatch.setattr(verify_module, "_baselines", shifted)
+    assert [v.equivalent for v in verify("toyfp_study", folder=out, data_root=data,
+                                         allow_dirty=True, echo=lambda s: None)] == [False]
+
+
 def test_an_equivalence_from_another_torch_reads_unverified_here_not_stale():
     import torch
 
