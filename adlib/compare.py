@@ -111,6 +111,17 @@ def pairwise(rows: pd.DataFrame | Iterable[Mapping], metric: str,
     return pd.DataFrame(out, columns=columns)
 
 
+def difference(rows: pd.DataFrame | Iterable[Mapping], metric: str, a: str, b: str) -> dict:
+    """A - B for two named methods, as :func:`pairwise` judges a pair but with A fixed (a
+    model against its untrained self): ``mean_A``, ``mean_B``, ``difference``, ``low``,
+    ``high``, ``n_pairs`` and ``verdict``."""
+    frame = with_pair_columns(rows)
+    values = _values(frame, metric, _methods(frame, metric, [a, b]))
+    diff, lo, hi, n, word = _paired(values[a], values[b])
+    return {"A": a, "B": b, "mean_A": values[a].mean(), "mean_B": values[b].mean(),
+            "difference": diff, "low": lo, "high": hi, "n_pairs": n, "verdict": word}
+
+
 # --- all at once: ranks, Friedman, Nemenyi ----------------------------------------------------
 
 def nemenyi_q(k: int, alpha: float = 0.05) -> float:
@@ -336,7 +347,7 @@ def pareto_figure(table: pd.DataFrame, cost: str, accuracy: str, log_cost: bool 
     ax.set_xlabel(cost, fontsize=_FONT_PT)
     ax.set_ylabel(METRIC_NAMES.get(accuracy, accuracy), fontsize=_FONT_PT)
     ax.tick_params(labelsize=_FONT_PT)
-    ax.legend(fontsize=_FONT_PT, loc="lower right")
+    ax.legend(fontsize=_FONT_PT, loc="best")
     ax.grid(alpha=0.3)
     ax.margins(x=0.08, y=0.12)      # room for the labels of the outermost points
     return fit_column(fig)

@@ -159,12 +159,12 @@ class Setup:
         value}}`` where the chapter's results are not per-category, e.g. per fold), the grid's
         rows and the claims checked on them."""
         from adlib.evaluation import metrics_for_record
-        from adlib.papers import PAPERS
+        from adlib.papers import chapters
         from adlib.results import RunRecord, hardware_info
 
         c = self.cfg
         rows = [] if study is None else study.record_rows()
-        entry = PAPERS.get(c.paper)
+        entry = next((ch for ch in chapters() if ch.key == c.paper), None)
         record = RunRecord(paper=c.paper, notebook=notebook or (entry.notebook if entry else c.paper),
                            profile=c.profile, dataset=c.dataset, data_root=c.data_root,
                            categories=self.categories, params={**c.as_dict(), **params},
@@ -224,7 +224,7 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
     short timed warm-up prints the full run's estimated wall time before it commits to hours.
     """
     from adlib.data.sources import choose_categories, resolve_root
-    from adlib.papers import PAPERS
+    from adlib.papers import chapters
     from adlib.train import pick_device
 
     started = time.perf_counter()
@@ -238,7 +238,8 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
         torch.set_num_threads(threads)
     run = Setup(cfg, root, categories, device, started)
     display_defaults()
-    if paper in PAPERS and PAPERS[paper].study:
+    # the registry's chapters, not PAPERS: chapter 6 has a study but no paper
+    if any(c.key == paper and c.study for c in chapters()):
         from adlib.study.load import load_study
 
         run.protocol = load_study(paper).protocol(cfg)

@@ -2,13 +2,15 @@
 
 Code identity (:func:`code_hash`): the study module's import closure -- every module it reaches
 through ``import`` statements anywhere in its source (functions included), inside ``adlib`` or
-inside the study module's own package -- each module as its syntax tree without docstrings. A
-comment or docstring edit is therefore no change; a constant, a default or a line of code is.
-In a study module the declarations of :data:`STUDY_DECLARATIONS` (grids, claim checks, titles,
-the chapter's registry entry, its deviations from the paper) are left out, and so are the imports
-only they use (:mod:`adlib.claims`, :mod:`adlib.chapter`): a cell's settings enter each row's
-key, and claims, titles, deviations and the registry never touch a row, so declaring another
-cell or check, or changing how claims are judged, stales nothing.
+inside the study module's own package, this module aside (it names code and makes no rows) --
+each module as its syntax tree without docstrings. A comment or docstring edit is therefore no change; a constant, a default or a line of code is.
+In a study module -- the study's own, and every module of its package that it imports (chapter
+6's comparison imports each chapter's study module for its detector) -- the declarations of
+:data:`STUDY_DECLARATIONS` (grids, claim checks, titles, the chapter's registry entry, its
+findings and deviations) are left out, and so are the imports only they use
+(:mod:`adlib.claims`, :mod:`adlib.chapter`): a cell's settings enter each row's key, and claims,
+titles, deviations and the registry never touch a row, so declaring another cell or check,
+rewording a chapter's findings, or changing how claims are judged, stales nothing.
 
 Behaviour (:func:`adlib.verify.fingerprint`): each study declares a tiny deterministic run
 (:class:`Fingerprint`); its digest covers the metrics to full precision, the training losses
@@ -116,11 +118,17 @@ def _tree(path: Path) -> ast.Module:
     return _parsed(path, path.stat().st_mtime_ns)
 
 
+# This module names code and records rows; it makes none. Hashing it would stale every study's
+# rows whenever the hashing changes (each study imports Fingerprint from here). A change to how
+# rows are made is still caught: verify compares the code's fingerprint run bit for bit.
+NOT_HASHED = frozenset({"adlib.provenance"})
+
+
 def import_closure(module: str) -> list[str]:
     """``module`` and every module it reaches by import statements (anywhere in the source,
     lazy imports inside functions included) that belongs to ``adlib`` or to ``module``'s own
     top-level package (or, for a top-level module, its directory), with their parent packages;
-    sorted by name."""
+    sorted by name. :data:`NOT_HASHED` is left out."""
     root = _module_file(module)
     if root is None:
         msg = f"module {module!r} has no Python source to hash (is it importable here?)"
@@ -141,10 +149,10 @@ def import_closure(module: str) -> list[str]:
         if name in seen:
             continue
         path = _module_file(name)
-        if not ours(name, path):
+        if not ours(name, path) or name in NOT_HASHED:
             continue
         seen[name] = path
-        for node in _walk_imports(_study_tree(path) if name == module else _tree(path)):
+        for node in _walk_imports(_study_tree(path) if _is_study(name, module) else _tree(path)):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -154,6 +162,13 @@ def import_closure(module: str) -> list[str]:
                 if target and target not in seen:
                     todo += [target, *_parents(target)]
     return sorted(seen)
+
+
+def _is_study(name: str, module: str) -> bool:
+    """Whether ``name`` is read as a study module in ``module``'s closure: ``module`` itself, or
+    a module of the same package (a sibling study module it imports)."""
+    package = module.rpartition(".")[0]
+    return name == module or (bool(package) and name.rpartition(".")[0] == package)
 
 
 def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -223,7 +238,7 @@ def code_hash(module: str) -> str:
     digest = hashlib.sha256()
     for name in import_closure(module):
         digest.update(f"{name}\n".encode())
-        digest.update(normalised_source(name, study_module=name == module).encode())
+        digest.update(normalised_source(name, study_module=_is_study(name, module)).encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]
 

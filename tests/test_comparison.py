@@ -2,6 +2,7 @@
 method, every trainable method beside its untrained self, and a smoke run of each family."""
 
 import math
+import sys
 
 import pytest
 
@@ -55,6 +56,20 @@ def test_the_study_grid_gives_every_method_one_size_seed_set_and_category_set():
     assert len(tasks) == len(C.GRIDS["study"]) * len(C.SEEDS)
 
 
+def test_a_task_and_its_row_key_carry_only_their_own_methods_settings():
+    """The protocol holds every chapter's settings; a task keeps its method's alone, so a row
+    names what it ran with and another chapter's protocol change cannot rerun it."""
+    cfg, tasks = _tasks("study")
+    for task in tasks:
+        assert "chapters" not in task.settings, task.config
+        assert task.settings == {"method": task.settings["method"], **C.method_task(task).settings}
+    knn = next(t for t in tasks if t.config == "kNN" and t.seed == 0)
+    protocol = C.protocol(cfg)
+    protocol["chapters"]["rlr"] = {**protocol["chapters"]["rlr"], "lr": 1.0}
+    cell = next(c for c in C.GRIDS["study"] if c.config == "kNN")
+    assert C.STUDY.cell_settings(protocol, cell) == knn.settings
+
+
 def test_each_method_runs_its_chapters_study_protocol_at_the_common_size():
     _, tasks = _tasks("study")
     by_config = {t.config: C.method_task(t).settings for t in tasks if t.seed == 0}
@@ -62,6 +77,9 @@ def test_each_method_runs_its_chapters_study_protocol_at_the_common_size():
     assert by_config["RLR"] == {**rlr_study, "variant": "MLKA+LCA"}
     assert by_config["MAAE"]["epochs"] == 30 and by_config["UniAD"]["variant"] == "UniAD"
     assert by_config["noise-to-norm"]["epochs"] == 60 and by_config["noise-to-norm"]["lam"] == 0.3
+    # the form with which chapter 3's M-net beat its untrained self (its default did not)
+    assert by_config["noise-to-norm"]["msssim"] == "eq7"
+    assert by_config["untrained noise-to-norm"]["msssim"] == "eq7"
     assert by_config["Patch SVDD"]["attention"] == "none" and by_config["C-SE+LBR"]["lbr"] is True
     assert by_config["LEA colour map"]["colouriser_epochs"] == 60
     assert by_config["kNN"]["sigma"] == 2.0
@@ -88,7 +106,7 @@ def test_every_trainable_method_has_its_untrained_cell_and_lea_nets_network_is_n
     _, tasks = _tasks("study")
     for task in tasks:
         s = C.method_task(task).settings
-        if task.settings["epochs"] == 0:
+        if task.overrides.get("epochs") == 0:
             assert s.get("epochs") == 0 or s.get("colouriser_epochs") == 0, task.config
     assert C.BUILDERS["lea_net"] is C._colour_map    # the colour map alone, never the ADN
 
@@ -123,11 +141,11 @@ SMOKE_CELLS = ["kNN", "C-SE+LBR", "MAAE", "noise-to-norm", "LEA colour map", "RL
 @pytest.mark.parametrize("config", SMOKE_CELLS)
 def test_a_smoke_run_of_each_family_gives_the_three_metrics_and_the_costs(config, embedded_root,
                                                                            one_thread):
-    from adlib.study.spec import Task, cell_settings
+    from adlib.study.spec import Task
 
     cfg = resolve("comparison", "smoke")
     cell = next(c for c in C.GRIDS["smoke"] if c.config == config)
-    settings = cell_settings(C.protocol(cfg), cell)
+    settings = C.STUDY.cell_settings(C.protocol(cfg), cell)
     task = Task(C.STUDY.module, "comparison", cell.ablation, cell.config, dict(cell.overrides),
                 settings, 0, ("brick",), cfg.dataset, str(embedded_root), "cpu")
     rows = C.run(task)
@@ -136,7 +154,92 @@ def test_a_smoke_run_of_each_family_gives_the_three_metrics_and_the_costs(config
     for name in ("image_auroc", "pixel_auroc", "aupro"):
         assert 0.0 <= metrics[name] <= 100.0, (name, metrics[name])
     assert rows[0]["inference_seconds"] > 0 and math.isfinite(rows[0]["inference_seconds"])
+    if sys.platform == "linux":
+        assert rows[0]["peak_memory_mb"] >= 0
     assert metrics["parameters"] == (0 if config == "kNN" else rows[0]["model"].parameter_count)
     assert not isinstance(rows[0]["model"], C.TimedDetector)
     if config.startswith("untrained"):
         assert rows[0]["final_loss"] is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the CPU peak reads /proc/self")
+def test_the_peak_memory_window_sees_an_allocation_made_inside_it_and_not_one_before():
+    import numpy as np
+
+    before = np.ones(60 * 2**20 // 8)          # 60 MB held from before the window opens
+    start = C._reset_peak_memory("cpu")
+    inside = np.ones(120 * 2**20 // 8)         # 120 MB touched inside it
+    peak = C._peak_memory_mb("cpu", start)
+    del inside
+    assert 100 <= peak < 170, peak              # the 60 MB before it do not count
+    assert before.sum() > 0
+
+
+def _page_rows(gap: float, seeds: int = 3) -> "pd.DataFrame":
+    """Two methods on three categories: A trained beats its untrained self by ``gap``; B
+    trains nothing (as kNN)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(seeds):
+        for category in ("brick", "coins", "retina"):
+            noise = rng.normal(0, 1)
+            for config, ablation, value in (("A", "methods", 70 + gap + noise),
+                                            ("untrained A", "untrained", 70 + rng.normal(0, 1)),
+                                            ("B", "methods", 80 + noise)):
+                rows.append({"ablation": ablation, "config": config, "seed": seed,
+                             "category": category, "fold": None, "image_auroc": value,
+                             "pixel_auroc": value, "parameters": 10.0 if config == "A" else 0.0,
+                             "train_seconds": 60.0, "inference_seconds": 0.002,
+                             "peak_memory_mb": 5.0})
+    return pd.DataFrame(rows)
+
+
+def test_the_page_says_whether_a_method_beats_its_untrained_self_with_the_sign_kept():
+    from adlib.walkthrough import comparison as W
+
+    assert W.learned(_page_rows(gap=8.0)).set_index("method").loc["A", "learned"]
+    level = W.learned(_page_rows(gap=0.0)).set_index("method").loc["A"]
+    assert not level["learned"] and level["low"] < 0 < level["high"]
+    worse = W.learned(_page_rows(gap=-8.0)).set_index("method").loc["A"]
+    assert worse["difference"] < -5 and worse["high"] < 0 and not worse["learned"]
+    table = W.ranking_table(_page_rows(gap=8.0))
+    assert list(table["method"]) == ["B", "A"] and table["learned"].tolist() == [None, True]
+
+
+def test_tied_groups_share_a_letter_and_training_time_is_per_image_of_what_was_trained():
+    from adlib.walkthrough import comparison as W
+
+    assert W.group_letters([["kNN", "RLR"], ["RLR", "MAAE"]]) == {"kNN": "a", "RLR": "ab",
+                                                                "MAAE": "b"}
+    images = {"brick": 10, "coins": 20, "retina": 30}
+    separate = W.cost_table(_page_rows(gap=8.0), images).set_index("method")
+    unified = W.cost_table(_page_rows(gap=8.0), images, unified=("A",)).set_index("method")
+    assert separate.loc["A", "train s / image"] == pytest.approx((6 + 3 + 2) / 3)
+    assert unified.loc["A", "train s / image"] == pytest.approx(1.0)     # 60 s over 60 images
+    assert unified.loc["A", "inference ms / image"] == pytest.approx(2.0)
+    assert "untrained A" not in unified.index
+
+
+def test_the_page_builds_before_the_study_has_run_and_says_how_to_run_it():
+    import pandas as pd
+
+    from adlib.walkthrough import comparison as W
+
+    page = W.Page(pd.DataFrame())
+    parts = [page.answer(), page.learned_table(), *page.category_table(), page.pairwise_table(),
+             page.cost_table(), page.papers_table()]
+    assert all("python -m adlib study comparison --grid study" in str(p) for p in parts)
+    assert page.rank_figure() is None and page.cost_figure() is None
+
+
+def test_the_answer_box_ranks_the_methods_and_marks_the_one_that_did_not_learn():
+    from adlib.walkthrough import comparison as W
+
+    rows = _page_rows(gap=0.0)
+    page = W.Page(rows, {"brick": 10, "coins": 10, "retina": 10})
+    box = str(page.answer())
+    assert box.index("<b>B</b>") < box.index("<b>A</b>")          # B ranks first
+    assert "trains nothing" in box and ">no</b>" in box              # A did not beat its untrained self

@@ -27,8 +27,9 @@ HASH_SCRIPT = textwrap.dedent('''
     import adlib
     from adlib import provenance as p
     assert Path(adlib.__file__).resolve().is_relative_to(Path.cwd().resolve()), adlib.__file__
-    study = "adlib.studies.rlr"
-    out = {"closure": p.import_closure(study), "clean": p.dirty_files(study)}
+    study, comparison = "adlib.studies.rlr", "adlib.studies.comparison"
+    out = {"closure": p.import_closure(study), "clean": p.dirty_files(study),
+           "c0": p.code_hash(comparison)}
 
     def edit(path, old, new):
         text = Path(path).read_text()
@@ -46,16 +47,23 @@ HASH_SCRIPT = textwrap.dedent('''
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
     edit("adlib/studies/rlr.py", "\\nGRIDS = {", "\\nGRIDS = {\\n    \\"extra\\": REFERENCE,")
     out["h_grid"] = p.code_hash(study)
+    out["c_grid"] = p.code_hash(comparison)     # it imports rlr's study module for its detector
+    subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
+    edit("adlib/studies/rlr.py", "\\nMODEL_KEYS = (", "\\nMODEL_KEYS = (\\"extra\\", ")
+    out["c_code"] = p.code_hash(comparison)
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
     edit("adlib/claims.py", "\\nMIN_PAIRS = 6", "\\nMIN_PAIRS = 7")     # how rows are judged
     out["h_claims"] = p.code_hash(study)
+    edit("adlib/provenance.py", "\\ndef code_hash", "\\nEXTRA = 1\\n\\n\\ndef code_hash")
+    out["h_provenance"] = p.code_hash(study)    # how code is named, not how rows are made
     print(json.dumps(out))
 ''')
 
 
 def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp_path):
     """A copy of adlib in its own git checkout: a docstring or comment edit keeps the hash
-    (and is still a dirty file), an edit to adlib.data.sources changes it, a new grid does not."""
+    (and is still a dirty file), an edit to adlib.data.sources changes it, a new grid does not,
+    in the study's own module or in another chapter's study module that a study imports."""
     repo = tmp_path / "repo"
     shutil.copytree(REPO / "adlib", repo / "adlib",
                     ignore=shutil.ignore_patterns("__pycache__", "results", "paper_tables"))
@@ -78,9 +86,14 @@ def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp
     assert out["dirty"] == ["adlib/data/folders.py"]
     assert out["h_data"] != out["h0"], "an edit to adlib.data.sources left the hash unchanged"
     assert out["h_grid"] == out["h0"], "declaring another grid changed the code hash"
+    # a study that imports another chapter's study module hashes its code, not its declarations
+    assert out["c_grid"] == out["c0"], "another chapter's new grid changed the comparison's hash"
+    assert out["c_code"] != out["c0"], "another chapter's code edit left the comparison's hash"
     # the claim checks, the registry and the run records judge and show rows; they make none
     assert not {"adlib.claims", "adlib.chapter", "adlib.papers", "adlib.results"} & set(out["closure"])
     assert out["h_claims"] == out["h0"], "changing how claims are judged changed the code hash"
+    assert "adlib.provenance" not in out["closure"]
+    assert out["h_provenance"] == out["h0"], "an edit to the hashing code changed the code hash"
 
 
 TOY_MODEL = "SCALE = 10.0\n"
@@ -168,6 +181,39 @@ def test_a_verified_equivalence_keeps_rows_and_a_moved_fingerprint_makes_them_st
     assert len((out / EQUIVALENCES_FILE).read_text().splitlines()) == 1   # nothing appended
     stale = _study(out, data, run=False)
     assert stale.missing == 8 and len(stale.stale) == 8
+
+
+def test_a_fingerprint_moved_by_the_environment_is_equivalent_when_the_old_revision_agrees(
+        toyfp, tmp_path, monkeypatch):
+    """MAAE's fingerprint at its rows' own revision, printed today, differs from the one its rows
+    recorded: the environment moved it. When that revision, rerun here, gives the current code's
+    numbers for every sampled row, the rows hold; without such reruns a moved fingerprint is
+    still STALE (the test above)."""
+    import adlib.verify as verify_module
+
+    pkg, data, reload = toyfp
+    out = tmp_path / "rows"
+    reload()
+    _study(out, data, fingerprint="printed-elsewhere-long-ago")
+    (pkg / "toyfp_study.py").write_text(TOY_STUDY + "\n\ndef helper():\n    return 1\n")
+    study = reload()
+    rerun_here = lambda paper, tasks, workers, echo: [  # noqa: E731  the old revision, rerun here
+        load_study("toyfp_study").run(task) for task, _ in tasks]
+    monkeypatch.setattr(verify_module, "_baselines", rerun_here)
+    lines = []
+    found = verify("toyfp_study", folder=out, data_root=data, allow_dirty=True, echo=lines.append)
+    assert [v.equivalent for v in found] == [True] and found[0].fingerprint_match is False
+    assert any("EQUIVALENT" in line and "the environment's, not the code's" in line for line in lines)
+    assert json.loads((out / EQUIVALENCES_FILE).read_text())["new_hash"] == study.model_hash()
+
+    # the same moved fingerprint where the old revision gives other numbers: STALE
+    (out / EQUIVALENCES_FILE).unlink()
+    shifted = lambda paper, tasks, workers, echo: [  # noqa: E731
+        [dict(r, metrics={k: v + 1 for k, v in r["metrics"].items()}) for r in rows]
+        for rows in rerun_here(paper, tasks, workers, echo)]
+    monkeypatch.setattr(verify_module, "_baselines", shifted)
+    assert [v.equivalent for v in verify("toyfp_study", folder=out, data_root=data,
+                                         allow_dirty=True, echo=lambda s: None)] == [False]
 
 
 def test_an_equivalence_from_another_torch_reads_unverified_here_not_stale():

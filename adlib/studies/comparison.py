@@ -7,7 +7,9 @@ metrics (image AUROC, pixel AUROC, AUPRO), each trainable one beside its untrain
     kNN                   chapter 0's baseline (PatchCore without coreset), one bank per category
     Patch SVDD, C-SE+LBR  chapter 1's model without and with its modules, one per category
     MAAE, UniAD           chapter 2's model and its UniAD baseline, unified (one model for all)
-    noise-to-norm         chapter 3's M-net (lambda 0.3), one per category
+    noise-to-norm         chapter 3's M-net (lambda 0.3) with the paper's Eq. 7 MS-SSIM, one per
+                          category: with the pyramid form the chapter's default uses, its image
+                          score did not beat its untrained self; with Eq. 7 it does
     LEA colour map        chapter 4's colour anomaly map on its own: the colouriser trained on the
                           category's normal training images, the image score the map's maximum
     RLR                   chapter 5's model, unified
@@ -22,23 +24,23 @@ A method that cannot work on a category still runs there: Patch SVDD's position 
 defined on the textures and the IHC tiles (chapter 1), the colour map sees only colour.
 
 A cell overrides ``method`` (and ``epochs = 0`` for the untrained reference, the detector
-skeleton's convention); the protocol holds every chapter's settings under ``chapters``, so a
-row's settings name everything its method ran with. Rows carry the trainable parameter count
-as the metric ``parameters`` (deterministic) and the inference seconds per image as
-``inference_seconds`` (a timing: kept out of the metrics, which fingerprints compare bit for bit).
+skeleton's convention). The protocol holds every chapter's settings under ``chapters``; a task
+keeps only its own method's (:func:`resolve`), so a row names everything its method ran with and
+nothing else, and its key does not move when another chapter's protocol does. The code hash
+leaves out the declarations of the chapters' study modules it imports, as it does its own
+(:mod:`adlib.provenance`). Rows carry the trainable parameter count as the metric ``parameters``
+(deterministic), the inference seconds per image as ``inference_seconds`` and the peak memory of
+training or scoring above the worker's start as ``peak_memory_mb`` (:class:`TimedDetector`):
+measurements of this machine, kept out of the metrics, which fingerprints compare bit for bit.
 
-Declared, not yet run. Before its first run: (1) this module imports the chapters' study modules
-whole, so their declarations (claims, findings, deviations) enter its code hash and editing a
-chapter's prose would stale every comparison row: the code hash must strip declarations from
-imported study modules as it does from the study's own (a change to :mod:`adlib.provenance`,
-which every study hashes, so it goes with a verify of every study); (2) each row's protocol
-holds every chapter's settings, where its own method's would do; (3) the ``study`` grid is about
-2.7 h on 2 workers, Patch SVDD and C-SE+LBR most of it (estimated from one-epoch timings).
+Declared, not yet run: the ``study`` grid is about 2.7 h on 2 workers, Patch SVDD and C-SE+LBR
+most of it (estimated from one-epoch timings).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
@@ -70,9 +72,7 @@ KNN_CHAPTER = "data_and_metrics"
 
 CHAPTER = Chapter(
     key="comparison", title="Every method side by side",
-    # "06_comparison.ipynb" once the notebook exists: the book refuses a declared notebook
-    # that is missing (adlib.book.notebook_paths)
-    notebook=None,
+    notebook="06_comparison.ipynb",
     short="Comparison", paper=False,
     summary="every method and the kNN baseline on the same images, seeds and metrics, and what "
             "each costs",
@@ -119,7 +119,7 @@ METHODS: dict[str, Method] = {
     "C-SE+LBR": Method("cse_patch_svdd", cse_patch_svdd.DEFAULT),
     "MAAE": Method("maae", maae.DEFAULT),
     "UniAD": Method("maae", "UniAD"),
-    "noise-to-norm": Method("noise_to_norm", noise_to_norm.DEFAULT),
+    "noise-to-norm": Method("noise_to_norm", "Eq. 7 (per pixel)"),
     # the colouriser is what trains; LEA-Net's ADN and CAAN settings are not used
     "LEA colour map": Method("lea_net", untrained={"colouriser_epochs": 0}),
     "RLR": Method("rlr", rlr.DEFAULT),
@@ -218,22 +218,30 @@ BUILDERS: dict[str, Callable[[Task], tuple[Callable[[], Any], bool]]] = {
     "noise_to_norm": _noise_to_norm, "lea_net": _colour_map, "rlr": _rlr}
 
 
+def resolve(settings: Mapping[str, Any]) -> dict:
+    """A cell's settings as a task carries them (:attr:`Study.resolve`): the method's name and
+    :func:`method_settings`, so a row names what its own method ran with and nothing else."""
+    return {"method": settings["method"], **method_settings(settings)}
+
+
 def method_task(task: Task) -> Task:
-    """The comparison task as its method's chapter would run it: its settings
-    (:func:`method_settings`), its chapter as study and paper."""
+    """The comparison task as its method's chapter would run it: its settings without the
+    method's name, its chapter as study and paper."""
+    settings = {k: v for k, v in task.settings.items() if k != "method"}
     chapter = METHODS[task.settings["method"]].chapter
-    return replace(task, study=f"adlib.studies.{chapter}", paper=chapter,
-                   settings=method_settings(task.settings))
+    return replace(task, study=f"adlib.studies.{chapter}", paper=chapter, settings=settings)
 
 
 def run(task: Task) -> list[dict]:
     """Train the task's method on its categories (separate or unified, as its chapter does) and
     score each: the engine's rows, plus the cost columns (module docstring)."""
     from adlib.evaluation import evaluate_task
+    from adlib.train import pick_device
 
     sub = method_task(task)
     make, separate = BUILDERS[sub.paper](sub)
-    rows = evaluate_task(lambda: TimedDetector(make()), sub, separate=separate)
+    device = pick_device(_device(task) or "auto")
+    rows = evaluate_task(lambda: TimedDetector(make(), device), sub, separate=separate)
     return [_with_costs(row) for row in rows]
 
 
@@ -242,37 +250,87 @@ def _with_costs(row: dict) -> dict:
     detector = timed.detector
     # the trainable parameters, as every chapter counts them; kNN trains none (its bank is data)
     parameters = getattr(detector, "parameter_count", 0)
+    peaks = [p for p in (timed.fit_peak_mb, timed.peak_mb.get(row["category"])) if p is not None]
     return {**row, "model": detector, "inference_seconds": timed.seconds.get(row["category"]),
+            "peak_memory_mb": max(peaks) if peaks else None,
             "metrics": {**row["metrics"], "parameters": float(parameters)}}
 
 
+def _reset_peak_memory(device: Any) -> float | None:
+    """Start a peak-memory window; the resident MB now (CPU) or 0 (CUDA), None: unmeasurable.
+
+    CPU: Linux resets the process's resident high-water mark (VmHWM) when "5" is written to
+    /proc/self/clear_refs, so the window's peak is this task's even in a reused worker."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return 0.0
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_mb("VmRSS")
+    except OSError:
+        return None
+
+
+def _peak_memory_mb(device: Any, start: float | None) -> float | None:
+    """The window's peak above its start, in MB (None: not measurable here)."""
+    import torch
+
+    if start is None:
+        return None
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = _proc_status_mb("VmHWM")
+    return None if peak is None else max(peak - start, 0.0)
+
+
+def _proc_status_mb(field_name: str) -> float | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return float(line.split()[1]) / 1024   # kB
+    return None
+
+
 class TimedDetector:
-    """A detector whose ``predict`` is timed: seconds per test image, by the test set's category.
+    """A detector whose ``predict`` is timed (seconds per test image, by the test set's
+    category) and whose ``fit`` and ``predict`` are measured for peak memory: MB above what the
+    process held when each began (CPU resident memory; on CUDA the peak tensor memory), by
+    category for ``predict``. A worker that ran other tasks before may reuse freed memory
+    without growing, so CPU peaks are a lower bound; the table says so.
 
     A detector on a shared feature cache (MAAE, UniAD, RLR) reads features the cache may have
     extracted before (another seed in the same process); then the cache's mean backbone seconds
     per image are added, so every method's time includes its backbone."""
 
-    def __init__(self, detector: Any):
-        self.detector, self.seconds = detector, {}
+    def __init__(self, detector: Any, device: Any = "cpu"):
+        self.detector, self.device = detector, device
+        self.seconds: dict = {}
+        self.peak_mb: dict = {}
+        self.fit_peak_mb: float | None = None
 
     @property
     def history(self):
         return getattr(self.detector, "history", None)
 
     def fit(self, train: Any) -> TimedDetector:
+        start = _reset_peak_memory(self.device)
         self.detector.fit(train)
+        self.fit_peak_mb = _peak_memory_mb(self.device, start)
         return self
 
     def predict(self, test: Any):
         cache = getattr(self.detector, "cache", None)
         extracted = getattr(cache, "images_extracted", 0)
+        memory = _reset_peak_memory(self.device)
         start = time.perf_counter()
         out = self.detector.predict(test)
         seconds = time.perf_counter() - start
+        category = getattr(test, "category", None)
+        self.peak_mb[category] = _peak_memory_mb(self.device, memory)
         if cache is not None and cache.images_extracted == extracted and extracted:
             seconds += len(test) * cache.seconds / cache.images_extracted
-        self.seconds[getattr(test, "category", None)] = seconds / max(len(test), 1)
+        self.seconds[category] = seconds / max(len(test), 1)
         return out
 
 
@@ -364,4 +422,5 @@ TITLES = {"methods": "Every method, trained as its chapter found it learns",
           "untrained": "Each trainable method untrained (epochs = 0): the reference it must beat"}
 
 STUDY = Study(paper="comparison", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
-              unit="all", titles=TITLES, fingerprint=Fingerprint(tuple(METHODS), "brick"))
+              unit="all", titles=TITLES, resolve=resolve,
+              fingerprint=Fingerprint(tuple(METHODS), "brick"))

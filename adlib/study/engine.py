@@ -49,7 +49,7 @@ from adlib.provenance import dirty_files, dirty_message, load_equivalences, row_
 from adlib.study.executors import EXECUTORS, run_local, run_serial, run_slurm
 from adlib.study.load import load_study
 from adlib.study.report import format_summary, seed_means, summarise
-from adlib.study.rows import RowStore, rows_frame
+from adlib.study.rows import COST_FIELDS, RowStore, rows_frame
 from adlib.study.spec import (
     Cell,
     Study,
@@ -108,7 +108,7 @@ def plan(study: Study, cells: Sequence[Cell], protocol: Mapping[str, Any], seeds
     slots = []
     units = [tuple(categories)] if study.unit == "all" else [(c,) for c in categories]
     for cell in cells:
-        settings = cell_settings(protocol, cell)
+        settings = study.cell_settings(protocol, cell)
         folds = _folds(study, settings)
         for seed in seeds:
             for unit in units:
@@ -189,14 +189,14 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     here = hardware_info(device)  # rows from the workers carry their own
 
     def provenance(task_like: Mapping[str, Any], result: Mapping[str, Any], seed: int) -> dict:
-        settings = cell_settings(protocol, Cell("", "", task_like["overrides"]))
+        settings = study.cell_settings(protocol, Cell("", "", task_like["overrides"]))
         category, fold = result["category"], result.get("fold")
         return {"paper": study.paper, "ablation": task_like["ablation"],
                 "config": task_like["config"], "overrides": dict(task_like["overrides"]),
                 "seed": int(seed), "category": category, "fold": fold,
                 "metrics": result["metrics"], "train_seconds": result.get("train_seconds"),
                 # timings and curves: reported, never compared bit for bit as metrics are
-                **{k: result[k] for k in ("test_curve", "train_curve", "inference_seconds")
+                **{k: result[k] for k in ("test_curve", "train_curve", *COST_FIELDS)
                    if result.get(k)},
                 "final_loss": result.get("final_loss"),
                 "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},

@@ -15,15 +15,17 @@ from adlib.jsonable import jsonable
 ROWS_FILE = "rows.jsonl"
 
 
+#: Measurements of what a row cost, where its study records them (chapter 6): they depend on
+#: the machine and its load, so they are reported, never compared bit for bit as metrics are.
+COST_FIELDS = ("inference_seconds", "peak_memory_mb")
+
 ROW_FIELDS = ("paper", "ablation", "config", "overrides", "seed", "category", "fold", "metrics",
               "train_seconds", "final_loss", "protocol", "hardware", "revision", "model_hash",
-              "fingerprint", "dirty", "key", "created", "test_curve", "train_curve",
-              "inference_seconds")
+              "fingerprint", "dirty", "key", "created", "test_curve", "train_curve", *COST_FIELDS)
+
 #: What a worker hands back of ``run``'s results (the fitted model stays in the worker).
-
-
 RESULT_FIELDS = ("category", "fold", "metrics", "train_seconds", "final_loss", "test_curve",
-                 "train_curve", "inference_seconds")
+                 "train_curve", *COST_FIELDS)
 
 
 class RowStore:

@@ -77,6 +77,9 @@ class Study:
             the same rows plus ``test_curve`` = ``{"epoch": [...], <metric>: [...]}``. Its last
             epoch is ``run``'s model (tested per study), so its rows count under ``run``'s
             model hash and replace ``run``'s rows of the same settings.
+        resolve: optional, a cell's settings (protocol + overrides) -> the settings its task runs
+            with and its row's key hashes; chapter 6's comparison keeps only the settings of the
+            cell's own method, where its protocol holds every chapter's. None: as they are.
         fingerprint: the tiny deterministic run whose digest identifies the code's behaviour
             (:class:`adlib.provenance.Fingerprint`); ``--verify`` compares it.
         tolerance: the largest metric change (points) ``--verify`` accepts as equal; 0 unless
@@ -94,6 +97,7 @@ class Study:
     module: str = ""
     curve: Callable[[Task], list[dict]] | None = None
     fingerprint: Fingerprint | None = None
+    resolve: Callable[[dict], dict] | None = None
     tolerance: float = 0.0
     tolerance_why: str = ""
 
@@ -108,6 +112,11 @@ class Study:
             msg = f"{self.paper} has no grid {name!r}; its grids are {', '.join(self.grids)}"
             raise StudyError(msg)
         return list(self.grids[name])
+
+    def cell_settings(self, protocol: Mapping[str, Any], cell: Cell) -> dict:
+        """What ``cell`` runs with under ``protocol``: its overrides applied, then ``resolve``."""
+        settings = cell_settings(protocol, cell)
+        return jsonable(self.resolve(settings)) if self.resolve else settings
 
     def model_hash(self) -> str:
         """The code identity of the study's rows: :func:`adlib.provenance.code_hash` of its

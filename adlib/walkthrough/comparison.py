@@ -1,0 +1,374 @@
+"""Every method side by side (chapter 6): the comparison's rows as the page shows them.
+
+:mod:`adlib.compare` does the statistics (paired intervals, ranks, fronts); this module picks
+the rows, joins the costs and each chapter's verdicts, and writes the answer box. None of it
+makes a row, so it stays out of the comparison's code hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from adlib import compare
+from adlib.verdicts import Html, html_table
+
+TRAINED, UNTRAINED = "methods", "untrained"
+"""The comparison grid's two ablations: each method as its chapter trains it, and untrained."""
+
+VERDICT_GROUPS = {"reproduced": ("reproduced",), "contradicted": ("contradicted",),
+                  "inconclusive": ("inconclusive", "inconclusive: could not detect the paper's size",
+                                   "inconclusive: smaller than the paper's"),
+                  "did not learn": ("did not learn",), "not comparable": ("not comparable",),
+                  "not run yet": ("not run yet",)}
+"""The scoreboard's verdicts, the three inconclusive ones together: the paper table's columns."""
+
+
+def trained(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the methods as their chapters train them."""
+    return rows[rows["ablation"] == TRAINED]
+
+
+def learned(rows: pd.DataFrame, metric: str = "image_auroc") -> pd.DataFrame:
+    """Each trainable method against its untrained self, paired over (seed, category):
+    ``method``, ``trained``, ``untrained`` (means), ``difference`` [``low``, ``high``],
+    ``n_pairs`` and ``learned`` (the interval lies above 0)."""
+    out = []
+    for name in trained(rows)["config"].unique():
+        reference = f"untrained {name}"
+        if not (rows["config"] == reference).any():
+            continue
+        d = compare.difference(rows, metric, name, reference)
+        out.append({"method": name, "trained": d["mean_A"], "untrained": d["mean_B"],
+                    "difference": d["difference"], "low": d["low"], "high": d["high"],
+                    "n_pairs": d["n_pairs"], "learned": d["verdict"] == compare.A_BETTER})
+    return pd.DataFrame(out, columns=["method", "trained", "untrained", "difference", "low",
+                                      "high", "n_pairs", "learned"])
+
+
+def group_letters(cliques: Sequence[Sequence[str]]) -> dict[str, str]:
+    """Each method's letters (a, b, ...): two methods share a letter when the Nemenyi test
+    cannot tell their ranks apart (the compact letter display of a CD diagram's bars)."""
+    letters: dict[str, str] = {}
+    for i, group in enumerate(cliques):
+        for name in group:
+            letters[name] = letters.get(name, "") + chr(ord("a") + i)
+    return letters
+
+
+def ranking_table(rows: pd.DataFrame, metric: str = "image_auroc") -> pd.DataFrame:
+    """The trained methods best first by mean rank over the (seed, category) blocks:
+    ``mean rank``, ``group`` (:func:`group_letters`), the metric's mean over the blocks and
+    whether the method beats its untrained self (``learned``; empty for kNN, which trains
+    nothing)."""
+    ranked = compare.ranks(trained(rows), metric)
+    letters = group_letters(ranked["cliques"])
+    values = trained(rows).groupby("config")[metric].mean()
+    beats = learned(rows, metric).set_index("method")["learned"]
+    out = [{"method": name, "mean rank": rank, "group": letters.get(name, ""),
+            metric: values[name], "learned": beats.get(name)}
+           for name, rank in ranked["mean_ranks"].items()]
+    return pd.DataFrame(out)
+
+
+def cost_table(rows: pd.DataFrame, train_images: Mapping[str, int],
+               unified: Sequence[str] = ()) -> pd.DataFrame:
+    """Per trained method: trainable ``parameters``, training seconds per training image
+    (a separate model's time over its category's images; a unified model's over all of them),
+    inference milliseconds per test image, the largest ``peak MB`` of a task, and the mean
+    image and pixel AUROC; ``train_images``: the training images per category."""
+    frame = trained(rows).copy()
+    total = sum(train_images[c] for c in frame["category"].unique())
+    per_image = [t / (total if m in unified else train_images[c])
+                 for t, m, c in zip(frame["train_seconds"].fillna(0.0), frame["config"],
+                                    frame["category"])]
+    frame = frame.assign(train_per_image=per_image)
+    out = []
+    for name, group in frame.groupby("config", sort=False):
+        out.append({"method": name, "parameters": group["parameters"].max(),
+                    "train s / image": group["train_per_image"].mean(),
+                    "inference ms / image": 1000 * group["inference_seconds"].mean()
+                    if "inference_seconds" in group else float("nan"),
+                    "peak MB": group["peak_memory_mb"].max()
+                    if "peak_memory_mb" in group else float("nan"),
+                    "image_auroc": group["image_auroc"].mean(),
+                    "pixel_auroc": group["pixel_auroc"].mean()})
+    return pd.DataFrame(out)
+
+
+def papers_table(ranking: pd.DataFrame, chapters: Mapping[str, Sequence[str]],
+                 claim_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
+    """Per paper: where its method(s) rank here (``chapters``: paper key -> method names) and
+    its chapter's verdict counts (``claim_rows``: paper key -> the scoreboard's claim rows)."""
+    from adlib.verdicts import verdict_counts
+
+    position = {name: i + 1 for i, name in enumerate(ranking["method"])}
+    out = []
+    for paper, names in chapters.items():
+        counts = verdict_counts(claim_rows.get(paper, ()))
+        row = {"paper": paper,
+               "rank here": ", ".join(f"{n} {position[n]}" for n in names if n in position)}
+        for column, verdicts in VERDICT_GROUPS.items():
+            row[column] = sum(counts.get(v, 0) for v in verdicts)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def answer_box(ranking: pd.DataFrame, front: Sequence[str], *, metric: str = "image_auroc",
+               where: str = "") -> Html:
+    """The chapter's first screen: the ranking with its tied groups, who learned, and which
+    methods are worth their cost (``front``: the Pareto front's methods)."""
+    body = []
+    for row in ranking.itertuples(index=False):
+        name, rank, group, value, beat = row
+        learned_word = "trains nothing" if beat is None or pd.isna(beat) else (
+            "yes" if beat else '<b style="color:#8a1c12">no</b>')
+        body.append([f"<b>{name}</b>", f"{rank:.2f}", group, f"{value:.1f}", learned_word,
+                     "yes" if name in front else ""])
+    table = html_table([("method", "30%"), ("mean rank", "14%"), ("tied group", "14%"),
+                        (f"mean {compare.METRIC_NAMES.get(metric, metric)}", "16%"),
+                        ("beats its untrained self", "14%"), ("worth its cost", "12%")], body)
+    foot = ("Methods sharing a letter in <em>tied group</em> have mean ranks the Nemenyi test "
+            "cannot tell apart (95 %); <em>worth its cost</em>: on the Pareto front of training "
+            "time per image against image AUROC." + (f" Measured on {where}." if where else ""))
+    style = ("border:1px solid #c8c8c8;border-left:5px solid #4a6fa5;border-radius:4px;"
+             "padding:8px 12px;margin:0.5em 0 1em 0;background:#fafbfd;max-width:100%;"
+             "box-sizing:border-box")
+    return Html(f'<div class="adlib-verdict-box" style="{style}">'
+                f'<p style="margin:0 0 0.3em 0"><b>The ranking</b> ({len(ranking)} methods)</p>'
+                f'{table}<p style="margin:0.4em 0 0 0;font-size:0.8em;color:#444">{foot}</p></div>')
+
+
+def train_counts(dataset: str, root: Any, categories: Sequence[str], image_size: int) -> dict:
+    """The training images per category (the denominators of training seconds per image)."""
+    from adlib.data.sources import open_split
+
+    return {c: len(open_split(dataset, root, c, "train", image_size)) for c in categories}
+
+
+def unified_methods() -> list[str]:
+    """The methods that train one model for all categories (their chapters' ``separate``)."""
+    from types import SimpleNamespace
+
+    from adlib.studies import comparison as C
+
+    cfg = SimpleNamespace(profile="study", dataset="embedded", image_size=C.IMAGE_SIZE)
+    protocol = C.protocol(cfg)
+    return [c.config for c in C.TRAINED
+            if C.STUDY.cell_settings(protocol, c).get("separate") is False]
+
+
+STUDY_HOURS = "3 h"   # measured before its first run; its README gives the real wall time
+NOT_RUN = ("The committed comparison has not been run yet: <code>python -m adlib study comparison "
+           "--grid study --seeds 0,1,2 --workers 2 --out adlib/resources/results/comparison</code> "
+           "makes it (about {hours} on 2 CPU cores).")
+
+
+class Page:
+    """The committed comparison as the chapter shows it; every part says so when there are no
+    committed rows yet, so the page builds before the study has run."""
+
+    def __init__(self, rows: pd.DataFrame, train_images: Mapping[str, int] | None = None,
+                 unified: Sequence[str] = (), metric: str = "image_auroc"):
+        self.rows, self.metric = rows, metric
+        self.empty = rows.empty or not (rows.get("ablation") == TRAINED).any()
+        self.train_images, self.unified = dict(train_images or {}), list(unified)
+
+    @classmethod
+    def committed(cls, root: Any = None, folder: Any = None) -> Page:
+        """The committed ``study`` grid's rows (``root``: the embedded default's folder, for
+        the training-image counts)."""
+        from adlib.data.sources import resolve_root
+        from adlib.studies import comparison as C
+        from adlib.study.report import committed_rows
+
+        rows = committed_rows("comparison", folder)
+        if not rows.empty:
+            rows = rows[rows["grid"] == "study"]
+        if rows.empty:
+            return cls(rows)
+        root = resolve_root("embedded", root)
+        counts = train_counts("embedded", root, sorted(rows["category"].unique()), C.IMAGE_SIZE)
+        return cls(rows, counts, unified_methods())
+
+    def _missing(self) -> Html:
+        return Html(f"<p><em>{NOT_RUN.format(hours=STUDY_HOURS)}</em></p>")
+
+    def ranking(self) -> pd.DataFrame:
+        return ranking_table(self.rows, self.metric)
+
+    def costs(self) -> pd.DataFrame:
+        table = cost_table(self.rows, self.train_images, self.unified)
+        return compare.pareto(table, "train s / image", self.metric)
+
+    def where(self) -> str:
+        from adlib.studies import comparison as C
+
+        seeds = self.rows["seed"].nunique()
+        cats = self.rows["category"].nunique()
+        return (f"the embedded default, {cats} categories at {C.IMAGE_SIZE} px, {seeds} seeds, "
+                "one CPU core per task")
+
+    def answer(self) -> Html:
+        if self.empty:
+            return self._missing()
+        costs = self.costs()
+        return answer_box(self.ranking(), list(costs.loc[costs["pareto"], "method"]),
+                          metric=self.metric, where=self.where())
+
+    def rank_figure(self):
+        """The critical-difference diagram of the trained methods (None: not run yet)."""
+        return None if self.empty else compare.cd_figure(compare.ranks(trained(self.rows), self.metric))
+
+    def cost_figure(self):
+        """Image AUROC against training seconds per image, the front marked (None: not run)."""
+        if self.empty:
+            return None
+        return compare.pareto_figure(self.costs(), "train s / image", self.metric, label="method")
+
+    def learned_table(self):
+        if self.empty:
+            return self._missing()
+        return _styled(learned(self.rows, self.metric), "Each method against its untrained self "
+                       f"({compare.METRIC_NAMES.get(self.metric, self.metric)}, %), paired over "
+                       "(seed, category)")
+
+    def category_table(self):
+        """Per category: each method's mean over seeds, and the winner's lead over the
+        runner-up with its interval (over seeds only: too few to call a lead real)."""
+        if self.empty:
+            return [self._missing()]
+        means = trained(self.rows).pivot_table(index="config", columns="category",
+                                               values=self.metric, aggfunc="mean")
+        means = means.loc[self.ranking()["method"]]
+        won = compare.winners(trained(self.rows), self.metric)
+        return [_styled(means.rename_axis(None, axis=0).rename_axis(None, axis=1),
+                        "Mean over seeds per category (%), methods in rank order"), _styled(
+            won[["category", "winner", "runner_up", "lead", "low", "high", "n_pairs", "verdict"]],
+            "Per category: the winner's lead over the runner-up, paired over seeds")]
+
+    def pairwise_table(self):
+        if self.empty:
+            return self._missing()
+        table = compare.pairwise(trained(self.rows), self.metric)
+        return _styled(table[["A", "B", "difference", "low", "high", "n_pairs", "verdict"]],
+                       "Every pair, A the higher mean: A - B over (seed, category) pairs, 95 % interval")
+
+    def cost_table(self):
+        if self.empty:
+            return self._missing()
+        return _styled(self.costs(), "What each method costs on one CPU core per task "
+                       "(peak MB: above the worker's start, a lower bound)")
+
+    def papers_table(self):
+        """Each paper's chapter verdicts beside where its method ranks here."""
+        from adlib.studies import comparison as C
+        from adlib.verdicts import chapter_claim_rows
+
+        if self.empty:
+            return self._missing()
+        chapters: dict[str, list[str]] = {}
+        for name, method in C.METHODS.items():
+            if method.chapter in C.CHAPTER_MODULES:
+                chapters.setdefault(method.chapter, []).append(name)
+        claims = {key: chapter_claim_rows(key) for key in chapters}
+        return _styled(papers_table(self.ranking(), chapters, claims),
+                       "Each paper's verdicts in its own chapter, and where its method ranks here")
+
+
+def supervised_table(folder: Any = None):
+    """Chapter 4's supervised LEA-Net (trained on anomalous images too) beside its colour map's
+    maximum and the always-anomalous answer, from that chapter's committed study: F1 and image
+    AUROC, and each network's AUROC minus the map maximum's, paired over (seed, fold)."""
+    from adlib.studies import lea_net
+    from adlib.study.report import committed_rows
+
+    rows = committed_rows("lea_net", folder)
+    if rows.empty:
+        return Html("<p><em>Chapter 4's study has no committed rows.</em></p>")
+    rows = rows[rows["grid"] == "study"]
+    out = []
+    for name in (lea_net.DEFAULT, "ResNet18", "map maximum", "always anomalous"):
+        mine = rows[rows["config"] == name]
+        entry = {"model": name, "F1": mine["f1"].mean(), "image AUROC": mine["image_auroc"].mean()}
+        if name != "map maximum" and name != "always anomalous":
+            d = compare.difference(rows, "image_auroc", name, "map maximum")
+            entry.update({"AUROC - map maximum": d["difference"], "low": d["low"],
+                          "high": d["high"], "n_pairs": d["n_pairs"]})
+        out.append(entry)
+    categories = ", ".join(sorted(rows["category"].unique()))
+    return _styled(pd.DataFrame(out), f"Chapter 4's committed study ({categories}, "
+                   "cross-validated folds): the supervised network and its references (%)")
+
+
+def _styled(frame: pd.DataFrame, caption: str):
+    """A table for the page: one decimal, counts as integers, the caption above."""
+    formats = {c: "{:.0f}" for c in frame.columns if c in ("n_pairs", "parameters")}
+    formats.update({c: "{:.2f}" for c in frame.columns if c in ("mean rank", "train s / image",
+                                                                 "inference ms / image")})
+    return (frame.style.format(precision=1, na_rep="—").format(formats)
+            .hide(axis="index").set_caption(caption))
+
+
+def contestants() -> Any:
+    """Each method: the chapter it comes from, its config there, how it trains and for how
+    many epochs under the comparison's ``study`` profile."""
+    from types import SimpleNamespace
+
+    from adlib.papers import get_chapter
+    from adlib.studies import comparison as C
+
+    protocol = C.protocol(SimpleNamespace(profile="study", dataset="embedded",
+                                          image_size=C.IMAGE_SIZE))
+    out = []
+    for cell in C.TRAINED:
+        method = C.METHODS[cell.config]
+        settings = C.STUDY.cell_settings(protocol, cell)
+        chapter = get_chapter(method.chapter)
+        epochs = settings.get("colouriser_epochs", settings.get("epochs"))
+        out.append({"method": cell.config, "chapter": chapter.title,
+                    "as its chapter names it": method.config or "(the chapter's protocol)",
+                    "trains": "nothing (a feature bank)" if method.untrained is None else
+                    "one model for all categories" if settings.get("separate") is False
+                    else "one model per category",
+                    "epochs": "—" if method.untrained is None else str(epochs)})
+    return pd.DataFrame(out).style.hide(axis="index").set_caption(
+        f"The contestants, each at {C.IMAGE_SIZE} px on the same images and seeds")
+
+
+def run_table(rows: pd.DataFrame):
+    """This run's rows: each method and category, the three metrics and the costs."""
+    columns = {"config": "method", "category": "category", "image_auroc": "image AUROC",
+               "pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "train_seconds": "train s",
+               "inference_seconds": "ms / test image"}
+    frame = rows[[c for c in columns if c in rows]].copy()
+    if "inference_seconds" in frame:
+        frame["inference_seconds"] = 1000 * frame["inference_seconds"]
+    return (frame.rename(columns=columns).style.format(precision=1, na_rep="—")
+            .hide(axis="index").set_caption("This run: one seed, no intervals (%)"))
+
+
+def record_metrics(rows: pd.DataFrame) -> dict:
+    """``{category: {metric: value}}`` of this run's trained method with the best mean image
+    AUROC: the run record's main metrics (the chapter has no one model of its own)."""
+    first = trained(rows)
+    if first.empty:
+        return {}
+    name = first.groupby("config")["image_auroc"].mean().idxmax()
+    metrics = ("image_auroc", "pixel_auroc", "aupro")
+    return {row.category: {m: float(getattr(row, m)) for m in metrics}
+            for row in first[first["config"] == name].itertuples()}
+
+
+def describe(run: Any) -> str:
+    """This run in one line; the epochs are each method's chapter's, so the profile's are not
+    shown."""
+    c = run.cfg
+    from adlib.studies import comparison as C
+
+    cells = ", ".join(cell.config for cell in C.GRIDS[c.grid])
+    return (f"profile {c.profile}: {c.dataset} at {c.image_size} px, categories "
+            f"{', '.join(run.categories)}, seeds {c.seeds}, device {run.device}; grid {c.grid}: "
+            f"{cells}; each method's epochs are its chapter's")
