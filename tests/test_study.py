@@ -320,3 +320,19 @@ def test_the_learning_sentence_says_plainly_when_a_run_did_not_learn():
     assert "did not learn" in learning_sentence(flat, "A", "untrained")
     assert "did not learn" in learning_sentence(rows, "A", "untrained", "f1")
     assert "not checked" in learning_sentence(rows, "A", "random init")
+
+
+def test_a_grid_borrows_the_sanity_reference_its_checks_judge_learning_against():
+    """Chapter 1's ``axes`` grid declares no random encoder; its claims 5-7 name one as their
+    sanity reference. Without it they said "learning not checked"; the grid now takes that cell
+    from the ``study`` grid (its rows are reused: same settings, same key). A grid whose checks
+    cannot be judged there (``textures`` has no C-SE+LBR) takes nothing."""
+    from adlib.study.engine import with_references
+
+    study = load_study("cse_patch_svdd")
+    axes = study.grid("axes")
+    borrowed = with_references(study, axes)[len(axes):]
+    assert [c.config for c in borrowed] == ["random init +C-SE+LBR"]
+    assert borrowed[0] in study.grid("study")
+    assert with_references(study, study.grid("textures")) == study.grid("textures")
+    assert with_references(study, study.grid("study")) == study.grid("study")

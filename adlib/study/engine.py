@@ -44,7 +44,7 @@ from typing import Any
 
 import pandas as pd
 
-from adlib.claims import check_claims, claims_table
+from adlib.claims import check_claims, claims_table, parse_order
 from adlib.provenance import dirty_files, dirty_message, load_equivalences, row_status
 from adlib.study.executors import EXECUTORS, run_local, run_serial, run_slurm
 from adlib.study.load import load_study
@@ -134,6 +134,27 @@ def _folds(study: Study, settings: Mapping[str, Any]) -> list[int | None]:
     return list(range(k))
 
 
+def with_references(study: Study, cells: Sequence[Cell]) -> list[Cell]:
+    """A declared grid's cells and the sanity references that its claim checks name from other
+    grids: a check on one of the grid's ablations judges learning against them. Chapter 1's
+    ``axes`` grid shares the ``study`` grid's random encoder; without it the axes claims said
+    "learning not checked". Such rows are reused where they exist (the same settings give the
+    same key), run where they do not."""
+    cells = list(cells)
+    configs = {c.config for c in cells}
+    declared = {c.config: c for grid in study.grids.values() for c in grid}
+    for check in study.checks:
+        sanity = check.sanity
+        if not sanity or sanity in configs or sanity not in declared:
+            continue
+        # the config judged against the reference: the better side of the check's first relation
+        first = parse_order(check.order)[0][0] if check.order else (check.configs or ("",))[0]
+        if {name.strip() for name in first.split("|")} <= configs:
+            cells.append(declared[sanity])
+            configs.add(sanity)
+    return cells
+
+
 def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, Any],
               seeds: Sequence[int], categories: Sequence[str], dataset: str, data_root: Any,
               out: str | os.PathLike, executor: str = "serial", workers: int = 1,
@@ -176,7 +197,7 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         msg = f"executor {executor!r}; expected one of {', '.join(EXECUTORS)}"
         raise StudyError(msg)
     study = load_study(paper)
-    cells = study.grid(grid) if isinstance(grid, str) else list(grid)
+    cells = with_references(study, study.grid(grid)) if isinstance(grid, str) else list(grid)
     model_hash = study.model_hash()
     counts = row_status(model_hash, load_equivalences(out))   # row -> its status, None: stale
     if test_curve and study.curve is None:
