@@ -55,7 +55,6 @@ from adlib.study.spec import (
     Study,
     StudyError,
     Task,
-    cell_settings,
     run_key,
 )
 
