@@ -79,7 +79,7 @@ CHAPTER = Chapter(
                 expect="inconclusive", ablation="r", grid="axes"),
         Finding("... and with r = 32.", "r=16 > r=32", expect="inconclusive", ablation="r",
                 grid="axes"),
-        Finding("The paper's λ = 0.001 is level with λ = 1 (claim 6's check below pools the two "
+        Finding("The paper's λ = 0.001 is level with λ = 1 (claim 6's check above pools the two "
                 "against λ = 0.01 and 0.1).", "λ=0.001 > λ=1", expect="inconclusive",
                 ablation="λ", grid="axes"),
         Finding("Gaussian noise of variance 0.001 on the training images is level with none on "
