@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from adlib import compare
+from adlib.claims import MIN_PAIRS
 from adlib.verdicts import Html, html_table
 
 TRAINED, UNTRAINED = "methods", "untrained"
@@ -76,12 +77,16 @@ def ranking_table(rows: pd.DataFrame, metric: str = "image_auroc") -> pd.DataFra
 def cost_table(rows: pd.DataFrame, train_images: Mapping[str, int],
                unified: Sequence[str] = ()) -> pd.DataFrame:
     """Per trained method: trainable ``parameters``, training seconds per training image
-    (a separate model's time over its category's images; a unified model's over all of them),
+    (a separate model's time over its category's images; a unified model's, whose rows each
+    carry a category's share of its one training, over all of them),
     inference milliseconds per test image, the largest ``peak MB`` of a task, and the mean
     image and pixel AUROC; ``train_images``: the training images per category."""
     frame = trained(rows).copy()
-    total = sum(train_images[c] for c in frame["category"].unique())
-    per_image = [t / (total if m in unified else train_images[c])
+    categories = frame["category"].unique()
+    total = sum(train_images[c] for c in categories)
+    # a unified row carries its category's share of the one training (evaluate_unified), so
+    # the whole training is the share times the categories
+    per_image = [t * len(categories) / total if m in unified else t / train_images[c]
                  for t, m, c in zip(frame["train_seconds"].fillna(0.0), frame["config"],
                                     frame["category"])]
     frame = frame.assign(train_per_image=per_image)
@@ -244,10 +249,16 @@ class Page:
                                                values=self.metric, aggfunc="mean")
         means = means.loc[self.ranking()["method"]]
         won = compare.winners(trained(self.rows), self.metric)
+        # a bootstrap over three seeds spans only those three differences: an interval that
+        # looks tight but is not one, so the lead is shown without it below MIN_PAIRS
+        few = won["n_pairs"] < MIN_PAIRS
+        won["verdict"] = won["verdict"].where(~few, f"no verdict (< {MIN_PAIRS} seeds)")
+        columns = ["category", "winner", "runner_up", "lead", "n_pairs", "verdict"]
+        if not few.all():
+            columns[4:4] = ["low", "high"]
         return [_styled(means.rename_axis(None, axis=0).rename_axis(None, axis=1),
                         "Mean over seeds per category (%), methods in rank order"), _styled(
-            won[["category", "winner", "runner_up", "lead", "low", "high", "n_pairs", "verdict"]],
-            "Per category: the winner's lead over the runner-up, paired over seeds")]
+            won[columns], "Per category: the winner's lead over the runner-up, paired over seeds")]
 
     def pairwise_table(self):
         if self.empty:
