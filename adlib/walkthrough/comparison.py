@@ -125,10 +125,14 @@ def answer_box(ranking: pd.DataFrame, front: Sequence[str], *, metric: str = "im
                where: str = "") -> Html:
     """The chapter's first screen: the ranking with its tied groups, who learned, and which
     methods are worth their cost (``front``: the Pareto front's methods)."""
+    from adlib.studies.comparison import METHODS
+
     body = []
     for row in ranking.itertuples(index=False):
         name, rank, group, value, beat = row
-        learned_word = "trains nothing" if beat is None or pd.isna(beat) else (
+        trains = name in METHODS and METHODS[name].untrained is not None
+        missing = "untrained self not run" if trains else "trains nothing"
+        learned_word = missing if beat is None or pd.isna(beat) else (
             "yes" if beat else '<b style="color:#8a1c12">no</b>')
         body.append([f"<b>{name}</b>", f"{rank:.2f}", group, f"{value:.1f}", learned_word,
                      "yes" if name in front else ""])
