@@ -233,7 +233,7 @@ def test_the_page_builds_before_the_study_has_run_and_says_how_to_run_it():
 
     page = W.Page(pd.DataFrame())
     parts = [page.answer(), page.learned_table(), *page.category_table(), page.pairwise_table(),
-             page.cost_table(), page.papers_table()]
+             page.cost_table(), page.papers_table(), page.findings()]
     assert all("python -m adlib study comparison --grid study" in str(p) for p in parts)
     assert page.rank_figure() is None and page.cost_figure() is None
 

@@ -277,6 +277,13 @@ class Page:
         return _styled(self.costs(), "What each method costs on one CPU core per task "
                        "(peak MB: above the worker's start, a lower bound)")
 
+    def findings(self) -> Html:
+        """The chapter's reading of the committed comparison (its declared findings, each
+        with the paired difference behind it; :func:`adlib.verdicts.findings_html`)."""
+        from adlib.verdicts import findings_html
+
+        return self._missing() if self.empty else findings_html("comparison")
+
     def papers_table(self):
         """Each paper's chapter verdicts beside where its method ranks here."""
         from adlib.studies import comparison as C
