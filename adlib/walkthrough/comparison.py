@@ -136,9 +136,9 @@ def answer_box(ranking: pd.DataFrame, front: Sequence[str], *, metric: str = "im
             "yes" if beat else '<b style="color:#8a1c12">no</b>')
         body.append([f"<b>{name}</b>", f"{rank:.2f}", group, f"{value:.1f}", learned_word,
                      "yes" if name in front else ""])
-    table = html_table([("method", "30%"), ("mean rank", "14%"), ("tied group", "14%"),
+    table = html_table([("method", "24%"), ("mean rank", "13%"), ("tied group", "13%"),
                         (f"mean {compare.METRIC_NAMES.get(metric, metric)}", "16%"),
-                        ("beats its untrained self", "14%"), ("worth its cost", "12%")], body)
+                        ("beats its untrained self", "20%"), ("worth its cost", "14%")], body)
     foot = ("Methods sharing a letter in <em>tied group</em> have mean ranks the Nemenyi test "
             "cannot tell apart (95 %); <em>worth its cost</em>: on the Pareto front of training "
             "time per image against image AUROC." + (f" Measured on {where}." if where else ""))
@@ -260,7 +260,8 @@ class Page:
         columns = ["category", "winner", "runner_up", "lead", "n_pairs", "verdict"]
         if not few.all():
             columns[4:4] = ["low", "high"]
-        return [_styled(means.rename_axis(None, axis=0).rename_axis(None, axis=1),
+        means = means.rename_axis(None, axis=1).rename_axis("method").reset_index()
+        return [_styled(means,
                         "Mean over seeds per category (%), methods in rank order"), _styled(
             won[columns], "Per category: the winner's lead over the runner-up, paired over seeds")]
 
@@ -326,12 +327,34 @@ def supervised_table(folder: Any = None):
 
 
 def _styled(frame: pd.DataFrame, caption: str):
-    """A table for the page: one decimal, counts as integers, the caption above."""
-    formats = {c: "{:.0f}" for c in frame.columns if c in ("n_pairs", "parameters")}
-    formats.update({c: "{:.2f}" for c in frame.columns if c in ("mean rank", "train s / image",
-                                                                 "inference ms / image")})
-    return (frame.style.format(precision=1, na_rep="—").format(formats)
-            .hide(axis="index").set_caption(caption))
+    """A table for the page: readable headers, one decimal for percentages, counts with
+    thousands separators, costs to three significant figures, yes/no for booleans."""
+    frame = frame.rename(columns=HEADERS)
+    formats: dict[str, Any] = {}
+    for column in frame.columns:
+        values = frame[column]
+        if column in ("pairs", "parameters"):
+            formats[column] = "{:,.0f}"
+        elif column == "mean rank":
+            formats[column] = "{:.2f}"
+        elif column in ("train s / image", "inference ms / image", "peak MB"):
+            formats[column] = "{:.3g}"
+        elif values.dtype == bool or column in BOOLEAN_WORDS:
+            formats[column] = BOOLEAN_WORDS.get(column, _yes_no)
+        elif pd.api.types.is_float_dtype(values):
+            formats[column] = "{:.1f}"
+    return (frame.style.format(formats, na_rep="—").hide(axis="index").set_caption(caption))
+
+
+def _yes_no(value: Any) -> str:
+    return "—" if value is None or pd.isna(value) else "yes" if value else "no"
+
+
+#: The page's column headers for the frames' names.
+HEADERS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
+           "n_pairs": "pairs", "runner_up": "runner-up", "pareto": "worth its cost"}
+#: Boolean columns that read better as a word than as yes/no.
+BOOLEAN_WORDS = {"worth its cost": lambda v: "yes" if v else "", "learned": _yes_no}
 
 
 def contestants() -> Any:
