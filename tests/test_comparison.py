@@ -263,3 +263,15 @@ def test_the_chapter_says_whether_each_method_beats_its_untrained_self_and_the_r
                if f"{c.overrides['method']} > {c.config}" not in declared]
     assert not missing, f"say in CHAPTER.findings whether {missing} beat their untrained selves"
     assert set(rows["config"]) >= {c.config for c in C.GRIDS["study"]}
+
+
+def test_the_per_category_table_names_its_methods_and_calls_no_lead_on_three_seeds():
+    from adlib.walkthrough import comparison as W
+
+    page = W.Page(_page_rows(gap=8.0), {"brick": 10, "coins": 10, "retina": 10})
+    means, won = (table.data for table in page.category_table())
+    assert list(means["method"]) == ["B", "A"]                    # rank order, names shown
+    assert "low" not in won and set(won["verdict"]) == {"no verdict (< 6 seeds)"}
+    page = W.Page(_page_rows(gap=8.0, seeds=6), {"brick": 10, "coins": 10, "retina": 10})
+    won = page.category_table()[1].data
+    assert "low" in won and set(won["verdict"]) == {"winner better"}
