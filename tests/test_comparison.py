@@ -275,3 +275,23 @@ def test_the_per_category_table_names_its_methods_and_calls_no_lead_on_three_see
     page = W.Page(_page_rows(gap=8.0, seeds=6), {"brick": 10, "coins": 10, "retina": 10})
     won = page.category_table()[1].data
     assert "low" in won and set(won["verdict"]) == {"winner better"}
+
+
+def test_the_papers_table_counts_every_verdict_of_each_chapter_once():
+    """Each scoreboard verdict falls in one column, so a chapter's columns add up to its claim
+    rows (the did-not-learn and not-comparable verdicts were once counted nowhere)."""
+    import pandas as pd
+
+    from adlib.claims import VERDICTS
+    from adlib.verdicts import chapter_claim_rows
+    from adlib.walkthrough import comparison as W
+
+    grouped = [v for verdicts in W.VERDICT_GROUPS.values() for v in verdicts]
+    assert sorted(grouped) == sorted(VERDICTS)
+    claims = {key: chapter_claim_rows(key) for key in ("noise_to_norm", "maae")}
+    ranking = pd.DataFrame({"method": ["MAAE", "noise-to-norm"]})
+    table = W.papers_table(ranking, {"noise_to_norm": ["noise-to-norm"], "maae": ["MAAE"]},
+                           claims).set_index("paper")
+    for key, rows in claims.items():
+        assert table.loc[key, list(W.VERDICT_GROUPS)].sum() == len(rows)
+    assert table.loc["noise_to_norm", "did not learn"] > 0     # chapter 3's image-level checks

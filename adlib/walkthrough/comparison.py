@@ -13,17 +13,17 @@ from typing import Any
 import pandas as pd
 
 from adlib import compare
-from adlib.claims import MIN_PAIRS
+from adlib.claims import (CONTRADICTED, DID_NOT_LEARN, INCONCLUSIVE, MIN_PAIRS, NOT_COMPARABLE,
+                          NOT_RUN, REPRODUCED, SMALLER_THAN_PAPER, UNDERPOWERED)
 from adlib.verdicts import Html, html_table
 
 TRAINED, UNTRAINED = "methods", "untrained"
 """The comparison grid's two ablations: each method as its chapter trains it, and untrained."""
 
-VERDICT_GROUPS = {"reproduced": ("reproduced",), "contradicted": ("contradicted",),
-                  "inconclusive": ("inconclusive", "inconclusive: could not detect the paper's size",
-                                   "inconclusive: smaller than the paper's"),
-                  "did not learn": ("did not learn",), "not comparable": ("not comparable",),
-                  "not run yet": ("not run yet",)}
+VERDICT_GROUPS = {"reproduced": (REPRODUCED,), "contradicted": (CONTRADICTED,),
+                  "inconclusive": (INCONCLUSIVE, UNDERPOWERED, SMALLER_THAN_PAPER),
+                  "did not learn": (DID_NOT_LEARN,), "not comparable": (NOT_COMPARABLE,),
+                  "not run yet": (NOT_RUN,)}
 """The scoreboard's verdicts, the three inconclusive ones together: the paper table's columns."""
 
 
