@@ -360,11 +360,19 @@ class RunRecord:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(self.to_json())
                 handle.write("\n")
+            # mkstemp makes the file private (0600); a record is for every reader of the folder
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_run_records(folder_or_glob: str | os.PathLike, strict: bool = True) -> list[RunRecord]:

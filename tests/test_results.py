@@ -45,6 +45,18 @@ def _record(**overrides) -> RunRecord:
 
 # ---------------------------------------------------------------------------- run records
 
+
+def test_a_saved_record_is_readable_by_everyone_the_umask_allows(tmp_path):
+    """mkstemp's temporary file is private (0600); the record it becomes is not."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = _record().save(tmp_path)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
 def test_run_record_round_trip(tmp_path):
     record = _record()
     path = record.save(tmp_path)
