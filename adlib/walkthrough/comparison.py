@@ -328,7 +328,7 @@ def supervised_table(folder: Any = None):
 
 def _styled(frame: pd.DataFrame, caption: str):
     """A table for the page: readable headers, one decimal for percentages, counts with
-    thousands separators, costs to three significant figures, yes/no for booleans."""
+    thousands separators, costs to about three figures (:func:`_cost`), yes/no for booleans."""
     frame = frame.rename(columns=HEADERS)
     formats: dict[str, Any] = {}
     for column in frame.columns:
@@ -338,12 +338,20 @@ def _styled(frame: pd.DataFrame, caption: str):
         elif column == "mean rank":
             formats[column] = "{:.2f}"
         elif column in ("train s / image", "inference ms / image", "peak MB"):
-            formats[column] = "{:.3g}"
+            formats[column] = _cost
         elif values.dtype == bool or column in BOOLEAN_WORDS:
             formats[column] = BOOLEAN_WORDS.get(column, _yes_no)
         elif pd.api.types.is_float_dtype(values):
             formats[column] = "{:.1f}"
     return (frame.style.format(formats, na_rep="—").hide(axis="index").set_caption(caption))
+
+
+def _cost(value: float) -> str:
+    """About three significant figures, never more than three decimals (0.012, 5.53, 18.3)."""
+    if value is None or pd.isna(value):
+        return "—"
+    places = 0 if value >= 100 else 1 if value >= 10 else 2 if value >= 1 else 3
+    return f"{value:,.{places}f}"
 
 
 def _yes_no(value: Any) -> str:
