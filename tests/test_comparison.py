@@ -295,3 +295,21 @@ def test_the_papers_table_counts_every_verdict_of_each_chapter_once():
     for key, rows in claims.items():
         assert table.loc[key, list(W.VERDICT_GROUPS)].sum() == len(rows)
     assert table.loc["noise_to_norm", "did not learn"] > 0     # chapter 3's image-level checks
+
+
+def test_the_run_table_shows_milliseconds_and_keeps_numbers_whole():
+    """This run's table: inference in ms under the chapter's headers; its cells may wrap
+    between words only (the stylesheet's break-anywhere once split "1,374,642" in two)."""
+    import pandas as pd
+
+    from adlib.walkthrough import comparison as W
+
+    rows = pd.DataFrame({"config": ["kNN"], "category": ["brick"], "image_auroc": [89.44],
+                         "pixel_auroc": [95.6], "aupro": [82.8], "train_seconds": [0.5],
+                         "inference_seconds": [0.0291], "seed": [0]})
+    styled = W.run_table(rows)
+    assert list(styled.data.columns) == ["method", "category", "image AUROC", "pixel AUROC",
+                                         "AUPRO", "train s", "inference ms / image"]
+    html = styled.to_html()
+    assert ">29.1<" in html and ">89.4<" in html
+    assert "overflow-wrap: break-word" in html

@@ -343,7 +343,10 @@ def _styled(frame: pd.DataFrame, caption: str):
             formats[column] = BOOLEAN_WORDS.get(column, _yes_no)
         elif pd.api.types.is_float_dtype(values):
             formats[column] = "{:.1f}"
-    return (frame.style.format(formats, na_rep="—").hide(axis="index").set_caption(caption))
+    # The book's stylesheet lets cells break anywhere so that wide tables fit; these tables
+    # fit without it, and a number or a header broken mid-word ("1,374,64 / 2") misreads.
+    return (frame.style.format(formats, na_rep="—").hide(axis="index").set_caption(caption)
+            .set_table_styles([{"selector": "td, th", "props": "overflow-wrap: break-word;"}]))
 
 
 def _cost(value: float) -> str:
@@ -392,15 +395,17 @@ def contestants() -> Any:
 
 
 def run_table(rows: pd.DataFrame):
-    """This run's rows: each method and category, the three metrics and the costs."""
-    columns = {"config": "method", "category": "category", "image_auroc": "image AUROC",
-               "pixel_auroc": "pixel AUROC", "aupro": "AUPRO", "train_seconds": "train s",
-               "inference_seconds": "ms / test image"}
-    frame = rows[[c for c in columns if c in rows]].copy()
+    """This run's rows: each method and category, the three metrics and the costs (headers
+    and precision as every table of the chapter, :func:`_styled`)."""
+    frame = rows[[c for c in RUN_COLUMNS if c in rows]].rename(
+        columns={"config": "method", "train_seconds": "train s"})
     if "inference_seconds" in frame:
-        frame["inference_seconds"] = 1000 * frame["inference_seconds"]
-    return (frame.rename(columns=columns).style.format(precision=1, na_rep="—")
-            .hide(axis="index").set_caption("This run: one seed, no intervals (%)"))
+        frame["inference ms / image"] = 1000 * frame.pop("inference_seconds")
+    return _styled(frame, "This run: one seed, no intervals (%)")
+
+
+RUN_COLUMNS = ("config", "category", "image_auroc", "pixel_auroc", "aupro", "train_seconds",
+               "inference_seconds")
 
 
 def record_metrics(rows: pd.DataFrame) -> dict:
