@@ -290,12 +290,14 @@ def deviations_frame(paper: str):
 def deviations_table(paper: str):
     """:func:`deviations_frame` as an HTML table that fits the column (fixed widths, wrapping
     text), for a chapter page and the appendix."""
+    from adlib.study.report import breakable
     from adlib.verdicts import Html, html_table
 
     frame = deviations_frame(paper)
-    widths = ("13%", "22%", "22%", "25%", "7%", "11%")
+    widths = ("17%", "18%", "18%", "21%", "9%", "17%")   # "standardisation", "choice" fit
     return Html(html_table(list(zip(frame.columns, widths)),
-                           [[html.escape(str(v)) for v in row] for row in frame.to_numpy()]))
+                           [[breakable(html.escape(str(v)), "<wbr>") for v in row]
+                            for row in frame.to_numpy()]))
 
 
 def write_deviations(out_md: Path | str) -> Path:

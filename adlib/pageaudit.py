@@ -1,8 +1,9 @@
 """Reads the built book as a reader sees it, in headless Chromium at 1280 x 900.
 
 :func:`audit` opens one page, lets a small script measure it after layout, and returns what it
-found: where the verdict box starts, the tables wider than their container, setup code left
-visible, table cells with more than 3 decimals. :func:`screenshot` keeps the first screen.
+found: where the verdict box starts, the tables wider than their container, words broken
+mid-word inside table cells, setup code left visible, table cells with more than 3 decimals.
+:func:`screenshot` keeps the first screen.
 ``python -m adlib pageaudit book/_build/html --screenshots DIR`` audits every chapter and the
 scoreboard; the book's tests run the same checks on the smoke build.
 """
@@ -32,7 +33,7 @@ SETUP_MARKERS = ("Parameters (papermill)", "Parameters\n", "pip install", "pip\"
 _SCRIPT = """
 <script>
 window.addEventListener('load', () => setTimeout(() => {
-  const out = {tables: [], wide: [], decimals: [], setup: []};
+  const out = {tables: [], wide: [], decimals: [], setup: [], split: []};
   document.querySelectorAll('details').forEach(d => { d.open = true; });
   const main = document.querySelector('main') || document.body;
   const box = document.querySelector('.adlib-verdict-box');
@@ -50,6 +51,19 @@ window.addEventListener('load', () => setTimeout(() => {
     t.querySelectorAll('td, th').forEach(c => {
       const m = (c.innerText || '').match(/\\d+\\.\\d{4,}/);
       if (m) out.decimals.push(m[0]);
+      // a word (between spaces, dashes, the break points / = + , _ and zero-width or soft
+      // hyphen breaks) laid out on two lines
+      const walk = document.createTreeWalker(c, NodeFilter.SHOW_TEXT);
+      for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+        const words = /[^\\s\\-\\u2013\\u2014\\/=+,_\\u200b\\u00ad]+/g;
+        for (let w = words.exec(node.data); w; w = words.exec(node.data)) {
+          const r = document.createRange();
+          r.setStart(node, w.index); r.setEnd(node, w.index + w[0].length);
+          const tops = new Set(Array.from(r.getClientRects()).filter(x => x.width > 0)
+                                 .map(x => Math.round(x.top)));
+          if (tops.size > 1) out.split.push(i + ': ' + w[0]);
+        }
+      }
     });
   });
   out.shrunk = [];
@@ -97,7 +111,8 @@ def audit(page: Path | str) -> dict:
     """Measure one built page: ``box_top`` (px from the top, None without a verdict box),
     ``wide`` (tables wider than their container), ``wide_output`` (printed output that scrolls
     sideways), ``setup`` (visible setup code), ``decimals`` (table cells with more than 3
-    decimals), ``shrunk`` (figures shown below ``MIN_FIGURE_SCALE`` of their width), ``height``."""
+    decimals), ``split`` (words laid out on two lines inside a table cell), ``shrunk``
+    (figures shown below ``MIN_FIGURE_SCALE`` of their width), ``height``."""
     page = Path(page).resolve()   # a file URI needs an absolute path
     with tempfile.TemporaryDirectory() as tmp:
         # the copy sits next to the original so its relative links (CSS, images) still resolve
@@ -148,6 +163,10 @@ def problems(page: Path | str, result: dict, *, needs_box: bool) -> list[str]:
     out += [f"{name}: figure {f['src']} shown at {f['scale']:.0%} of its size (its text shrinks "
             "with it): draw it narrower or pass it through adlib.figures.fit_column"
             for f in result.get("shrunk", [])]
+    if result.get("split"):
+        out.append(f"{name}: words broken across lines inside table cells (table: word) "
+                   f"{result['split'][:6]}: give the column room, or the name a break point "
+                   "(- / = + , _)")
     if result["decimals"]:
         out.append(f"{name}: table cells with more than 3 decimals: {result['decimals'][:5]}")
     return out

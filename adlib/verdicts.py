@@ -31,7 +31,7 @@ from adlib.claims import (
     VERDICTS,
     best_rows,
 )
-from adlib.study.report import METRIC_NAMES
+from adlib.study.report import METRIC_NAMES, breakable
 
 #: Text and background colour of each verdict (colour-blind safe: green / red / amber / grey,
 #: and the word is always written out).
@@ -46,7 +46,7 @@ SHORT = {UNDERPOWERED: "too small to tell", SMALLER_THAN_PAPER: "smaller than th
 
 _TABLE = ("width:100%;table-layout:fixed;border-collapse:collapse;font-size:0.82em;"
           "line-height:1.35;margin:0.4em 0")
-_CELL = "padding:4px 6px;border-bottom:1px solid #ddd;vertical-align:top;overflow-wrap:anywhere;text-align:left"
+_CELL = "padding:4px 6px;border-bottom:1px solid #ddd;vertical-align:top;overflow-wrap:break-word;text-align:left"
 _HEAD = _CELL + ";border-bottom:2px solid #999;font-weight:600"
 
 
@@ -74,7 +74,9 @@ def badge(verdict: str, *, short: bool = False) -> str:
 
 
 def _e(value: Any) -> str:
-    return "" if value is None else html.escape(str(value))
+    """Escaped text that may wrap inside a long name (:func:`breakable`): the tables' fixed
+    columns would otherwise split it mid-word."""
+    return "" if value is None else breakable(html.escape(str(value)), "<wbr>")
 
 
 def html_table(header: list[tuple[str, str]], body: list[list[str]]) -> str:
@@ -132,11 +134,11 @@ def claims_html(rows: Iterable[Mapping[str, Any]], *, caption: str = "",
         detail.append([_e(str(row.get("claim", "")).rsplit("#", 1)[-1]), _level(row), _e(row.get("n_pairs")),
                        _e(row.get("dataset")), _e(profile), _e(row.get("hardware")),
                        _e(row.get("revision")), _e(row.get("note"))])
-    main = html_table([("claim", "30%"), ("check · level", "14%"), ("paper", "17%"),
-                   ("ours (95 % interval)", "24%"), ("verdict", "15%")], body)
+    main = html_table([("claim", "28%"), ("check · level", "14%"), ("paper", "17%"),
+                   ("ours (95 % interval)", "24%"), ("verdict", "17%")], body)
     more = html_table([("claim", "9%"), ("check · level", "13%"), ("pairs", "7%"),
-                   ("data set", "10%"), ("profile", "11%"), ("hardware", "14%"),
-                   ("revision", "10%"), ("note", "26%")], detail)
+                   ("data set", "12%"), ("profile", "11%"), ("hardware", "14%"),
+                   ("revision", "10%"), ("note", "24%")], detail)
     cap = f'<p style="margin:0.2em 0;font-size:0.9em"><em>{_e(caption)}</em></p>' if caption else ""
     return Html(f'<div class="adlib-claims">{cap}{main}<details style="font-size:0.9em">'
                 "<summary>pairs, data set, profile, hardware, revision and notes</summary>"
@@ -260,7 +262,7 @@ def _short_paper(row: Mapping[str, Any]) -> str:
         return _e("by " + text.rsplit(" (by ", 1)[1].rstrip(")"))
     if len(text) <= 40:
         return _e(text)
-    return f'<span title="{_e(text)}">{_e(text[:38])}…</span>'   # the whole order on hover
+    return f'<span title="{html.escape(text)}">{_e(text[:38])}…</span>'   # the whole order on hover
 
 
 def stale_warning(paper: str, folder=None) -> str:
@@ -308,7 +310,7 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
         body.append([what, _short_paper(group[0]),
                      "<br>".join(lv + _short_ours(r) for lv, r in zip(levels, group)),
                      "<br>".join(badge(r.get("verdict", NOT_RUN), short=True) for r in group)])
-    table = html_table([("claim", "40%"), ("paper", "15%"), ("ours (95 % interval)", "27%"),
+    table = html_table([("claim", "37%"), ("paper", "18%"), ("ours (95 % interval)", "27%"),
                     ("verdict", "18%")], body)
     counts = counts_line(verdict_counts(rows))
     where = measured_on(records)

@@ -176,8 +176,9 @@ def test_chapter_page_shows_figures_and_rendered_maths_in_chromium(smoke_book, t
 
 def test_the_page_audit_catches_what_a_reader_would_trip_over(tmp_path):
     """The audit itself, on a page made to fail it: a verdict box below the first screen, a
-    table wider than its column, visible setup code, six decimals and a 1,400 px figure shown
-    in a 600 px column; the page named by a relative path, as a reader types it."""
+    table wider than its column, a word broken mid-word in a narrow column (one wrapped at
+    its break point is fine), visible setup code, six decimals and a 1,400 px figure shown in
+    a 600 px column; the page named by a relative path, as a reader types it."""
     from PIL import Image
 
     _need_browser()
@@ -188,6 +189,8 @@ def test_the_page_audit_catches_what_a_reader_would_trip_over(tmp_path):
         "<div class='cell_input'><pre>pip install adlib</pre></div>"
         "<div style='height:1200px'></div><div class='adlib-verdict-box'>box</div>"
         "<div><table><tr><td style='min-width:900px'>1.400000</td></tr></table></div>"
+        "<table style='table-layout:fixed;width:60px'><tr><td style='overflow-wrap:anywhere'>"
+        "inconclusive:</td><td>perturbation=<wbr>jitter</td></tr></table>"
         "<div class='cell_output'><pre style='width:500px;overflow:auto'>" + "x" * 300 + "</pre></div>"
         "<div class='cell_output'><img src='wide.png' style='max-width:100%'></div>"
         "</main></body></html>")
@@ -197,5 +200,7 @@ def test_the_page_audit_catches_what_a_reader_would_trip_over(tmp_path):
     assert any("verdict box" in f for f in found) and any("setup code" in f for f in found)
     assert any("px in a" in f for f in found) and any("1.400000" in f for f in found)
     assert any("scrolls sideways" in f for f in found)
+    assert [w.split(": ", 1)[1] for w in result["split"]] == ["inconclusive:"]
+    assert any("words broken across lines" in f for f in found)
     assert [f["scale"] for f in result["shrunk"]] == [0.43]
     assert any("shown at 43% of its size" in f for f in found)

@@ -107,7 +107,7 @@ def test_a_toy_chapter_is_in_the_books_contents_intro_api_and_scoreboard(toy, tm
     table = book.deviations_frame("toy_chapter")
     assert list(table["the paper"]) == ["silent", "L2 (Eq. 2)"]
     assert list(table["kind"]) == ["guess", "choice"]
-    assert "width/width=3" in str(book.deviations_table("toy_chapter"))
+    assert "width/<wbr>width=<wbr>3" in str(book.deviations_table("toy_chapter"))
     appendix = book.write_deviations(tmp_path / "deviations.md").read_text()
     assert "## 90. Toy: a chapter from a test" in appendix
     cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", appendix)]

@@ -134,3 +134,36 @@ def test_the_box_warns_when_the_committed_rows_are_stale(tmp_path):
         row["model_hash"] = load_study("rlr").model_hash()
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert stale_warning("rlr", tmp_path) == ""
+
+
+def test_long_names_get_break_points_but_numbers_signs_and_fractions_do_not():
+    """A fixed-width column wraps "perturbation=jitter" after its "=", not mid-word; a number
+    (a sign, thousands separators, a fraction) stays whole."""
+    from adlib.study.report import breakable
+
+    assert breakable("perturbation=jitter", "|") == "perturbation=|jitter"
+    assert breakable("a9ebf06,c9c5a2f", "|") == "a9ebf06,|c9c5a2f"
+    assert breakable("ResNet18/ResNet18 + x", "|") == "ResNet18/|ResNet18 + x"
+    assert breakable("ANG+FFM_MAAE", "|") == "ANG+|FFM_|MAAE"
+    for whole in ("+1.25", "1,374,642", "1/16", "x = 3", "[+0.1, 2.3]"):
+        assert breakable(whole, "|") == whole
+
+
+def test_several_methods_per_category_read_as_a_long_table():
+    """A row per (metric, method) and a column per category and the mean: as many columns as
+    categories whatever the number of methods (12 columns once overflowed the page)."""
+    import numpy as np
+
+    from adlib.evaluation import CategoryResult
+    from adlib.study.report import side_by_side
+
+    def results(value):
+        metrics = {"image_auroc": value, "pixel_auroc": value / 2}
+        return [CategoryResult(cat, metrics, *[np.zeros(1)] * 4, test=None)
+                for cat in ("brick", "coins")]
+
+    table = side_by_side({"A": results(0.8), "B": results(0.6)}, ("image_auroc", "pixel_auroc"))
+    assert list(table.columns) == ["brick", "coins", "mean"]
+    assert list(table.index) == [("image AUROC", "A"), ("image AUROC", "B"),
+                                 ("pixel AUROC", "A"), ("pixel AUROC", "B")]
+    assert table.loc[("pixel AUROC", "B"), "mean"] == 30.0

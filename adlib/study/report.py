@@ -31,6 +31,29 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.rename(columns=METRIC_NAMES)
 
 
+def side_by_side(results: Mapping[str, Sequence], metrics: Sequence[str] = ("image_auroc",
+                 "pixel_auroc", "aupro")) -> pd.DataFrame:
+    """Several methods' per-category results of one run (``{method: [CategoryResult]}``) in
+    one table: a row per (metric, method), a column per category and the mean, in %. Long
+    and narrow, so that it fits the page's column whatever the number of methods."""
+    from adlib.evaluation import results_frame
+
+    frame = pd.concat({m: pd.concat({name: results_frame(res)[m] for name, res in results.items()},
+                                    axis=1) for m in metrics}, axis=1)
+    return frame.T.rename_axis(["metric", "method"]).rename(index=METRIC_NAMES)
+
+
+def breakable(label: Any, mark: str = "\u200b") -> str:
+    """``label`` with a line-break opportunity (``mark``; ``"<wbr>"`` in HTML) after each
+    ``= + , _ /`` inside a long name ("perturbation=jitter", "a9ebf06,c9c5a2f", "map
+    smoothing/none"), neither a sign nor a thousands separator, so that a narrow column wraps
+    it there, not mid-word (nor inside a fraction such as 1/16)."""
+    import re
+
+    return re.sub(r"((?<=\w)/(?!\d)|(?<=\w)[=+_]|(?<=\w),(?!\d{3}\b))(?=[^\s<])",
+                  lambda m: m.group(1) + mark, str(label))
+
+
 def has_folds(frame: pd.DataFrame) -> bool:
     return "fold" in frame and frame["fold"].notna().any()
 
@@ -118,7 +141,7 @@ def committed_summary(paper: str, folder: str | os.PathLike | None = None) -> pd
         tables[name] = format_summary(summarise(pd.DataFrame(record.ablations)))
     if not tables:
         return f"no committed study records for {paper} (run python -m adlib study {paper})"
-    return pd.concat(tables, names=["study run"])
+    return pd.concat(tables, names=["study run"]).rename(index=breakable)
 
 
 def committed_rows(paper: str, folder: str | os.PathLike | None = None) -> pd.DataFrame:

@@ -343,10 +343,7 @@ def _styled(frame: pd.DataFrame, caption: str):
             formats[column] = BOOLEAN_WORDS.get(column, _yes_no)
         elif pd.api.types.is_float_dtype(values):
             formats[column] = "{:.1f}"
-    # The book's stylesheet lets cells break anywhere so that wide tables fit; these tables
-    # fit without it, and a number or a header broken mid-word ("1,374,64 / 2") misreads.
-    return (frame.style.format(formats, na_rep="—").hide(axis="index").set_caption(caption)
-            .set_table_styles([{"selector": "td, th", "props": "overflow-wrap: break-word;"}]))
+    return (frame.style.format(formats, na_rep="—").hide(axis="index").set_caption(caption))
 
 
 def _cost(value: float) -> str:

@@ -207,8 +207,11 @@ def threshold_table(rows):
     ranking. ``rows``: study rows."""
     import pandas as pd
 
+    from adlib.study.report import readable
+
     columns = [c for c in ("f1", "f1_train_threshold", "image_auroc") if c in rows]
     table = rows.groupby(["ablation", "config"], sort=False)[columns].mean()
     flagged = (rows["f1"] == 0) & (rows["image_auroc"] >= 90)
     table["rows: AUROC ≥ 90, F1 0"] = flagged.groupby([rows["ablation"], rows["config"]], sort=False).sum()
-    return pd.DataFrame(table)
+    names = {"f1": "F1 at 0.5", "f1_train_threshold": "F1 at the training threshold"}
+    return readable(pd.DataFrame(table).rename(columns=names))
