@@ -17,7 +17,6 @@ functions so tests can run them on a temporary copy of ``book/``:
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import platform
@@ -290,14 +289,12 @@ def deviations_frame(paper: str):
 def deviations_table(paper: str):
     """:func:`deviations_frame` as an HTML table that fits the column (fixed widths, wrapping
     text), for a chapter page and the appendix."""
-    from adlib.study.report import breakable
-    from adlib.verdicts import Html, html_table
+    from adlib.verdicts import Html, cell_text, html_table
 
     frame = deviations_frame(paper)
     widths = ("17%", "18%", "18%", "21%", "9%", "17%")   # "standardisation", "choice" fit
     return Html(html_table(list(zip(frame.columns, widths)),
-                           [[breakable(html.escape(str(v)), "<wbr>") for v in row]
-                            for row in frame.to_numpy()]))
+                           [[cell_text(v) for v in row] for row in frame.to_numpy()]))
 
 
 def write_deviations(out_md: Path | str) -> Path:

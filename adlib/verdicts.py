@@ -73,16 +73,16 @@ def badge(verdict: str, *, short: bool = False) -> str:
             f'display:inline-block;margin:1px 0">{html.escape(word)}</span>')
 
 
-def _e(value: Any) -> str:
-    """Escaped text that may wrap inside a long name (:func:`breakable`): the tables' fixed
-    columns would otherwise split it mid-word."""
+def cell_text(value: Any) -> str:
+    """A table cell's escaped text, which may wrap inside a long name (:func:`breakable`):
+    the tables' fixed columns would otherwise split it mid-word."""
     return "" if value is None else breakable(html.escape(str(value)), "<wbr>")
 
 
 def html_table(header: list[tuple[str, str]], body: list[list[str]]) -> str:
     """An HTML table with fixed column widths (``(title, width)``); body cells are HTML."""
     cols = "".join(f'<col style="width:{w}">' for _, w in header)
-    head = "".join(f'<th style="{_HEAD}">{_e(t)}</th>' for t, _ in header)
+    head = "".join(f'<th style="{_HEAD}">{cell_text(t)}</th>' for t, _ in header)
     rows = "".join("<tr>" + "".join(f'<td style="{_CELL}">{c}</td>' for c in row) + "</tr>"
                    for row in body)
     return (f'<table class="adlib-table" style="{_TABLE}"><colgroup>{cols}</colgroup>'
@@ -90,13 +90,13 @@ def html_table(header: list[tuple[str, str]], body: list[list[str]]) -> str:
 
 
 def _level(row: Mapping[str, Any]) -> str:
-    return " · ".join(_e(x) for x in (row.get("check"), row.get("level")) if x)
+    return " · ".join(cell_text(x) for x in (row.get("check"), row.get("level")) if x)
 
 
 def _ours(row: Mapping[str, Any]) -> str:
     """Ours, one relation a line (an order of several configs is several differences)."""
     text = str(row.get("ours") or "—")
-    return "<br>".join(_e(part.strip()) for part in text.split(";"))
+    return "<br>".join(cell_text(part.strip()) for part in text.split(";"))
 
 
 def verdict_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -119,27 +119,27 @@ def claims_html(rows: Iterable[Mapping[str, Any]], *, caption: str = "",
     and notes in a collapsible detail below it."""
     rows = [r for r in rows if not (skip_not_run and r.get("verdict") == NOT_RUN)]
     if not rows:
-        return Html(f"<p><em>{_e(caption)}</em>: no claim could be checked on these rows.</p>"
+        return Html(f"<p><em>{cell_text(caption)}</em>: no claim could be checked on these rows.</p>"
                     if caption else "<p>No claim could be checked on these rows.</p>")
     body, detail, previous = [], [], None
     for row in rows:
         first = row.get("claim") != previous
         previous = row.get("claim")
         number = str(row.get("claim", "")).rsplit("#", 1)[-1]
-        claim = f"<b>{_e(number)}</b> {_e(row.get('claim_text'))}" if first else ""
-        body.append([claim, _level(row), _e(row.get("paper") or "—"), _ours(row),
+        claim = f"<b>{cell_text(number)}</b> {cell_text(row.get('claim_text'))}" if first else ""
+        body.append([claim, _level(row), cell_text(row.get("paper") or "—"), _ours(row),
                      badge(row.get("verdict", NOT_RUN))])
         epochs = row.get("epochs")
         profile = f"{row.get('profile')}, {epochs} epochs" if epochs else row.get("profile")
-        detail.append([_e(str(row.get("claim", "")).rsplit("#", 1)[-1]), _level(row), _e(row.get("n_pairs")),
-                       _e(row.get("dataset")), _e(profile), _e(row.get("hardware")),
-                       _e(row.get("revision")), _e(row.get("note"))])
+        detail.append([cell_text(str(row.get("claim", "")).rsplit("#", 1)[-1]), _level(row), cell_text(row.get("n_pairs")),
+                       cell_text(row.get("dataset")), cell_text(profile), cell_text(row.get("hardware")),
+                       cell_text(row.get("revision")), cell_text(row.get("note"))])
     main = html_table([("claim", "28%"), ("check · level", "14%"), ("paper", "17%"),
                    ("ours (95 % interval)", "24%"), ("verdict", "17%")], body)
     more = html_table([("claim", "9%"), ("check · level", "13%"), ("pairs", "7%"),
                    ("data set", "12%"), ("profile", "11%"), ("hardware", "14%"),
                    ("revision", "10%"), ("note", "24%")], detail)
-    cap = f'<p style="margin:0.2em 0;font-size:0.9em"><em>{_e(caption)}</em></p>' if caption else ""
+    cap = f'<p style="margin:0.2em 0;font-size:0.9em"><em>{cell_text(caption)}</em></p>' if caption else ""
     return Html(f'<div class="adlib-claims">{cap}{main}<details style="font-size:0.9em">'
                 "<summary>pairs, data set, profile, hardware, revision and notes</summary>"
                 f"{more}</details></div>")
@@ -202,9 +202,9 @@ def references_line(paper: str, records: list[dict]) -> str:
                 continue
             mean, lo, hi = bootstrap_interval(values)
             span = f" [{lo:.1f}, {hi:.1f}]" if math.isfinite(lo) else ""
-            shown.append(f"{_e(name)} <b>{mean:.1f}</b>{span}")
+            shown.append(f"{cell_text(name)} <b>{mean:.1f}</b>{span}")
         if shown:
-            parts.append(f"{_e(METRIC_NAMES.get(metric, metric))}: " + " · ".join(shown))
+            parts.append(f"{cell_text(METRIC_NAMES.get(metric, metric))}: " + " · ".join(shown))
     return "; ".join(parts)
 
 
@@ -231,7 +231,7 @@ def measured_on(records: list[dict]) -> str:
     bits = [f"{data} ({len(cats)} categories{f', {size} px' if size else ''})",
             f"{len(seeds)} seeds", f"{protocol.get('epochs')} epochs" if protocol.get("epochs") else "",
             f"on {hardware_label(main.get('hardware'))}", f"revision {main.get('adlib_revision')}"]
-    return ", ".join(_e(b) for b in bits if b)
+    return ", ".join(cell_text(b) for b in bits if b)
 
 
 _DIFF = re.compile(r"([+-−]?\d+\.\d+) \[([+-−]?\d+\.\d+), ([+-−]?\d+\.\d+)\]")
@@ -247,7 +247,7 @@ def _short_ours(row: Mapping[str, Any]) -> str:
     text = str(row.get("ours") or "—")
     found = _DIFF.findall(text)
     if len(found) <= 1:
-        return _e(text.split(": ", 1)[-1]) if ";" not in text else _e(text)
+        return cell_text(text.split(": ", 1)[-1]) if ";" not in text else cell_text(text)
     intervals = [(_number(lo), _number(hi)) for _, lo, hi in found]
     above = sum(lo > 0 for lo, _ in intervals)
     below = sum(hi < 0 for _, hi in intervals)
@@ -259,10 +259,10 @@ def _short_paper(row: Mapping[str, Any]) -> str:
     """The paper's number, its difference ("by +3.1") or its order, shortened."""
     text = str(row.get("paper") or "—")
     if " (by " in text:
-        return _e("by " + text.rsplit(" (by ", 1)[1].rstrip(")"))
+        return cell_text("by " + text.rsplit(" (by ", 1)[1].rstrip(")"))
     if len(text) <= 40:
-        return _e(text)
-    return f'<span title="{html.escape(text)}">{_e(text[:38])}…</span>'   # the whole order on hover
+        return cell_text(text)
+    return f'<span title="{html.escape(text)}">{cell_text(text[:38])}…</span>'   # the whole order on hover
 
 
 def stale_warning(paper: str, folder=None) -> str:
@@ -302,10 +302,10 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
     body, previous = [], None
     for (claim, check), group in lines.items():
         number = str(claim).rsplit("#", 1)[-1]
-        text = _e(group[0].get("claim_text")) if claim != previous else ""
+        text = cell_text(group[0].get("claim_text")) if claim != previous else ""
         previous = claim
-        what = f"<b>{_e(number)}</b>&nbsp;{text}" + (f" <em>({_e(check)})</em>" if check else "")
-        levels = [f'<span style="color:#555">{_e(r.get("level"))}</span> ' if r.get("level") else ""
+        what = f"<b>{cell_text(number)}</b>&nbsp;{text}" + (f" <em>({cell_text(check)})</em>" if check else "")
+        levels = [f'<span style="color:#555">{cell_text(r.get("level"))}</span> ' if r.get("level") else ""
                   for r in group]
         body.append([what, _short_paper(group[0]),
                      "<br>".join(lv + _short_ours(r) for lv, r in zip(levels, group)),
@@ -318,7 +318,7 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
     foot = [f"Ours: the committed <code>study</code> on {where}." if where else
             "No committed study yet: every claim is <em>not run yet</em>."]
     if warning:
-        foot.insert(0, f'<b style="color:#8a1c12">{_e(warning)}</b>')
+        foot.insert(0, f'<b style="color:#8a1c12">{cell_text(warning)}</b>')
     if refs:
         foot.append(f"The model beside its references, mean over seeds [95 % interval], in %: {refs}.")
     foot.append("A direction is judged on paired differences over (seed, category) pairs; "
@@ -355,12 +355,12 @@ def findings_html(paper: str, records: list[dict] | None = None) -> Html:
         rows = frame[frame["grid"] == finding.grid] if "grid" in frame else frame
         result = compare(rows, finding.order, finding.metric, ablation=finding.ablation)
         name = METRIC_NAMES.get(finding.metric, finding.metric)
-        backing = (f'<span style="color:#444;font-size:0.9em">({_e(name)}, {_e(result["ours"])}, '
+        backing = (f'<span style="color:#444;font-size:0.9em">({cell_text(name)}, {cell_text(result["ours"])}, '
                    f'{result["n_pairs"]} pairs)</span>')
         stale = ("" if result["verdict"] == finding.expect else
-                 f' <b style="color:#8a1c12">The committed study now says {_e(result["verdict"])}: '
+                 f' <b style="color:#8a1c12">The committed study now says {cell_text(result["verdict"])}: '
                  "this sentence is out of date.</b>")
-        items.append(f"<li>{_e(finding.text)} {backing}{stale}</li>")
+        items.append(f"<li>{cell_text(finding.text)} {backing}{stale}</li>")
     if not items:
         return Html("")
     return Html(f'<ul class="adlib-findings">{"".join(items)}</ul>')

@@ -170,7 +170,7 @@ def unified_methods() -> list[str]:
 
 
 STUDY_HOURS = "4.5 h"   # the committed run's wall time (its README gives the sittings)
-NOT_RUN = ("The committed comparison has not been run yet: <code>python -m adlib study comparison "
+NOT_RUN_YET = ("The committed comparison has not been run yet: <code>python -m adlib study comparison "
            "--grid study --seeds 0,1,2 --workers 2 --out adlib/resources/results/comparison</code> "
            "makes it (about {hours} on 2 CPU cores).")
 
@@ -203,7 +203,7 @@ class Page:
         return cls(rows, counts, unified_methods())
 
     def _missing(self) -> Html:
-        return Html(f"<p><em>{NOT_RUN.format(hours=STUDY_HOURS)}</em></p>")
+        return Html(f"<p><em>{NOT_RUN_YET.format(hours=STUDY_HOURS)}</em></p>")
 
     def ranking(self) -> pd.DataFrame:
         return ranking_table(self.rows, self.metric)
@@ -359,8 +359,8 @@ def _yes_no(value: Any) -> str:
 
 
 #: The page's column headers for the frames' names.
-HEADERS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
-           "n_pairs": "pairs", "runner_up": "runner-up", "pareto": "worth its cost"}
+HEADERS = {**compare.METRIC_NAMES, "n_pairs": "pairs", "runner_up": "runner-up",
+           "pareto": "worth its cost"}
 #: Boolean columns that read better as a word than as yes/no.
 BOOLEAN_WORDS = {"worth its cost": lambda v: "yes" if v else "", "learned": _yes_no}
 
