@@ -8,6 +8,7 @@
     python -m adlib study <paper> --grid study ...     run / resume a paper's ablation grid
     python -m adlib gpucheck --out DIR                 every chapter's paper profile, timed on a GPU
     python -m adlib pageaudit book/_build/html         the built book as a reader sees it (Chromium)
+    python -m adlib stats coverage                     the coverage simulation behind the intervals
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def _study(args: argparse.Namespace) -> None:
     from adlib.study.report import write_outputs
 
     study = load_study(args.paper)
+    if args.rejudge:
+        from adlib.study.report import rejudge
+
+        for path in rejudge(study.paper, args.out):
+            print(f"claims judged again: {path}")
+        return
     if args.verify:
         _verify(study, args)
         return
@@ -126,6 +133,20 @@ def _verify(study, args: argparse.Namespace) -> None:
     print(f"{study.paper}: verify took {time.perf_counter() - started:.0f} s")
 
 
+def _stats_coverage(args: argparse.Namespace) -> None:
+    import time
+    from pathlib import Path
+
+    from adlib.stats import coverage_markdown, coverage_table
+
+    started = time.perf_counter()
+    text = coverage_markdown(coverage_table(reps=args.reps, seed=args.seed), args.reps)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"written to {args.out} ({time.perf_counter() - started:.0f} s)")
+
+
 def _gpucheck(args: argparse.Namespace) -> None:
     from adlib.gpucheck import gpucheck
 
@@ -191,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--device", default="auto")
     st.add_argument("--out", default=None, help="study folder (default runs/study/<paper>)")
     st.add_argument("--summarise", action="store_true", help="only summarise the rows there")
+    st.add_argument("--rejudge", action="store_true",
+                    help="judge the claims of the committed records again from their rows "
+                         "(after a change to how claims are judged; trains nothing); --out: "
+                         "another folder")
     st.add_argument("--test-curve", action="store_true",
                     help="also score the test split after every epoch (reporting only; rows "
                          "without a curve are made again)")
@@ -210,6 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--slurm-cluster", default="slurm",
                     help="submitit cluster: slurm, or local to try the path on this machine")
     st.set_defaults(func=_study)
+
+    stp = sub.add_parser("stats", help="the book's statistics")
+    stats_sub = stp.add_subparsers(dest="stats_command", required=True)
+    cov = stats_sub.add_parser("coverage", help="coverage of the candidate intervals on the "
+                                                "book's designs (simulated)")
+    cov.add_argument("--reps", type=int, default=2000, help="simulated studies per design")
+    cov.add_argument("--seed", type=int, default=0)
+    cov.add_argument("--out", default=None, help="write the Markdown table here, e.g. "
+                                                 "adlib/resources/results/coverage.md")
+    cov.set_defaults(func=_stats_coverage)
 
     gc = sub.add_parser("gpucheck", help="time every chapter's paper profile (shortened) on this machine")
     gc.add_argument("--out", default="runs/gpucheck", help="folder for the tree and the report")

@@ -55,6 +55,10 @@ class Deviation:
                 raise ValueError(msg)
 
 
+EXPECTATIONS = ("reproduced", "contradicted", "level", "could not tell")
+"""What a finding's sentence may state (the verdicts of :func:`adlib.claims.compare`)."""
+
+
 @dataclass(frozen=True)
 class Finding:
     """One sentence of a chapter's reading of its committed study, with the comparison behind it.
@@ -67,7 +71,10 @@ class Finding:
         text: the sentence, as the reader sees it.
         order: the comparison, in the grid's config labels (``"ANG+FFM > ANG"``).
         expect: the verdict the sentence states: ``reproduced`` (the first config is better),
-            ``contradicted`` (it is worse) or ``inconclusive`` (level within the interval).
+            ``contradicted`` (it is worse), ``level`` (the interval lies inside the book's
+            declared equivalence bound, :data:`adlib.stats.SMALLEST_EFFECT`) or ``could not
+            tell`` (it spans 0 and reaches past the bound). Findings are exploratory: their
+            intervals are not adjusted for the chapter's other findings, and the page says so.
         metric: the metric compared.
         ablation: where to look the configs up first (labels may repeat across ablations).
         grid: the committed study grid whose rows it reads (grids differ in protocol).
@@ -81,9 +88,10 @@ class Finding:
     grid: str = "study"
 
     def __post_init__(self) -> None:
-        if self.expect not in ("reproduced", "contradicted", "inconclusive"):
-            msg = (f"finding {self.text[:40]!r}: expect {self.expect!r}; say 'reproduced', "
-                   "'contradicted' or 'inconclusive'")
+        if self.expect not in EXPECTATIONS:
+            msg = (f"finding {self.text[:40]!r}: expect {self.expect!r}; say one of "
+                   f"{', '.join(map(repr, EXPECTATIONS))} ('inconclusive' is now 'level' inside "
+                   "the declared equivalence bound, 'could not tell' outside it)")
             raise ValueError(msg)
 
 

@@ -1,33 +1,48 @@
-"""Claims, declared once per paper and checked on study rows with paired confidence intervals.
+"""Claims, declared once per paper and checked on study rows with paired intervals.
 
 A paper declares its checks as data (:class:`ClaimCheck`) next to its grid; the notebook and
-``python -m adlib study <paper> --summarise`` both call :func:`check_claims` on the same rows
-(one row per ablation cell x seed x category, see :mod:`adlib.study`).
+``python -m adlib study <paper> --summarise`` (or ``--rejudge``, which re-judges committed rows
+without running anything) both call :func:`check_claims` on the same rows (one row per ablation
+cell x seed x category, see :mod:`adlib.study`).
 
 How a direction is judged. For ``A > B`` on a metric, take the difference ``A - B`` for every
 (seed, category) pair that both configs ran -- (seed, category, fold) in a cross-validated
-study, whose folds share seed and data -- its mean, and a seeded 95 % bootstrap interval of
-that mean:
+study -- and the book's interval of its mean (:func:`adlib.stats.paired_estimate`): the
+category is the unit (seeds are repeats on the same test images), folds get the Nadeau-Bengio
+correction. The papers' claims are confirmatory: the p-values of every relation a chapter's
+checks test are Holm-adjusted together (:func:`adlib.stats.holm`), and a verdict is decisive
+only when its adjusted p is below 0.05:
 
-* ``reproduced``    the interval lies above 0;
-* ``contradicted``  the interval lies below 0;
-* ``inconclusive``  the interval spans 0, or there are fewer than :data:`MIN_PAIRS` pairs (a
-  bootstrap of two or three differences only spans the values themselves). Where the paper
-  states the size of the effect (``effect``, or the gap in the paper's ``table``), an interval
-  that spans 0 is told apart by power: it still holds the paper's size (``inconclusive: could
-  not detect the paper's size``: this study was too small to see it) or lies wholly below it
-  (``inconclusive: smaller than the paper's``: the study rules the paper's size out);
-* ``margin`` (non-inferiority, "A loses nothing against B"): reproduced when the interval of
-  A - B lies above -margin, contradicted when it lies below;
+* ``reproduced``    the difference lies above 0 (after adjustment);
+* ``contradicted``  it lies below 0;
+* ``inconclusive``  otherwise. Where the paper states the size of the effect (``effect``, or the
+  gap in the paper's ``table``), the interval tells power apart: it still holds the paper's
+  size (``inconclusive: could not detect the paper's size``) or lies wholly below it
+  (``inconclusive: smaller than the paper's``);
+* beside a decisive verdict, the size of ours against the paper's (:func:`size_tag`): the
+  paper's inside our interval ("same size"), our interval wholly above it ("larger than the
+  paper's"; at 3x or more the baseline may be handicapped) or wholly below it ("smaller");
+* ``margin=True`` (non-inferiority, "A loses nothing against B"): reproduced when A - B lies
+  above minus the book's declared smallest effect (:data:`adlib.stats.SMALLEST_EFFECT`),
+  contradicted when it lies below it; the margin is never taken from the rows;
 * ``wins`` (the paper's count, "A beats B on 10 of 15 classes"): the categories where A's
-  seed mean beats B's, with a Wilson 95 % interval of that share; reproduced when the interval
-  lies above one half, contradicted when below;
+  seed mean beats B's, with a Wilson 95 % interval of that share and a binomial p-value;
 * an order of three or more configs is reproduced only when every adjacent pair is, and
   contradicted when any pair is;
-* ``inconclusive: the model did not learn`` when the check names a sanity reference (e.g. the
-  same model untrained) and the claim's first config does not beat it, whatever the order;
-* ``not comparable here`` for an absolute number measured on another data set;
+* "did not learn" is reported beside the verdict, never instead of it: every config a check
+  compares (both sides of each difference) is tested against the check's sanity reference
+  (e.g. the same model untrained), and those that do not beat it are named in
+  ``did_not_learn``;
+* ``not comparable here`` for an absolute number measured on another data set; an absolute
+  number on the same data set is reproduced when it lies inside our interval, contradicted when
+  it lies outside on either side;
+* ``not testable here`` for a check that needs data the embedded default cannot stand for
+  (``needs``), on any other data set;
 * ``not run yet`` when a config the check needs has no rows.
+
+:func:`compare` judges a chapter's own findings the same way without adjustment (they are
+exploratory), and says ``level`` only when the interval lies inside the declared equivalence
+bound (:func:`adlib.stats.within_bound`), ``could not tell`` otherwise.
 """
 
 from __future__ import annotations
@@ -40,7 +55,7 @@ from typing import Any
 
 import pandas as pd
 
-from adlib.metrics import bootstrap_interval
+from adlib import stats
 
 REPRODUCED = "reproduced"
 CONTRADICTED = "contradicted"
@@ -50,13 +65,25 @@ NOT_COMPARABLE = "not comparable here"
 UNDERPOWERED = "inconclusive: could not detect the paper's size"
 SMALLER_THAN_PAPER = "inconclusive: smaller than the paper's"
 NOT_RUN = "not run yet"
+NOT_TESTABLE = "not testable here"
 VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, UNDERPOWERED, SMALLER_THAN_PAPER,
-            DID_NOT_LEARN, NOT_COMPARABLE, NOT_RUN)
+            DID_NOT_LEARN, NOT_COMPARABLE, NOT_TESTABLE, NOT_RUN)
+"""Every verdict a row can carry. ``DID_NOT_LEARN`` is no longer given as a row's verdict (a
+model that did not learn is named beside the verdict, in ``did_not_learn``); it stays so that a
+record judged by older code still renders."""
+LEVEL, COULD_NOT_TELL = "level", "could not tell"
+"""A finding's two readings of an interval that spans 0: inside the equivalence bound, or not."""
+
+SAME_SIZE, LARGER, SMALLER = "same size as the paper's", "larger than the paper's", "smaller than the paper's"
+HANDICAP_RATIO = 3.0
+"""Ours at this multiple of the paper's effect or more: the baseline may be handicapped."""
+ALPHA = 1 - stats.LEVEL
 
 LEVELS = {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "pixel (AUPRO)",
           "image_f1_max": "image (F1-max)", "f1": "image (F1)", "final_loss": "training loss"}
 MIN_PAIRS = 6
-"""Fewer (seed, category[, fold]) pairs than this give no direction verdict: inconclusive."""
+"""Fewer seeds than this in one category give no verdict on that category alone (chapter 6's
+per-category winners): a t interval of three seeds says little."""
 PAIR_KEYS = ("seed", "category", "fold")
 """What a pair shares; ``fold`` is empty (None) outside cross-validated studies."""
 
@@ -84,10 +111,14 @@ class ClaimCheck:
         effect: the size of the difference the paper reports (points, better minus worse), one
             per relation or one for all, or a dict of those per metric (``{"image_auroc": 3.0,
             "pixel_auroc": 0.7}``); a ``table`` check reads it from the table.
-        margin: a non-inferiority check: the order's first config may be worse by less than
-            this (points); say why this margin in ``note``.
+        margin: True for a non-inferiority check: the order's first config may be worse by less
+            than the book's declared smallest effect of the metric
+            (:func:`adlib.stats.smallest_effect`), never a margin chosen for the study.
         wins: the paper's count ``(k, n)``: the first config beats the second on k of n
             categories (cells); ours counts categories by their seed means.
+        needs: the data the check needs that the embedded default cannot stand for (e.g.
+            "MPDD's tubes category"); on the embedded default the check reads ``not testable
+            here`` with this in its note.
     """
 
     claim: int
@@ -104,12 +135,15 @@ class ClaimCheck:
     label: str = ""
     note: str = ""
     effect: float | tuple[float, ...] | Mapping[str, float | tuple[float, ...]] | None = None
-    margin: float | None = None
+    margin: bool = False
     wins: tuple[int, int] | None = None
+    needs: str = ""
 
     def __post_init__(self) -> None:
-        if self.margin is not None and self.margin < 0:
-            msg = f"claim {self.claim}: margin {self.margin} must be >= 0 (points A may lose)"
+        if not isinstance(self.margin, bool):
+            msg = (f"claim {self.claim}: margin={self.margin!r}; a non-inferiority margin comes "
+                   "from the book's declaration (adlib.stats.SMALLEST_EFFECT), never from the "
+                   "study: write margin=True")
             raise ValueError(msg)
         if self.wins is not None and not 0 <= self.wins[0] <= self.wins[1]:
             msg = f"claim {self.claim}: wins {self.wins} should be (k, n) with 0 <= k <= n"
@@ -194,16 +228,6 @@ def parse_order(order: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _direction(lo: float, hi: float) -> str:
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return INCONCLUSIVE
-    if lo > 0:
-        return REPRODUCED
-    if hi < 0:
-        return CONTRADICTED
-    return INCONCLUSIVE
-
-
 def term_values(rows: pd.DataFrame, term: str, metric: str, ablation: str | None,
                 higher_is_better: bool) -> pd.Series | None:
     """Per (seed, category) values of a config, or of the better of ``A | B``; None if absent."""
@@ -226,12 +250,12 @@ def _fmt(x: float) -> str:
     return f"{x:+.2f}" if math.isfinite(x) else "—"
 
 
-def _interval(mean: float, lo: float, hi: float) -> str:
-    if not math.isfinite(mean):
+def _interval(est: stats.Estimate) -> str:
+    if not math.isfinite(est.mean):
         return "— (no pairs)"
-    if not math.isfinite(lo):
-        return f"{_fmt(mean)} (one pair, no interval)"
-    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
+    if not est.finite:
+        return f"{_fmt(est.mean)} (one {est.unit}, no interval)"
+    return f"{_fmt(est.mean)} [{_fmt(est.low)}, {_fmt(est.high)}]"
 
 
 def _paper_text(check: ClaimCheck, paper: str, metric: str, pairs: list[tuple[str, str]]) -> str:
@@ -270,32 +294,50 @@ def _absolute_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str
         if values.empty:
             return {**out, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
                     "note": f"no rows of category {category!r}"}
-    # one number per seed (the category mean), as the paper reports a category mean
-    per_seed = values.groupby(level="seed").mean()
-    mean, lo, hi = bootstrap_interval(per_seed.to_numpy())
-    out.update(ours=(f"{mean:.2f}" if not math.isfinite(lo) else f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"),
-               ours_mean=mean, ours_low=lo, ours_high=hi, n_pairs=int(values.size))
+    est = stats.paired_estimate(values)
+    ours = f"{est.mean:.2f}" if not est.finite else f"{est.mean:.2f} [{est.low:.2f}, {est.high:.2f}]"
+    out.update(ours=ours, ours_mean=est.mean, ours_low=est.low, ours_high=est.high,
+               n_pairs=int(values.size), n_units=est.n, unit=est.unit, method=est.method)
     if context.get("dataset") != check.dataset:
         return {**out, "verdict": NOT_COMPARABLE,
                 "note": f"paper: {check.dataset}; ours: {context.get('dataset')}"}
-    top = hi if math.isfinite(hi) else mean
-    ok = top >= number if check.higher_is_better else (lo if math.isfinite(lo) else mean) <= number
-    return {**out, "verdict": REPRODUCED if ok else CONTRADICTED,
-            "note": "paper number inside or below our interval" if ok else "paper number outside our interval"}
+    if not (est.finite and math.isfinite(number)):
+        return {**out, "verdict": INCONCLUSIVE, "note": "no interval to hold the paper's number"}
+    if est.low <= number <= est.high:
+        return {**out, "verdict": REPRODUCED, "note": "the paper's number lies inside our interval"}
+    side = "above" if number > est.high else "below"
+    return {**out, "verdict": CONTRADICTED, "note": f"the paper's number lies {side} our interval"}
 
 
-def pair_verdict(lo: float, hi: float, n: int, effect: float | None,
-                 margin: float | None) -> str:
-    """One relation's verdict from the interval of (better - worse), signed so that > 0 favours
-    the claim; ``effect`` the paper's size, ``margin`` a non-inferiority margin."""
-    if n < MIN_PAIRS:
+def size_tag(est: stats.Estimate, effect: float | None) -> str:
+    """Ours against the paper's effect (both signed so that > 0 favours the claim): the paper's
+    inside our interval, our interval wholly above it, or wholly below; "" without a size."""
+    if effect is None or not est.finite or effect <= 0:
+        return ""
+    if est.low > effect:
+        ratio = est.mean / effect
+        tag = f"{LARGER} ({_fmt(est.mean)} vs {_fmt(effect)}, {ratio:.0f}×)"
+        if ratio >= HANDICAP_RATIO:
+            tag += ": the baseline may be handicapped"
+        return tag
+    if est.high < effect:
+        return f"{SMALLER} ({_fmt(est.mean)} vs {_fmt(effect)})"
+    return f"{SAME_SIZE} ({_fmt(effect)} inside our interval)"
+
+
+def relation_verdict(est: stats.Estimate, p_adjusted: float, effect: float | None,
+                     margin: float | None) -> str:
+    """One relation's verdict from its interval of (better - worse), signed so that > 0 favours
+    the claim, and its p-value (Holm-adjusted for a paper's claim; as is for a finding);
+    ``effect`` the paper's size, ``margin`` a non-inferiority margin (points)."""
+    if not est.finite:
         return INCONCLUSIVE
-    if margin is not None:
-        return _direction(lo + margin, hi + margin)
-    verdict = _direction(lo, hi)
-    if verdict == INCONCLUSIVE and effect is not None and effect > 0 and math.isfinite(hi):
-        return UNDERPOWERED if hi >= effect else SMALLER_THAN_PAPER
-    return verdict
+    null = -margin if margin is not None else 0.0
+    if math.isfinite(p_adjusted) and p_adjusted < ALPHA:
+        return REPRODUCED if est.mean > null else CONTRADICTED
+    if margin is None and effect is not None and effect > 0:
+        return UNDERPOWERED if est.high >= effect else SMALLER_THAN_PAPER
+    return INCONCLUSIVE
 
 
 def _combined(verdicts: list[str]) -> str:
@@ -323,6 +365,8 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 def _wins_row(check: ClaimCheck, pairs, values, sign: float, out: dict) -> dict[str, Any]:
     """A count claim ("beats B on 10 of 15 classes"): categories (per relation) where the
     better config's seed mean beats the worse one's."""
+    from scipy.stats import binomtest
+
     won = total = 0
     for better, worse in pairs:
         both = pd.concat([values[better], values[worse]], axis=1).dropna()
@@ -331,15 +375,27 @@ def _wins_row(check: ClaimCheck, pairs, values, sign: float, out: dict) -> dict[
         total += len(means)
     lo, hi = wilson_interval(won, total)
     k, n = check.wins or (0, 0)
-    verdict = _direction(lo - 0.5, hi - 0.5) if total else INCONCLUSIVE
-    if verdict == INCONCLUSIVE and n and k / n > 0.5 and math.isfinite(hi):
-        verdict = UNDERPOWERED if hi >= k / n else SMALLER_THAN_PAPER
-    return {**out, "paper": f"{out['paper']} on {k}/{n}", "n_pairs": total,
-            "ours": f"{won}/{total} [{lo:.2f}, {hi:.2f}]" if total else "—", "verdict": verdict,
+    # the share as a difference from one half, so the verdict reads like a direction's
+    est = stats.Estimate(won / total - 0.5 if total else math.nan, lo - 0.5, hi - 0.5,
+                         binomtest(won, total).pvalue if total else math.nan, total,
+                         "category", "Wilson interval")
+    effect = k / n - 0.5 if n and k / n > 0.5 else None
+    return {**out, "paper": f"{out['paper']} on {k}/{n}", "n_pairs": total, "n_units": total,
+            "unit": "category", "method": "Wilson interval, binomial test",
+            "ours": f"{won}/{total} [{lo:.2f}, {hi:.2f}]" if total else "—",
+            "_relations": [(est, effect, None)],
             "note": "share of categories won, Wilson 95 % interval; reproduced above 1/2"}
 
 
+def _difference(values: Mapping[str, pd.Series | None], a: str, b: str, sign: float,
+                null: float = 0.0) -> tuple[stats.Estimate, int]:
+    both = pd.concat([values[a], values[b]], axis=1).dropna()
+    return stats.paired_estimate(sign * (both.iloc[:, 0] - both.iloc[:, 1]), null=null), len(both)
+
+
 def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """A direction check's row, not yet judged: its relations' estimates in ``_relations``
+    (:func:`_judge` gives the verdict once the chapter's p-values are adjusted)."""
     pairs = check.relations(paper, metric)
     effects = check.effects(paper, metric, pairs)
     sign = 1.0 if check.higher_is_better else -1.0
@@ -353,37 +409,104 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
     if missing:
         return {**out, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
                 "note": f"no rows for {', '.join(missing)}"}
-    if check.wins is not None:
-        return _wins_row(check, pairs, values, sign, out)
-    verdicts, parts, n_pairs = [], [], []
-    for (better, worse), effect in zip(pairs, effects):
-        both = pd.concat([values[better], values[worse]], axis=1).dropna()
-        mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
-        verdicts.append(pair_verdict(lo, hi, len(both), effect, check.margin))
-        n_pairs.append(len(both))
-        shown = f"{better} − {worse}" if sign > 0 else f"{worse} − {better}"
-        parts.append(f"{shown}: {_interval(mean, lo, hi)}")
-    verdict = _combined(verdicts)
-    notes = [] if len(pairs) == 1 else [f"pairs: {', '.join(verdicts)}"]
-    if check.margin is not None:
-        notes.append(f"non-inferiority: reproduced when the interval lies above −{check.margin:g} "
-                     "(the margin)")
+    notes: list[str] = []
     if check.sanity and values[check.sanity] is None:
-        notes.insert(0, f"sanity reference {check.sanity!r} not run: learning not checked")
+        notes.append(f"sanity reference {check.sanity!r} not run: learning not checked")
     elif check.sanity:
-        first = pairs[0][0]
-        both = pd.concat([values[first], values[check.sanity]], axis=1).dropna()
-        mean, lo, hi = bootstrap_interval(sign * (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
-        if _direction(lo, hi) != REPRODUCED and len(both) >= MIN_PAIRS:
-            verdict = DID_NOT_LEARN
-            notes.insert(0, f"{first} − {check.sanity} (the sanity reference): {_interval(mean, lo, hi)}")
-    if min(n_pairs) < MIN_PAIRS:
-        unit = "(seed, category, fold)" if rows["fold"].notna().any() else "(seed, category)"
-        notes.append(f"{min(n_pairs)} {unit} pairs, fewer than {MIN_PAIRS}: no verdict")
+        out.update(_learning(check, pairs, values, sign, metric, rows))
+    if check.wins is not None:
+        row = _wins_row(check, pairs, values, sign, out)
+        row["note"] = "; ".join([*notes, row["note"]])
+        return row
+    margin = stats.smallest_effect(metric) if check.margin else None
+    relations, parts, n_pairs = [], [], []
+    for (better, worse), effect in zip(pairs, effects):
+        est, n = _difference(values, better, worse, sign, -margin if margin else 0.0)
+        relations.append((est, effect, margin))
+        n_pairs.append(n)
+        shown = f"{better} − {worse}" if sign > 0 else f"{worse} − {better}"
+        parts.append(f"{shown}: {_interval(est)}")
+    first = relations[0][0]
+    if margin is not None:
+        notes.append(f"non-inferiority margin {margin:g} points (the book's declared smallest "
+                     f"effect): reproduced when the interval lies above −{margin:g}")
+    notes.append(f"{first.method} over {first.n} {first.unit} units")
     if sign < 0:
         notes.append("lower is better: the differences are worse − better")
-    return {**out, "ours": "; ".join(parts), "verdict": verdict, "n_pairs": min(n_pairs),
-            "note": "; ".join(notes)}
+    return {**out, "ours": "; ".join(parts), "n_pairs": min(n_pairs), "n_units": first.n,
+            "unit": first.unit, "method": first.method, "margin": margin,
+            "_relations": relations, "note": "; ".join(notes)}
+
+
+def _learning(check: ClaimCheck, pairs, values, sign: float, metric: str,
+              rows: pd.DataFrame) -> dict[str, Any]:
+    """Every config the check compares (both sides of each relation; each half of ``A | B``)
+    against the sanity reference: ``did_not_learn`` names those whose interval does not lie
+    above 0, ``learning`` gives each difference."""
+    names = list(dict.fromkeys(n.strip() for p in pairs for t in p for n in t.split("|")))
+    failed, shown = [], []
+    for name in names:
+        own = term_values(rows, name, metric, check.ablation, check.higher_is_better)
+        if own is None:
+            continue
+        est, n = _difference({name: own, check.sanity: values[check.sanity]}, name,
+                             check.sanity, sign)
+        if not (est.finite and est.low > 0):
+            failed.append(name)
+        shown.append(f"{name} − {check.sanity}: {_interval(est)}")
+    return {"did_not_learn": failed, "learning": "; ".join(shown)}
+
+
+def row_p(relations: list[tuple[stats.Estimate, float | None, float | None]]) -> tuple[float, str]:
+    """One check's p-value and the direction it would decide: an order holds only when every
+    relation does (an intersection-union test: the largest p, no adjustment within it); it is
+    contradicted when any relation is reversed (the smallest reversed p, Bonferroni within)."""
+    def favours(est: stats.Estimate, margin: float | None) -> bool:
+        return est.mean > (-margin if margin is not None else 0.0)
+
+    ps = [est.p if math.isfinite(est.p) else 1.0 for est, _, _ in relations]
+    if all(favours(est, m) for est, _, m in relations):
+        return max(ps), REPRODUCED
+    reversed_ = [p for p, (est, _, m) in zip(ps, relations) if not favours(est, m)]
+    return min(1.0, min(reversed_) * len(relations)), CONTRADICTED
+
+
+def _judge(row: dict[str, Any], adjusted: float | None, family: int) -> dict[str, Any]:
+    """A row's verdict from its relations (``adjusted``: the check's Holm-adjusted p over a
+    family of ``family`` checks; None: unadjusted, for a finding)."""
+    relations = row.pop("_relations", None)
+    if relations is None:
+        return row
+    p, direction = row_p(relations)
+    p_used = p if adjusted is None else adjusted
+
+    def decisive(p_value: float) -> bool:
+        return (math.isfinite(p_value) and p_value < ALPHA
+                and all(est.finite for est, _, _ in relations))
+
+    # an interval that spans 0 tells power apart (the paper's size inside it or above it); one
+    # that was decisive before the adjustment is plain inconclusive, with the reason in its note
+    open_ = _combined([relation_verdict(est, 1.0, e, m) for est, e, m in relations])
+    raw = direction if decisive(p) else open_
+    row["verdict"] = direction if decisive(p_used) else (INCONCLUSIVE if decisive(p) else open_)
+    row["raw_verdict"] = raw
+    row["p"], row["p_adjusted"] = p, p_used
+    sizes = [size_tag(est, effect) for est, effect, margin in relations
+             if margin is None and est.method != "Wilson interval"]
+    row["size"] = "; ".join(s for s in sizes if s)
+    notes = [row.get("note", "")]
+    if len(relations) > 1:   # each relation on its own, unadjusted: which one holds the order up
+        each = [relation_verdict(est, est.p, e, m) for est, e, m in relations]
+        notes.insert(0, f"pairs: {', '.join(each)}")
+    if adjusted is not None and math.isfinite(p):
+        checks = f"{family} claim check{'s' if family != 1 else ''}"
+        notes.append(f"p = {p:.2g}, Holm-adjusted over the chapter's {checks}: {p_used:.2g}")
+        if row["raw_verdict"] != row["verdict"]:
+            notes.append(f"{row['raw_verdict']} before the adjustment")
+    row["relations"] = [{"mean": est.mean, "low": est.low, "high": est.high, "p": est.p,
+                         "effect": effect} for est, effect, _ in relations]
+    row["note"] = "; ".join(n for n in notes if n)
+    return row
 
 
 def with_pair_columns(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:
@@ -398,25 +521,38 @@ def with_pair_columns(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:
 
 def compare(rows: pd.DataFrame | Iterable[Mapping], order: str, metric: str = "image_auroc", *,
             ablation: str | None = None) -> dict[str, Any]:
-    """One direction on study rows, judged as a claim's is (paired differences, 95 % bootstrap
-    interval): ``ours``, ``verdict``, ``n_pairs``, ``note``. For a chapter's own findings, which
-    are no paper's claim."""
+    """One direction on study rows, judged as a claim's is (paired differences, the book's
+    interval) but without adjustment, for a chapter's own findings (exploratory): ``ours``,
+    ``verdict`` (``reproduced``, ``contradicted``, ``level`` when every interval lies inside the
+    declared equivalence bound, else ``could not tell``), ``n_pairs``, ``note``, ``bound``."""
     frame = with_pair_columns(rows)
     check = ClaimCheck(0, order=order, ablation=ablation, metrics=(metric,))
     if metric not in frame:
         return {"ours": "—", "verdict": NOT_RUN, "n_pairs": 0, "note": f"no {metric} in the rows"}
-    return _order_row(check, "", frame, metric)
+    row = _order_row(check, "", frame, metric)
+    relations = list(row.get("_relations") or [])
+    row = _judge(row, None, 0)
+    bound = stats.smallest_effect(metric)
+    row["bound"] = bound
+    if row["verdict"] in (INCONCLUSIVE, UNDERPOWERED, SMALLER_THAN_PAPER):
+        inside = relations and all(stats.within_bound(est.low, est.high, bound)
+                                   for est, _, _ in relations)
+        row["verdict"] = LEVEL if inside else COULD_NOT_TELL
+    return row
 
 
 def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | Iterable[Mapping],
                  *, dataset: str, profile: str, hardware: Any = None, revision: str = "",
                  ) -> list[dict[str, Any]]:
     """One row per check and metric: the paper's number or direction, ours with its interval,
-    the number of (seed, category) pairs, data set, profile, hardware, revision, verdict.
+    the number of (seed, category) pairs and of independent units, data set, profile,
+    hardware, revision, verdict, the size of ours against the paper's, and the configs that
+    did not beat the sanity reference.
 
     ``rows`` has columns ablation, config, seed, category and the metrics (the study rows,
     :func:`adlib.study.rows.rows_frame`). The rows are what the notebook or the study ran: a
-    check whose configs are not among them says ``not run yet``.
+    check whose configs are not among them says ``not run yet``. Every direction relation of
+    every check is one test of the chapter's family, Holm-adjusted together.
     """
     from adlib.results import get_claim, hardware_label
 
@@ -426,18 +562,27 @@ def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | 
     for check in checks:
         claim = get_claim(paper, check.claim)
         for metric in check.metrics:
-            if metric not in frame:
+            if check.needs and dataset == "embedded":
+                result = {"paper": check.order or "—", "ours": "—", "verdict": NOT_TESTABLE,
+                          "n_pairs": 0, "note": f"needs {check.needs}"}
+            elif metric not in frame:
                 result = {"paper": check.order, "ours": "—", "verdict": NOT_RUN, "n_pairs": 0,
                           "note": f"no {metric} in the rows"}
             elif check.absolute is not None:
                 result = _absolute_row(check, paper, frame, metric, context)
             else:
                 result = _order_row(check, paper, frame, metric)
-            note = "; ".join(n for n in (result.pop("note", ""), check.note) if n)
             out.append({"claim": claim.label, "claim_text": claim.summary, "check": check.label,
                         "level": LEVELS.get(metric, metric), "metric": metric, **result,
-                        "dataset": dataset, "profile": profile,
-                        "hardware": hardware_label(hardware), "revision": revision, "note": note})
+                        "paper_dataset": check.dataset, "dataset": dataset, "profile": profile,
+                        "hardware": hardware_label(hardware), "revision": revision,
+                        "_check_note": check.note})
+    tested = [row for row in out if row.get("_relations")]
+    adjusted = stats.holm([row_p(row["_relations"])[0] for row in tested])
+    for row, p in zip(tested, adjusted):
+        _judge(row, p, len(tested))
+    for row in out:
+        row["note"] = "; ".join(x for x in (row.pop("note", ""), row.pop("_check_note")) if x)
     return out
 
 
@@ -446,9 +591,10 @@ def best_rows(records: list[dict]) -> list[dict]:
 
     ``records`` are run-record dicts (JSON); a record lists its checked claims under ``"claims"`` (rows of
     :func:`adlib.claims.check_claims`). For each (claim, check, level) the row kept is the
-    one of the best-ranked profile (``study`` first), then the one with most (seed,
-    category) pairs, then the longest training (epochs), then the newest; rows that could not
-    run (``not run yet``) lose to any measured one.
+    one measured on the claim's own data set, then of the best-ranked profile (``study``
+    first), then the one with most (seed, category) pairs, then the longest training
+    (epochs), then the newest; rows that could not run (``not run yet``, ``not testable
+    here``) lose to any measured one.
     """
     from adlib.results import hardware_label
 
@@ -464,8 +610,10 @@ def best_rows(records: list[dict]) -> list[dict]:
                    "revision": row.get("revision") or rec.get("adlib_revision")}
             params = rec.get("params") or {}
             epochs = (params.get("protocol") or {}).get("epochs", params.get("epochs")) or 0
-            # a number measured on another data set says nothing: any comparable row wins
-            score = (row.get("verdict") == NOT_RUN, row.get("verdict") == NOT_COMPARABLE,
+            # a number measured on another data set says less, for every kind of check
+            elsewhere = (row.get("verdict") == NOT_COMPARABLE
+                         or row.get("dataset") != row.get("paper_dataset", row.get("dataset")))
+            score = (row.get("verdict") in (NOT_RUN, NOT_TESTABLE), elsewhere,
                      rank.get(row["profile"], 9),
                      -(row.get("n_pairs") or 0), -epochs, _negated(rec.get("created", "")))
             row["epochs"] = epochs
@@ -484,7 +632,8 @@ def _negated(text: str) -> tuple:
 DISPLAY_COLUMNS = ("claim", "check", "level", "paper", "ours", "n_pairs", "verdict", "dataset",
                    "profile", "hardware", "revision", "note")
 VERDICT_COLOURS = {REPRODUCED: "#d9f0d3", CONTRADICTED: "#f8d5d0", INCONCLUSIVE: "#fff2cc",
-                   UNDERPOWERED: "#fff2cc", SMALLER_THAN_PAPER: "#fbe7c6", DID_NOT_LEARN: "#fde0c5", NOT_COMPARABLE: "#e8e8e8", NOT_RUN: "#ffffff"}
+                   UNDERPOWERED: "#fff2cc", SMALLER_THAN_PAPER: "#fbe7c6", DID_NOT_LEARN: "#fde0c5",
+                   NOT_COMPARABLE: "#e8e8e8", NOT_TESTABLE: "#e8e8e8", NOT_RUN: "#ffffff"}
 
 
 COMPACT_COLUMNS = ("claim", "check", "level", "paper", "ours", "n_pairs", "epochs", "verdict", "note")

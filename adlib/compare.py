@@ -4,19 +4,19 @@ Pure functions over study rows (one row per config x seed x category, as
 :func:`adlib.study.report.committed_rows` returns them; ``config`` names the method, the
 metrics are in %, higher is better); nothing here trains.
 
-Two methods are compared the way :mod:`adlib.claims` judges a claim, so a chapter that puts
-every method side by side cannot reach a verdict the claim checks would not: the difference
-A - B on every (seed, category[, fold]) pair both ran, never on averages first (averaging
-first lets a category one method skipped move its mean, and throws away that the two were
-measured on the same data), its mean and seeded 95 % bootstrap interval
-(:func:`adlib.metrics.bootstrap_interval`), and no direction with fewer than
-:data:`adlib.claims.MIN_PAIRS` pairs (a bootstrap of three differences spans only them).
+Two methods are compared the way :mod:`adlib.claims` judges a finding: the difference A - B on
+every (seed, category[, fold]) pair both ran, never on averages first (averaging first lets a
+category one method skipped move its mean), and the book's interval of its mean with the
+category as the unit (:func:`adlib.stats.paired_estimate`).
 
-Many methods at once are ranked per (seed, category) block and compared by mean rank
-(Demsar 2006, "Statistical comparisons of classifiers over multiple data sets", JMLR 7):
-the Friedman test says whether the ranks differ at all, and the Nemenyi critical difference
-says which mean ranks are too close to tell apart, which a critical-difference diagram
-(:func:`cd_figure`) draws.
+Many methods at once are ranked per category, seeds averaged within it (Demsar 2006,
+"Statistical comparisons of classifiers over multiple data sets", JMLR 7): the seeds of a
+category are repeats on the same images, so a (seed, category) block is no new data set. The
+Friedman test (scipy) says whether the ranks differ at all, the Nemenyi critical difference says
+which mean ranks are too close to tell apart, which a critical-difference diagram
+(:func:`cd_figure`) draws, and pairwise Wilcoxon signed-rank tests over the categories with
+Holm's adjustment (:func:`wilcoxon_holm`) give the evidence for each pair. With six categories
+these tests can detect only very large differences: :func:`power_note` says how large.
 
 Pass one grid's rows: the same config measured by two grids (``committed_rows`` has a
 ``grid`` column) would be averaged into one value per pair. No study module imports this
@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adlib.claims import (CONTRADICTED, REPRODUCED, pair_verdict, term_values,
-                          with_pair_columns)
-from adlib.metrics import bootstrap_interval
+from adlib.claims import MIN_PAIRS, term_values, with_pair_columns
+from adlib.stats import LEVEL, holm, paired_estimate
 from adlib.study.report import METRIC_NAMES
 
 A_BETTER, B_BETTER, TIED = "A better", "B better", "tied"
@@ -75,12 +74,13 @@ def _by_mean(values: pd.DataFrame) -> list[str]:
 
 def _paired(a: pd.Series, b: pd.Series) -> tuple[float, float, float, int, str]:
     """Mean, 95 % interval and number of the differences a - b over the blocks both ran, and
-    the claims' verdict of that interval as a word of :func:`pairwise`."""
+    the verdict of that interval as a word of :func:`pairwise`."""
     both = pd.concat([a, b], axis=1).dropna()
-    mean, lo, hi = bootstrap_interval((both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
-    judged = pair_verdict(lo, hi, len(both), None, None)
-    word = {REPRODUCED: A_BETTER, CONTRADICTED: B_BETTER}.get(judged, TIED)
-    return mean, lo, hi, len(both), word
+    est = paired_estimate(both.iloc[:, 0] - both.iloc[:, 1])
+    word = TIED
+    if est.finite and est.p < 1 - LEVEL:
+        word = A_BETTER if est.mean > 0 else B_BETTER
+    return est.mean, est.low, est.high, len(both), word
 
 
 # --- two at a time ----------------------------------------------------------------------------
@@ -91,11 +91,11 @@ def pairwise(rows: pd.DataFrame | Iterable[Mapping], metric: str,
 
     One row per pair: ``A``, ``B``, their means (each over the blocks it ran: the order the
     reader sees in a summary table), ``difference`` (mean of A - B over the (seed, category)
-    pairs both ran), ``low``/``high`` (its 95 % bootstrap interval), ``n_pairs`` and
-    ``verdict``: ``"A better"`` (interval above 0), ``"B better"`` (below 0: A's higher mean
-    came from blocks B did not run) or ``"tied"`` (spans 0, or fewer than
-    :data:`adlib.claims.MIN_PAIRS` pairs). Each interval is for its own pair; for a verdict on
-    all methods at once use :func:`ranks`.
+    pairs both ran), ``low``/``high`` (its 95 % interval, the category as the unit),
+    ``n_pairs`` and ``verdict``: ``"A better"`` (interval above 0), ``"B better"`` (below 0:
+    A's higher mean came from blocks B did not run) or ``"tied"`` (spans 0). Each interval is
+    for its own pair, not adjusted for the others; for all methods at once use :func:`ranks`
+    and :func:`wilcoxon_holm`.
     """
     frame = with_pair_columns(rows)
     values = _values(frame, metric, _methods(frame, metric, methods))
@@ -139,19 +139,24 @@ def critical_difference(k: int, n_blocks: int, alpha: float = 0.05) -> float:
 
 
 def friedman(block_ranks: pd.DataFrame) -> tuple[float, float]:
-    """Friedman's chi-square statistic and p-value from within-block ranks (rows blocks,
-    columns methods), with the correction for tied ranks that scipy applies; computed here
-    because scipy's refuses two methods, which the formula does not."""
-    from scipy.stats import chi2
+    """Friedman's chi-square statistic and p-value (scipy's, with its tie correction) from the
+    methods' values or ranks per block (rows blocks, columns methods); for two methods, which
+    scipy refuses, the same statistic by its formula (it is then the sign test's)."""
+    from scipy.stats import chi2, friedmanchisquare
 
     r = block_ranks.to_numpy(dtype=float)
     n, k = r.shape
-    ties = sum(float((c ** 3 - c).sum())
-               for c in (np.unique(row, return_counts=True)[1] for row in r))
-    correction = 1 - ties / (k * (k * k - 1) * n)
-    if correction <= 0:     # every method tied in every block: no ranking to test
+    if (r == r[:, :1]).all():     # every method tied in every block: no ranking to test
         return math.nan, math.nan
-    statistic = (12 / (n * k * (k + 1)) * float((r.sum(0) ** 2).sum()) - 3 * n * (k + 1)) / correction
+    if k >= 3:
+        result = friedmanchisquare(*r.T)
+        return float(result.statistic), float(result.pvalue)
+    ranked = pd.DataFrame(r).rank(axis=1).to_numpy()
+    ties = sum(float((c ** 3 - c).sum())
+               for c in (np.unique(row, return_counts=True)[1] for row in ranked))
+    correction = 1 - ties / (k * (k * k - 1) * n)
+    statistic = (12 / (n * k * (k + 1)) * float((ranked.sum(0) ** 2).sum())
+                 - 3 * n * (k + 1)) / correction
     return statistic, float(chi2.sf(statistic, k - 1))
 
 
@@ -174,12 +179,13 @@ def cliques(mean_ranks: pd.Series, cd: float) -> list[list[str]]:
 
 def ranks(rows: pd.DataFrame | Iterable[Mapping], metric: str,
           methods: Sequence[str] | None = None, alpha: float = 0.05) -> dict[str, Any]:
-    """The methods ranked in every (seed, category) block where all of them ran (1 = best,
-    ties share their average rank), and whether the mean ranks differ.
+    """The methods ranked in every category where all of them ran (each method's mean over the
+    seeds it ran there; 1 = best, ties share their average rank), and whether the mean ranks
+    differ.
 
-    Returns a dict: ``metric``, ``alpha``, ``block_ranks`` (blocks x methods), ``mean_ranks``
-    (best first), ``k``, ``n_blocks``, ``dropped`` (blocks that some but not all methods ran:
-    a rank there would compare a method with absent ones), ``note`` (that count in words),
+    Returns a dict: ``metric``, ``alpha``, ``block_ranks`` (categories x methods),
+    ``mean_ranks`` (best first), ``k``, ``n_blocks``, ``dropped`` (categories that some but not
+    all methods ran: a rank there would compare a method with absent ones), ``note``,
     ``statistic`` and ``p_value`` (Friedman), ``q_alpha`` and ``cd`` (Nemenyi) and ``cliques``
     (:func:`cliques`: the methods the test cannot tell apart).
     """
@@ -188,23 +194,70 @@ def ranks(rows: pd.DataFrame | Iterable[Mapping], metric: str,
     if len(chosen) < 2:
         msg = f"ranking needs two methods or more; {metric} rows have {chosen}"
         raise ValueError(msg)
-    values = _values(frame, metric, chosen)
+    values = _values(frame, metric, chosen).groupby(level="category").mean()
     complete = values.dropna()
     dropped = len(values) - len(complete)
     if complete.empty:
-        msg = f"no (seed, category) block where all of {chosen} have {metric} ({dropped} blocks)"
+        msg = f"no category where all of {chosen} have {metric} ({dropped} categories)"
         raise ValueError(msg)
     block_ranks = complete.rank(axis=1, ascending=False, method="average")
     mean_ranks = block_ranks.mean().sort_values(kind="stable")
     k, n = len(chosen), len(complete)
     statistic, p_value = friedman(block_ranks)
     cd = critical_difference(k, n, alpha)
-    note = (f"{dropped} of {len(values)} (seed, category) blocks dropped: not every method ran them"
-            if dropped else f"all {n} (seed, category) blocks ranked")
+    note = (f"{dropped} of {len(values)} categories dropped: not every method ran them"
+            if dropped else f"all {n} categories ranked, seeds averaged within each")
     return {"metric": metric, "alpha": alpha, "block_ranks": block_ranks, "mean_ranks": mean_ranks,
             "k": k, "n_blocks": n, "dropped": dropped, "note": note, "statistic": statistic,
             "p_value": p_value, "q_alpha": nemenyi_q(k, alpha), "cd": cd,
             "cliques": cliques(mean_ranks, cd)}
+
+
+def wilcoxon_holm(rows: pd.DataFrame | Iterable[Mapping], metric: str,
+                  methods: Sequence[str] | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """Every pair of methods compared over the categories (each method's seed mean per category)
+    by the Wilcoxon signed-rank test (scipy; exact for small samples), the p-values adjusted
+    together by Holm's method (statsmodels): the pairwise evidence beside the Nemenyi groups.
+
+    One row per pair, the better mean rank first: ``A``, ``B``, ``categories``, ``A wins``
+    (categories where A's mean is higher), ``median difference``, ``p``, ``p (Holm)`` and
+    ``verdict`` (``A better`` when the adjusted p is below ``alpha``, else ``tied``).
+    """
+    from scipy.stats import wilcoxon
+
+    frame = with_pair_columns(rows)
+    chosen = _methods(frame, metric, methods)
+    per_category = _values(frame, metric, chosen).groupby(level="category").mean().dropna()
+    order = list(per_category.rank(axis=1, ascending=False).mean().sort_values(kind="stable").index)
+    out = []
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            d = (per_category[a] - per_category[b]).to_numpy()
+            p = 1.0 if not np.any(d) else float(wilcoxon(d, zero_method="zsplit").pvalue)
+            out.append({"A": a, "B": b, "categories": len(d), "A wins": int((d > 0).sum()),
+                        "median difference": float(np.median(d)), "p": p})
+    table = pd.DataFrame(out, columns=["A", "B", "categories", "A wins", "median difference", "p"])
+    table["p (Holm)"] = holm(table["p"].tolist(), alpha) if len(table) else []
+    table["verdict"] = np.where(table["p (Holm)"] < alpha,
+                                np.where(table["median difference"] > 0, A_BETTER, B_BETTER), TIED)
+    return table
+
+
+def power_note(n_categories: int, k: int, alpha: float = 0.05) -> str:
+    """What a ranking over ``n_categories`` categories of ``k`` methods can detect, in words:
+    the Nemenyi critical difference in mean ranks, and the smallest p-value a Wilcoxon test over
+    that many categories can reach against the Holm threshold of the first of its pairs."""
+    pairs = k * (k - 1) // 2
+    smallest = 2 / 2 ** n_categories          # every category on one side, exact two-sided
+    cd = critical_difference(k, n_categories, alpha)
+    reach = ("so no single pair can be told apart after the adjustment, however large its lead"
+             if smallest >= alpha / pairs else
+             "so only a pair that wins almost every category can be told apart")
+    return (f"{n_categories} categories is a small sample. Two of {k} methods differ by the "
+            f"Nemenyi test only when their mean ranks are {cd:.2f} apart or more (of {k - 1} "
+            f"possible). The Wilcoxon test over {n_categories} categories cannot give a p-value "
+            f"below {smallest:.3f} (one method ahead in every category), and Holm's first "
+            f"threshold over {pairs} pairs is {alpha / pairs:.4f}, {reach}.")
 
 
 def cd_figure(ranked: Mapping[str, Any]):
@@ -253,7 +306,7 @@ def cd_figure(ranked: Mapping[str, Any]):
     ax.set_ylim(first_y - 0.4 * rows, 1.35)
     ax.axis("off")
     what = METRIC_NAMES.get(ranked["metric"], ranked["metric"])
-    ax.set_title(f"Mean rank on {what} over {ranked['n_blocks']} (seed, category) blocks; "
+    ax.set_title(f"Mean rank on {what} over {ranked['n_blocks']} categories; "
                  f"Friedman p = {ranked['p_value']:.2g}", fontsize=_FONT_PT)
     return fit_column(fig)
 
@@ -295,6 +348,8 @@ def winners(rows: pd.DataFrame | Iterable[Mapping], metric: str,
             out.append({**row, "n_pairs": 0, "verdict": "only method"})
             continue
         lead, lo, hi, n, word = _paired(block[order[0]], block[order[1]])
+        if n < MIN_PAIRS:     # a t interval of three seeds says little about one category
+            word = TIED
         out.append({**row, "runner_up": order[1], "runner_up_mean": block[order[1]].mean(),
                     "lead": lead, "low": lo, "high": hi, "n_pairs": n, "verdict": words[word]})
     columns = ["category", "methods", "winner", "winner_mean", "runner_up", "runner_up_mean",

@@ -25,6 +25,7 @@ from adlib.claims import (
     INCONCLUSIVE,
     NOT_COMPARABLE,
     NOT_RUN,
+    NOT_TESTABLE,
     REPRODUCED,
     SMALLER_THAN_PAPER,
     UNDERPOWERED,
@@ -38,11 +39,36 @@ from adlib.study.report import METRIC_NAMES, breakable
 VERDICT_COLOURS = {REPRODUCED: ("#0a5c1e", "#d3f0d9"), CONTRADICTED: ("#8a1c12", "#f9d4cf"),
                    INCONCLUSIVE: ("#6b4e00", "#fff0c2"), UNDERPOWERED: ("#6b4e00", "#fff0c2"),
                    SMALLER_THAN_PAPER: ("#6b4e00", "#fde3bf"), DID_NOT_LEARN: ("#7a3b00", "#fcd9b6"),
-                   NOT_COMPARABLE: ("#404040", "#e6e6e6"), NOT_RUN: ("#606060", "#ffffff")}
+                   NOT_COMPARABLE: ("#404040", "#e6e6e6"), NOT_TESTABLE: ("#404040", "#e6e6e6"),
+                   NOT_RUN: ("#606060", "#ffffff")}
 
 #: The box's short words for the long verdicts (the legend under it spells them out).
 SHORT = {UNDERPOWERED: "too small to tell", SMALLER_THAN_PAPER: "smaller than the paper's",
-         DID_NOT_LEARN: "did not learn", NOT_COMPARABLE: "not comparable"}
+         DID_NOT_LEARN: "did not learn", NOT_COMPARABLE: "not comparable",
+         NOT_TESTABLE: "not testable here"}
+
+
+def beside(row: Mapping[str, Any]) -> str:
+    """What stands beside a row's verdict: the margin that decided a non-inferiority check, the
+    size of ours against the paper's, the verdict before the chapter's Holm adjustment where
+    that differs, and the configs that did not beat their untrained selves."""
+    bits = []
+    if row.get("margin"):
+        bits.append(f"margin −{float(row['margin']):g} points (declared)")
+    size = str(row.get("size") or "")
+    if size and ";" not in size and row.get("verdict") not in (UNDERPOWERED, SMALLER_THAN_PAPER):
+        bits.append(size)
+    raw = row.get("raw_verdict")
+    if raw and raw != row.get("verdict") and raw in (REPRODUCED, CONTRADICTED):
+        bits.append(f"{raw} before the chapter's Holm adjustment")
+    out = "".join(f'<br><span style="font-size:0.85em;color:#444">{cell_text(b)}</span>'
+                  for b in bits)
+    failed = row.get("did_not_learn") or []
+    if failed:
+        names = ", ".join(failed)
+        out += (f'<br>{badge(DID_NOT_LEARN, short=True)}'
+                f'<span style="font-size:0.85em;color:#7a3b00"> {cell_text(names)}</span>')
+    return out
 
 _TABLE = ("width:100%;table-layout:fixed;border-collapse:collapse;font-size:0.82em;"
           "line-height:1.35;margin:0.4em 0")
@@ -128,12 +154,13 @@ def claims_html(rows: Iterable[Mapping[str, Any]], *, caption: str = "",
         number = str(row.get("claim", "")).rsplit("#", 1)[-1]
         claim = f"<b>{cell_text(number)}</b> {cell_text(row.get('claim_text'))}" if first else ""
         body.append([claim, _level(row), cell_text(row.get("paper") or "—"), _ours(row),
-                     badge(row.get("verdict", NOT_RUN))])
+                     badge(row.get("verdict", NOT_RUN)) + beside(row)])
         epochs = row.get("epochs")
         profile = f"{row.get('profile')}, {epochs} epochs" if epochs else row.get("profile")
         detail.append([cell_text(str(row.get("claim", "")).rsplit("#", 1)[-1]), _level(row), cell_text(row.get("n_pairs")),
                        cell_text(row.get("dataset")), cell_text(profile), cell_text(row.get("hardware")),
-                       cell_text(row.get("revision")), cell_text(row.get("note"))])
+                       cell_text(row.get("revision")),
+                       cell_text("; ".join(x for x in (row.get("note"), row.get("learning")) if x))])
     main = html_table([("claim", "28%"), ("check · level", "14%"), ("paper", "17%"),
                    ("ours (95 % interval)", "24%"), ("verdict", "17%")], body)
     more = html_table([("claim", "9%"), ("check · level", "13%"), ("pairs", "7%"),
@@ -172,24 +199,26 @@ def chapter_claim_rows(paper: str, records: list[dict] | None = None,
 
 
 def _cell_values(records: list[dict], cell: str, metric: str) -> list[float]:
-    """Per-seed means over categories of one ``ablation/config`` (or config) cell."""
+    """Per-category means over seeds of one ``ablation/config`` (or config) cell: the category
+    is the unit of the interval beside it."""
     ablation, _, config = cell.rpartition("/")
-    per_seed: dict[Any, list[float]] = {}
+    per_seed: dict[Any, list[float]] = {}   # per category
     for record in records:
         for row in record.get("ablations") or []:
             if row.get("config") != config or (ablation and row.get("ablation") != ablation):
                 continue
             value = row.get(metric)
             if value is not None and math.isfinite(float(value)):
-                per_seed.setdefault(row.get("seed"), []).append(float(value))
+                per_seed.setdefault(row.get("category"), []).append(float(value))
     return [sum(v) / len(v) for v in per_seed.values()]
 
 
 def references_line(paper: str, records: list[dict]) -> str:
     """The chapter's model beside its references (untrained, kNN, ...) from the committed rows:
-    the chapter's ``headline`` cells, mean over seeds of the category mean, in %."""
-    from adlib.metrics import bootstrap_interval
+    the chapter's ``headline`` cells, mean over categories of the seed mean, with a t interval
+    over the categories, in %."""
     from adlib.papers import get_chapter
+    from adlib.stats import t_interval
 
     chapter = get_chapter(paper)
     records = [_main_record(records)] if records else []   # one protocol: the main study's
@@ -200,7 +229,8 @@ def references_line(paper: str, records: list[dict]) -> str:
             values = _cell_values(records, cell, metric)
             if not values:
                 continue
-            mean, lo, hi = bootstrap_interval(values)
+            est = t_interval(values)
+            mean, lo, hi = est.mean, est.low, est.high
             span = f" [{lo:.1f}, {hi:.1f}]" if math.isfinite(lo) else ""
             shown.append(f"{cell_text(name)} <b>{mean:.1f}</b>{span}")
         if shown:
@@ -309,7 +339,8 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
                   for r in group]
         body.append([what, _short_paper(group[0]),
                      "<br>".join(lv + _short_ours(r) for lv, r in zip(levels, group)),
-                     "<br>".join(badge(r.get("verdict", NOT_RUN), short=True) for r in group)])
+                     "<br>".join(badge(r.get("verdict", NOT_RUN), short=True) + beside(r)
+                                 for r in group)])
     table = html_table([("claim", "37%"), ("paper", "18%"), ("ours (95 % interval)", "27%"),
                     ("verdict", "18%")], body)
     counts = counts_line(verdict_counts(rows))
@@ -320,12 +351,18 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
     if warning:
         foot.insert(0, f'<b style="color:#8a1c12">{cell_text(warning)}</b>')
     if refs:
-        foot.append(f"The model beside its references, mean over seeds [95 % interval], in %: {refs}.")
-    foot.append("A direction is judged on paired differences over (seed, category) pairs; "
-                "<em>too small to tell</em>: the interval spans 0 and still holds the paper's "
-                "effect; <em>did not learn</em>: the model does not beat its untrained self; "
-                "<em>not comparable</em>: the paper's number is on another data set. Every check "
-                "in full: the claims table at the end of the chapter.")
+        foot.append(f"The model beside its references, mean over categories [95 % interval], in %: {refs}.")
+    foot.append("A direction is judged on paired differences with the category as the unit "
+                "(seeds are repeats on the same images): <em>reproduced</em> or "
+                "<em>contradicted</em> when the difference lies on one side of 0 after the "
+                "chapter's claims are adjusted together (Holm); <em>too small to tell</em>: the "
+                "interval spans 0 and still holds the paper's effect; <em>smaller than the "
+                "paper's</em>: it spans 0 and lies below the paper's effect; the size of ours "
+                "against the paper's stands under the verdict; <em>did not learn</em> names the "
+                "configs that do not beat their untrained selves; <em>not comparable</em>: the "
+                "paper's number is on another data set; <em>not testable here</em>: the claim "
+                "needs data the embedded default cannot stand for. The method appendix says "
+                "how and why; every check in full: the claims table at the end of the chapter.")
     style = ("border:1px solid #c8c8c8;border-left:5px solid #4a6fa5;border-radius:4px;"
              "padding:8px 12px;margin:0.5em 0 1em 0;background:#fafbfd;max-width:100%;"
              "box-sizing:border-box")
@@ -355,15 +392,24 @@ def findings_html(paper: str, records: list[dict] | None = None) -> Html:
         rows = frame[frame["grid"] == finding.grid] if "grid" in frame else frame
         result = compare(rows, finding.order, finding.metric, ablation=finding.ablation)
         name = METRIC_NAMES.get(finding.metric, finding.metric)
+        units = (f'{result.get("n_units")} {result.get("unit")} units'
+                 if result.get("n_units") else f'{result["n_pairs"]} pairs')
         backing = (f'<span style="color:#444;font-size:0.9em">({cell_text(name)}, {cell_text(result["ours"])}, '
-                   f'{result["n_pairs"]} pairs)</span>')
+                   f'{cell_text(units)})</span>')
         stale = ("" if result["verdict"] == finding.expect else
                  f' <b style="color:#8a1c12">The committed study now says {cell_text(result["verdict"])}: '
                  "this sentence is out of date.</b>")
         items.append(f"<li>{cell_text(finding.text)} {backing}{stale}</li>")
     if not items:
         return Html("")
-    return Html(f'<ul class="adlib-findings">{"".join(items)}</ul>')
+    from adlib.stats import SMALLEST_EFFECT
+
+    lead = ("<p style=\"font-size:0.9em;color:#444\">The chapter's own readings of its study: "
+            "exploratory, each interval on its own (not adjusted for the others). "
+            f"<em>Level</em> means the 95 % interval lies inside ±{SMALLEST_EFFECT['auroc']:g} "
+            f"points of AUROC (±{SMALLEST_EFFECT['f1']:g} of F1), the book's declared smallest "
+            "effect of interest; <em>cannot tell</em> means it spans 0 and reaches past that.</p>")
+    return Html(f'{lead}<ul class="adlib-findings">{"".join(items)}</ul>')
 
 
 def stale_findings(paper: str, records: list[dict] | None = None) -> list[str]:

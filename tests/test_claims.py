@@ -1,4 +1,4 @@
-"""Declared claim checks: paired differences, bootstrap intervals, verdicts."""
+"""Declared claim checks: paired differences, intervals with the category as the unit, verdicts."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adlib.claims import (CONTRADICTED, DID_NOT_LEARN, INCONCLUSIVE, NOT_COMPARABLE, NOT_RUN,
-                          REPRODUCED, ClaimCheck, bootstrap_interval, check_claims, claims_table,
-                          parse_order)
+from adlib import stats
+from adlib.claims import (CONTRADICTED, COULD_NOT_TELL, INCONCLUSIVE, LEVEL, NOT_COMPARABLE,
+                          NOT_RUN, NOT_TESTABLE, REPRODUCED, ClaimCheck, best_rows, check_claims,
+                          claims_table, compare, parse_order)
 
 CTX = {"dataset": "embedded", "profile": "study", "hardware": "2x cpu", "revision": "abc123"}
 
@@ -47,9 +48,11 @@ def test_interval_above_zero_is_reproduced_below_is_contradicted():
 def test_interval_spanning_zero_is_inconclusive_even_when_the_means_are_ordered():
     rows = _rows({"A": 80.3, "B": 80.0}, noise=3.0)
     row = _verdict(ClaimCheck(3, order="A > B", metrics=("image_auroc",)), rows)[0]
-    mean, lo, hi = bootstrap_interval((rows[rows.config == "A"].image_auroc.to_numpy()
-                                       - rows[rows.config == "B"].image_auroc.to_numpy()))
-    assert lo < 0 < hi
+    a = rows[rows.config == "A"].set_index(["seed", "category"]).image_auroc
+    b = rows[rows.config == "B"].set_index(["seed", "category"]).image_auroc
+    est = stats.paired_estimate(a - b)
+    lo, hi = est.low, est.high
+    assert lo < 0 < hi and est.n == 6 and est.unit == "category"
     assert row["verdict"] == INCONCLUSIVE and f"[{lo:+.2f}, {hi:+.2f}]" in row["ours"]
 
 
@@ -71,13 +74,18 @@ def test_an_order_of_three_needs_every_adjacent_pair():
     assert _verdict(ClaimCheck(3, order="A > B > C", metrics=("image_auroc",)), rows)[0]["verdict"] == CONTRADICTED
 
 
-def test_a_model_that_does_not_beat_its_untrained_self_did_not_learn():
+def test_did_not_learn_stands_beside_the_verdict_and_is_checked_on_every_config():
     rows = _rows({"A": 80.0, "B": 70.0, "untrained": 80.5})
     row = _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)), rows)[0]
-    assert row["verdict"] == DID_NOT_LEARN and "untrained" in row["note"]
+    assert row["verdict"] == REPRODUCED                 # the order holds, whatever learned
+    assert row["did_not_learn"] == ["A", "B"] and "A − untrained" in row["learning"]
+    # the first config learns, the second does not: the second is reported
+    rows = _rows({"A": 80.0, "B": 60.0, "untrained": 70.0})
+    row = _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)), rows)[0]
+    assert row["verdict"] == REPRODUCED and row["did_not_learn"] == ["B"]
     rows = _rows({"A": 80.0, "B": 70.0, "untrained": 50.0})
-    assert _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)),
-                    rows)[0]["verdict"] == REPRODUCED
+    row = _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)), rows)[0]
+    assert row["verdict"] == REPRODUCED and row["did_not_learn"] == []
 
 
 def test_groups_lower_is_better_missing_configs_and_absolute_numbers():
@@ -98,6 +106,14 @@ def test_groups_lower_is_better_missing_configs_and_absolute_numbers():
                                                 dataset="embedded", metrics=("image_auroc",))],
                              rows, **CTX)[0]
     assert same_data["verdict"] == CONTRADICTED     # 80 is far below 98.6
+    assert "below our interval" not in same_data["note"] and "above our interval" in same_data["note"]
+    # two-sided: ours far above the paper's number is no reproduction either
+    high = rows.assign(image_auroc=rows["image_auroc"] + 40)
+    above = check_claims("rlr", [ClaimCheck(1, absolute={"table": 1, "method": "Ours",
+                                                         "category": "mean"}, config="A",
+                                            dataset="embedded", metrics=("image_auroc",))],
+                         high, **CTX)[0]
+    assert above["verdict"] == CONTRADICTED and "below our interval" in above["note"]
 
 
 def test_paper_table_order_skips_ties_and_reads_the_numbers():
@@ -118,7 +134,7 @@ def test_one_pair_has_no_interval_and_the_table_rejects_unknown_verdicts():
     rows = _rows({"A": 80.0, "B": 70.0})
     one = rows[(rows.seed == 0) & (rows.category == "a")]
     row = _verdict(ClaimCheck(3, order="A > B", metrics=("image_auroc",)), one)[0]
-    assert row["verdict"] == INCONCLUSIVE and "one pair" in row["ours"]
+    assert row["verdict"] == INCONCLUSIVE and "no interval" in row["ours"]
     table = claims_table([row])
     assert list(table.columns)[:4] == ["claim", "check", "level", "paper"]
     with pytest.raises(ValueError, match="unknown verdicts"):
@@ -126,13 +142,74 @@ def test_one_pair_has_no_interval_and_the_table_rejects_unknown_verdicts():
     assert "background-color" in claims_table([row], style=True).to_html()
 
 
-def test_too_few_pairs_give_no_verdict_however_tight_their_interval():
-    rows = _rows({"A": 80.0, "B": 70.0, "untrained": 90.0}, noise=0.1)
-    few = rows[rows.category.isin(["a", "b"]) & (rows.seed == 0)]
-    row = _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)), few)[0]
-    assert row["verdict"] == INCONCLUSIVE and "fewer than 6: no verdict" in row["note"]
+def test_two_categories_give_a_t_interval_with_one_degree_of_freedom():
+    # 3 seeds of 2 categories: six pairs, but two units; a clear per-pair gap is no general claim
+    rows = _rows({"A": 80.0, "B": 77.0}, noise=2.0)
+    two = rows[rows.category.isin(["a", "b"])]
+    row = _verdict(ClaimCheck(3, order="A > B", metrics=("image_auroc",)), two)[0]
+    assert row["n_pairs"] == 6 and row["n_units"] == 2 and row["unit"] == "category"
+    assert row["verdict"] != REPRODUCED and "t on category means" in row["note"]
     compact = claims_table([row, {**row, "verdict": NOT_RUN}], compact=True)
     assert len(compact) == 1 and "dataset" not in compact.columns
+
+
+def test_a_margin_is_the_declared_smallest_effect_never_a_number_of_the_study(monkeypatch):
+    with pytest.raises(ValueError, match="declaration"):
+        ClaimCheck(4, order="A > B", margin=1.0)
+    rows = _rows({"A": 79.0, "B": 80.0}, noise=0.3)          # A loses 1 point, steadily
+    check = ClaimCheck(4, order="A > B", margin=True, metrics=("image_auroc",))
+    row = _verdict(check, rows)[0]
+    assert row["verdict"] == REPRODUCED and row["margin"] == stats.SMALLEST_EFFECT["auroc"]
+    monkeypatch.setitem(stats.SMALLEST_EFFECT, "auroc", 0.5)  # a stricter declaration
+    row = _verdict(check, rows)[0]
+    assert row["verdict"] == CONTRADICTED and row["margin"] == 0.5
+
+
+def test_a_level_finding_needs_its_interval_inside_the_declared_bound():
+    tight = _rows({"A": 80.2, "B": 80.0}, noise=0.3)
+    assert compare(tight, "A > B")["verdict"] == LEVEL
+    wide = _rows({"A": 80.2, "B": 80.0}, noise=6.0)       # spans 0, and reaches past ±2
+    result = compare(wide, "A > B")
+    assert result["verdict"] == COULD_NOT_TELL
+    assert not stats.within_bound(*map(float, result["ours"].split("[")[1].rstrip("]").split(",")),
+                                  stats.SMALLEST_EFFECT["auroc"])
+
+
+def test_the_papers_size_is_tagged_beside_a_reproduced_verdict():
+    rows = _rows({"A": 90.0, "B": 80.0}, noise=0.5)
+    same = _verdict(ClaimCheck(3, order="A > B", effect=10.0, metrics=("image_auroc",)), rows)[0]
+    assert same["verdict"] == REPRODUCED and same["size"].startswith("same size")
+    larger = _verdict(ClaimCheck(3, order="A > B", effect=2.0, metrics=("image_auroc",)), rows)[0]
+    assert larger["size"].startswith("larger") and "handicapped" in larger["size"]   # 5x
+    smaller = _verdict(ClaimCheck(3, order="A > B", effect=30.0, metrics=("image_auroc",)), rows)[0]
+    assert smaller["verdict"] == REPRODUCED and smaller["size"].startswith("smaller")
+
+
+def test_the_chapters_claims_are_adjusted_together():
+    rows = _rows({"A": 81.0, "B": 80.0}, noise=1.2, seed=3)
+    alone = _verdict(ClaimCheck(3, order="A > B", metrics=("image_auroc",)), rows)[0]
+    many = check_claims("rlr", [ClaimCheck(3, order="A > B", metrics=("image_auroc",))]
+                        + [ClaimCheck(3, order="B > A", label=f"x{i}", metrics=("image_auroc",))
+                           for i in range(10)], rows, **CTX)[0]
+    assert alone["p_adjusted"] < many["p_adjusted"]
+    assert alone["verdict"] == REPRODUCED and many["verdict"] == INCONCLUSIVE
+    assert "reproduced before the adjustment" in many["note"]
+
+
+def test_a_check_that_needs_other_data_is_not_testable_here():
+    rows = _rows({"A": 80.0, "B": 70.0})
+    row = _verdict(ClaimCheck(3, order="A > B", needs="MPDD's tubes", metrics=("image_auroc",)),
+                   rows)[0]
+    assert row["verdict"] == NOT_TESTABLE and "MPDD's tubes" in row["note"]
+
+
+def test_the_scoreboard_prefers_the_claims_own_data_set_for_an_order_check_too():
+    row = {"claim": "rlr #3", "check": "", "level": "image", "paper_dataset": "mvtec_ad"}
+    ours = {"dataset": "embedded", "profile": "study", "claims": [
+        {**row, "dataset": "embedded", "verdict": REPRODUCED, "n_pairs": 18}]}
+    theirs = {"dataset": "mvtec_ad", "profile": "paper", "claims": [
+        {**row, "dataset": "mvtec_ad", "verdict": CONTRADICTED, "n_pairs": 15}]}
+    assert best_rows([ours, theirs])[0]["verdict"] == CONTRADICTED
 
 
 def test_a_table_printed_per_category_gives_its_mean_row_for_an_order():
@@ -160,7 +237,19 @@ def test_cross_validated_rows_pair_on_seed_and_fold():
     few = pd.DataFrame(rows)
     few = few[(few.seed == 0) & (few.fold < 2)]
     row = check_claims("lea_net", [ClaimCheck(1, order="A > B", metrics=("f1",))], few, **CTX)[0]
-    assert row["verdict"] == INCONCLUSIVE and "(seed, category, fold) pairs" in row["note"]
+    assert row["n_units"] == 2 and row["unit"] == "(seed, fold)" and "Nadeau-Bengio" in row["note"]
+
+
+def test_the_fold_correction_widens_the_interval_of_folds_that_share_training_images():
+    rng = np.random.default_rng(2)
+    index = pd.MultiIndex.from_product([range(3), ["ihc"], range(5)],
+                                       names=["seed", "category", "fold"])
+    diffs = pd.Series(1.0 + rng.normal(0, 2.0, 15), index=index)
+    corrected = stats.paired_estimate(diffs)
+    naive = stats.t_interval(diffs.to_numpy())
+    # (1/J + 1/(k-1)) / (1/J) = (1/15 + 1/4) * 15 = 4.75 times the variance
+    ratio = (corrected.high - corrected.low) / (naive.high - naive.low)
+    assert corrected.method.startswith("Nadeau-Bengio") and ratio == pytest.approx(4.75 ** 0.5)
 
 
 def _per_category(values: dict[str, float], config: str = "A") -> pd.DataFrame:
@@ -177,6 +266,7 @@ def test_an_absolute_claim_about_one_category_is_checked_on_that_category(monkey
 
     monkeypatch.setattr(adlib.results, "paper_value", lambda paper, **f: 94.16)
     rows = _per_category({"tubes": 95.0, "bracket_black": 60.0, "metal_plate": 70.0})
+    rows.loc[rows.category == "tubes", "image_auroc"] += [-1.0, 0.0, 1.0]   # three seeds
     check = ClaimCheck(2, absolute={"table": 1, "category": "tubes"}, config="A", dataset="mpdd",
                        metrics=("image_auroc",))
     row = check_claims("noise_to_norm", [check], rows, **{**CTX, "dataset": "mpdd"})[0]
@@ -228,7 +318,7 @@ def test_a_table_claim_takes_the_papers_size_from_the_table():
 
 def test_non_inferiority_passes_a_small_loss_inside_the_margin_and_fails_a_large_one():
     close = _rows({"unified": 79.7, "separate": 80.0}, noise=0.2)
-    check = ClaimCheck(4, order="unified > separate", margin=1.0, metrics=("image_auroc",))
+    check = ClaimCheck(4, order="unified > separate", margin=True, metrics=("image_auroc",))
     row = _verdict(check, close)[0]
     assert row["verdict"] == REPRODUCED and "margin" in row["note"]
     assert _verdict(ClaimCheck(4, order="unified > separate", metrics=("image_auroc",)),

@@ -16,6 +16,8 @@ from adlib.figures import smallest_shown_pt  # noqa: E402
 
 CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid")
 LEVELS = dict(zip(CATEGORIES, (95.0, 62.0, 78.0, 88.0, 55.0)))   # categories far apart
+MANY = CATEGORIES + tuple(f"extra{i}" for i in range(15))         # 20: room to tell 3 apart
+LEVELS.update({name: 50.0 + 2.5 * i for i, name in enumerate(MANY[5:])})
 
 
 def _rows(offsets, seeds=range(3), categories=CATEGORIES, noise=0.0, rng_seed=0):
@@ -58,20 +60,53 @@ def test_critical_difference_is_demsars_formula():
 
 def test_friedman_statistic_and_p_equal_scipys_on_a_random_block_design_with_ties():
     """Values rounded to whole points so that some blocks hold tied ranks (scipy's tie
-    correction is what has to match), rows shuffled so that blocks are found by key."""
+    correction is what has to match)."""
     from scipy.stats import friedmanchisquare
 
+    from adlib.compare import friedman
+
     rng = np.random.default_rng(3)
-    offsets = {m: (lambda s, c, d=d: float(np.round(d + 3 * rng.normal())))
-               for m, d in zip("ABCD", (0.0, 1.0, 2.0, 2.5))}
+    table = pd.DataFrame(np.round(rng.normal(0, 3, size=(20, 4)) + [0.0, 1.0, 2.0, 2.5]),
+                         columns=list("ABCD"))
+    assert table.rank(axis=1).apply(lambda r: r.duplicated().any(), axis=1).any()
+    expected = friedmanchisquare(*(table[m].to_numpy() for m in "ABCD"))
+    statistic, p_value = friedman(table.rank(axis=1))
+    assert statistic == pytest.approx(expected.statistic, rel=1e-12)
+    assert p_value == pytest.approx(expected.pvalue, rel=1e-9)
+
+
+def test_methods_are_ranked_over_categories_with_seeds_averaged_within_each():
+    """Seeds are repeats on a category's images: the blocks are the 5 categories, not the 20
+    (seed, category) pairs, and the critical difference is autorank's."""
+    import autorank
+
+    rng = np.random.default_rng(4)
+    offsets = {m: (lambda s, c, d=d: d + 3 * rng.normal()) for m, d in zip("ABCD", (0, 1, 2, 3))}
     rows = _shuffled(_rows(offsets, seeds=range(4)))
     ranked = ranks(rows, "image_auroc")
-    wide = rows.pivot_table(index=["seed", "category"], columns="config", values="image_auroc")
-    assert (wide.rank(axis=1).apply(lambda r: r.duplicated().any(), axis=1)).any()
-    expected = friedmanchisquare(*(wide[m].to_numpy() for m in "ABCD"))
-    assert ranked["n_blocks"] == 20 and ranked["dropped"] == 0
-    assert ranked["statistic"] == pytest.approx(expected.statistic, rel=1e-12)
-    assert ranked["p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
+    assert ranked["n_blocks"] == 5 and ranked["dropped"] == 0
+    means = rows.pivot_table(index="category", columns="config", values="image_auroc")
+    assert ranked["block_ranks"].equals(means.rank(axis=1, ascending=False)[ranked["block_ranks"].columns])
+    result = autorank.autorank(means, alpha=0.05, force_mode="nonparametric", verbose=False)
+    assert ranked["cd"] == pytest.approx(result.cd, rel=1e-4)   # autorank's q is tabulated
+
+
+def test_wilcoxon_holm_matches_scipy_and_statsmodels_and_six_categories_cannot_reach_it():
+    from scipy.stats import wilcoxon
+    from statsmodels.stats.multitest import multipletests
+
+    from adlib.compare import power_note, wilcoxon_holm
+
+    categories = ("bottle", "cable", "capsule", "carpet", "grid")
+    rows = _rows({"A": lambda s, c: 2.0 + categories.index(c), "B": 0.0,
+                  "C": lambda s, c: (-1) ** categories.index(c) * 0.5}, seeds=range(2))
+    table = wilcoxon_holm(rows, "image_auroc")
+    ab = table[(table["A"] == "A") & (table["B"] == "B")].iloc[0]
+    d = np.array([2.0, 3.0, 4.0, 5.0, 6.0])
+    assert ab["p"] == pytest.approx(wilcoxon(d, zero_method="zsplit").pvalue)
+    assert list(table["p (Holm)"]) == pytest.approx(list(multipletests(table["p"], method="holm")[1]))
+    assert ab["A wins"] == 5 and (table["verdict"] == "tied").all()   # 5 categories: p >= 1/16
+    assert "no single pair can be told apart" in power_note(6, 8)
 
 
 # --- pairwise ---------------------------------------------------------------------------------
@@ -121,10 +156,13 @@ def test_pairing_sees_a_small_steady_lead_that_unpaired_means_cannot():
     assert pairwise(_shuffled(rows), "image_auroc").iloc[0]["verdict"] == "A better"
 
 
-def test_fewer_pairs_than_the_claims_minimum_give_no_direction():
-    rows = _rows({"A": 5.0, "B": 0.0}, seeds=[0], categories=CATEGORIES[:3], noise=0.1)
+def test_the_pairwise_interval_counts_categories_not_seed_pairs():
+    """A's lead differs from category to category (+3, -1, +4, 0, +2) and hardly from seed to
+    seed: 15 pairs, but 5 categories, whose spread makes the interval span 0."""
+    lead = dict(zip(CATEGORIES, (3.0, -1.0, 4.0, 0.0, 2.0)))
+    rows = _rows({"A": lambda s, c: lead[c], "B": 0.0}, noise=0.2)
     row = pairwise(rows, "image_auroc").iloc[0]
-    assert row["n_pairs"] == 3 and row["low"] > 0 and row["verdict"] == "tied"
+    assert row["n_pairs"] == 15 and row["low"] < 0 < row["high"] and row["verdict"] == "tied"
 
 
 def test_an_unknown_method_is_named_in_the_error():
@@ -135,23 +173,24 @@ def test_an_unknown_method_is_named_in_the_error():
 # --- ranks and cliques ------------------------------------------------------------------------
 
 def test_three_clearly_separated_methods_are_three_cliques_of_one():
-    ranked = ranks(_shuffled(_rows({"C": 0.0, "A": 20.0, "B": 10.0}, noise=0.5)), "image_auroc")
+    ranked = ranks(_shuffled(_rows({"C": 0.0, "A": 20.0, "B": 10.0}, categories=MANY, noise=0.5)),
+                   "image_auroc")
     assert list(ranked["mean_ranks"].index) == ["A", "B", "C"]
     assert ranked["mean_ranks"].tolist() == [1.0, 2.0, 3.0]
-    assert ranked["cd"] == pytest.approx(2.3437 * math.sqrt(3 * 4 / (6 * 15)), abs=1e-3)
+    assert ranked["cd"] == pytest.approx(2.3437 * math.sqrt(3 * 4 / (6 * 20)), abs=1e-3)
     assert ranked["cliques"] == [["A"], ["B"], ["C"]]
     assert ranked["p_value"] < 1e-4
 
 
 def test_two_nearly_equal_methods_and_one_far_are_one_clique_of_two_and_blocks_missing_one_drop():
-    """A and B trade first place block by block; C is last everywhere. Two blocks that C did
-    not run are dropped from the ranking, and said to be."""
-    rows = _rows({"A": lambda s, c: 0.5 if (s + CATEGORIES.index(c)) % 2 else -0.5, "B": 0.0,
-                  "C": -15.0})
-    rows += [{"config": m, "seed": 9, "category": c, "image_auroc": 50.0}
-             for m in "AB" for c in CATEGORIES[:2]]
+    """A and B trade first place category by category; C is last everywhere. A category that C
+    did not run is dropped from the ranking, and said to be."""
+    rows = _rows({"A": lambda s, c: 0.5 if MANY.index(c) % 2 else -0.5, "B": 0.0,
+                  "C": -15.0}, categories=MANY)
+    rows += [{"config": m, "seed": s, "category": "easy", "image_auroc": 50.0}
+             for m in "AB" for s in range(3)]
     ranked = ranks(rows, "image_auroc")
-    assert ranked["n_blocks"] == 15 and ranked["dropped"] == 2 and "2 of 17" in ranked["note"]
+    assert ranked["n_blocks"] == 20 and ranked["dropped"] == 1 and "1 of 21" in ranked["note"]
     assert sorted(ranked["mean_ranks"].index[:2]) == ["A", "B"]
     assert ranked["mean_ranks"]["C"] == 3.0
     groups = ranked["cliques"]

@@ -160,6 +160,56 @@ def committed_claims(paper: str, folder: str | os.PathLike | None = None) -> lis
     return best_rows([record.to_dict() for record in committed_records(paper, folder)])
 
 
+def judge_record(record: Mapping[str, Any]) -> list[dict]:
+    """The claims rows of one committed run record, judged now by :func:`adlib.claims.check_claims`
+    on the record's own rows (nothing is trained): what its ``claims`` should hold."""
+    from adlib.claims import check_claims
+    from adlib.study.load import load_study
+
+    study = load_study(record["paper"])
+    frame = pd.DataFrame(record.get("ablations") or [])
+    if frame.empty:
+        return []
+    old = record.get("claims") or []
+    revision = (old[0].get("revision") if old else "") or ",".join(
+        sorted({str(r) for r in frame.get("revision", pd.Series(dtype=str)).dropna()}))
+    return check_claims(record["paper"], study.checks, frame, dataset=record.get("dataset"),
+                        profile=record.get("profile"), hardware=record.get("hardware"),
+                        revision=revision)
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    """A summary's claims section: the rows as a Markdown table."""
+    table = claims_table(claims)[["claim", "check", "level", "paper", "ours", "n_pairs",
+                                  "verdict", "note"]]
+    return "\n".join(["## Claims", "", table.to_markdown(index=False) if _has_tabulate()
+                      else table.to_string(index=False), ""])
+
+
+def rejudge(paper: str, folder: str | os.PathLike | None = None) -> list[Path]:
+    """Judge the claims of every committed record of ``paper`` again from its rows (after a
+    change to how claims are judged, which stales no row) and rewrite the records' ``claims``
+    and the summaries' claims sections; the rows, times and provenance stay as they were.
+    Returns the records rewritten."""
+    from adlib.results import RunRecord
+
+    folder = Path(folder) if folder is not None else results_dir(paper)
+    written = []
+    for path in sorted(folder.glob("*.json")):
+        record = RunRecord.load(path)
+        if record.paper != paper or not record.ablations:
+            continue
+        claims = judge_record(record.to_dict())
+        record.claims = claims
+        written.append(record.save(folder, name=path.stem))
+        summary = path.with_name("summary__" + path.stem.split("__", 2)[-1] + ".md")
+        if summary.exists() and claims:
+            text = summary.read_text(encoding="utf-8")
+            head = text.split("## Claims", 1)[0].rstrip("\n") + "\n\n"
+            summary.write_text(head + claims_markdown(claims), encoding="utf-8")
+    return written
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table (:func:`format_summary`'s mean ± std strings)."""
     if summary.empty:
@@ -195,10 +245,7 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
                                   "Mean ± std over seeds of the per-seed category mean:"), "",
              summary_markdown(result.summary), ""]
     if result.claims:
-        table = claims_table(result.claims)[["claim", "check", "level", "paper", "ours",
-                                             "n_pairs", "verdict", "note"]]
-        lines += ["## Claims", "", table.to_markdown(index=False) if _has_tabulate()
-                  else table.to_string(index=False), ""]
+        lines += [claims_markdown(result.claims)]
     summary_path = out / f"summary__{tag}.md"
     summary_path.write_text("\n".join(lines), encoding="utf-8")
     from adlib.papers import PAPERS

@@ -14,7 +14,7 @@ import pandas as pd
 
 from adlib import compare
 from adlib.claims import (CONTRADICTED, DID_NOT_LEARN, INCONCLUSIVE, MIN_PAIRS, NOT_COMPARABLE,
-                          NOT_RUN, REPRODUCED, SMALLER_THAN_PAPER, UNDERPOWERED)
+                          NOT_RUN, NOT_TESTABLE, REPRODUCED, SMALLER_THAN_PAPER, UNDERPOWERED)
 from adlib.verdicts import Html, html_table
 
 TRAINED, UNTRAINED = "methods", "untrained"
@@ -22,9 +22,11 @@ TRAINED, UNTRAINED = "methods", "untrained"
 
 VERDICT_GROUPS = {"reproduced": (REPRODUCED,), "contradicted": (CONTRADICTED,),
                   "inconclusive": (INCONCLUSIVE, UNDERPOWERED, SMALLER_THAN_PAPER),
-                  "did not learn": (DID_NOT_LEARN,), "not comparable": (NOT_COMPARABLE,),
-                  "not run yet": (NOT_RUN,)}
-"""The scoreboard's verdicts, the three inconclusive ones together: the paper table's columns."""
+                  "not comparable": (NOT_COMPARABLE, NOT_TESTABLE), "not run yet": (NOT_RUN,)}
+"""The scoreboard's verdicts, the three inconclusive ones together (and a record judged by older
+code, whose "did not learn" replaced the verdict): the paper table's columns; ``did not learn``
+counts the checks that name a config which does not beat its untrained self, beside them."""
+VERDICT_GROUPS["inconclusive"] += (DID_NOT_LEARN,)
 
 
 def trained(rows: pd.DataFrame) -> pd.DataFrame:
@@ -60,8 +62,8 @@ def group_letters(cliques: Sequence[Sequence[str]]) -> dict[str, str]:
 
 
 def ranking_table(rows: pd.DataFrame, metric: str = "image_auroc") -> pd.DataFrame:
-    """The trained methods best first by mean rank over the (seed, category) blocks:
-    ``mean rank``, ``group`` (:func:`group_letters`), the metric's mean over the blocks and
+    """The trained methods best first by mean rank over the categories (seeds averaged within
+    each): ``mean rank``, ``group`` (:func:`group_letters`), the metric's mean and
     whether the method beats its untrained self (``learned``; empty for kNN, which trains
     nothing)."""
     ranked = compare.ranks(trained(rows), metric)
@@ -117,6 +119,8 @@ def papers_table(ranking: pd.DataFrame, chapters: Mapping[str, Sequence[str]],
                "rank here": ", ".join(f"{n} {position[n]}" for n in names if n in position)}
         for column, verdicts in VERDICT_GROUPS.items():
             row[column] = sum(counts.get(v, 0) for v in verdicts)
+        row["did not learn"] = sum(bool(r.get("did_not_learn")) or r.get("verdict") == DID_NOT_LEARN
+                                   for r in claim_rows.get(paper, ()))
         out.append(row)
     return pd.DataFrame(out)
 
@@ -242,7 +246,7 @@ class Page:
             return self._missing()
         return _styled(learned(self.rows, self.metric), "Each method against its untrained self "
                        f"({compare.METRIC_NAMES.get(self.metric, self.metric)}, %), paired over "
-                       "(seed, category)")
+                       "(seed, category), 95 % interval with the category as the unit")
 
     def category_table(self):
         """Per category: each method's mean over seeds, and the winner's lead over the
@@ -253,8 +257,8 @@ class Page:
                                                values=self.metric, aggfunc="mean")
         means = means.loc[self.ranking()["method"]]
         won = compare.winners(trained(self.rows), self.metric)
-        # a bootstrap over three seeds spans only those three differences: an interval that
-        # looks tight but is not one, so the lead is shown without it below MIN_PAIRS
+        # a t interval over three seeds of one category says little about that category: the
+        # lead is shown without a verdict below MIN_PAIRS seeds
         few = won["n_pairs"] < MIN_PAIRS
         won["verdict"] = won["verdict"].where(~few, f"no verdict (< {MIN_PAIRS} seeds)")
         columns = ["category", "winner", "runner_up", "lead", "n_pairs", "verdict"]
@@ -265,12 +269,28 @@ class Page:
                         "Mean over seeds per category (%), methods in rank order"), _styled(
             won[columns], "Per category: the winner's lead over the runner-up, paired over seeds")]
 
+    def wilcoxon_table(self):
+        """Every pair over the categories: Wilcoxon signed-rank, Holm-adjusted."""
+        if self.empty:
+            return self._missing()
+        table = compare.wilcoxon_holm(trained(self.rows), self.metric)
+        return _styled(table, "Every pair over the categories (seed means): Wilcoxon "
+                       "signed-rank test, p adjusted over all pairs by Holm's method")
+
+    def power(self) -> Html:
+        """What the ranking over this many categories can detect, in a sentence."""
+        if self.empty:
+            return self._missing()
+        ranked = compare.ranks(trained(self.rows), self.metric)
+        return Html(f"<p>{compare.power_note(ranked['n_blocks'], ranked['k'])}</p>")
+
     def pairwise_table(self):
         if self.empty:
             return self._missing()
         table = compare.pairwise(trained(self.rows), self.metric)
         return _styled(table[["A", "B", "difference", "low", "high", "n_pairs", "verdict"]],
-                       "Every pair, A the higher mean: A - B over (seed, category) pairs, 95 % interval")
+                       "Every pair, A the higher mean: A - B paired over (seed, category), 95 % "
+                       "interval with the category as the unit, each pair on its own")
 
     def cost_table(self):
         if self.empty:
