@@ -8,7 +8,8 @@ functions so tests can run them on a temporary copy of ``book/``:
    ``book/chapters/`` and times each one;
 2. :func:`write_scoreboard` turns run records into the "Reproduction scoreboard" page;
 3. :func:`write_status` writes the status page (times, versions, hardware, revision), and
-   :func:`write_deviations` the appendix of every chapter's declared deviations from its paper;
+   :func:`write_deviations` the appendix of every chapter's declared deviations from its paper,
+   and :func:`write_methods` the method appendix (how a verdict is judged, and why);
 4. :func:`write_toc` lists the chapters that exist, and :func:`write_chapter_pages` the parts of
    the introduction and the API page that list them (all from the registry, :mod:`adlib.papers`);
 5. :func:`vendor_mathjax` copies MathJax 3 from the npm registry so formulas render offline;
@@ -320,6 +321,83 @@ def write_deviations(out_md: Path | str) -> Path:
     return out_md
 
 
+def write_methods(out_md: Path | str) -> Path:
+    """The method appendix: how a verdict is judged, with the coverage simulation's table and
+    the declared equivalence bound, generated from :mod:`adlib.stats` and its committed table."""
+    from adlib import stats
+    from adlib.claims import HANDICAP_RATIO
+
+    coverage = resource_path("results", "coverage.md")
+    table = coverage.read_text(encoding="utf-8") if coverage.exists() else "(not run yet)"
+    auroc, f1 = stats.SMALLEST_EFFECT["auroc"], stats.SMALLEST_EFFECT["f1"]
+    lines = [
+        "# How the verdicts are judged", "",
+        "Every verdict in the book compares two configurations on the same images: the "
+        "difference A − B for each seed and category both ran. What follows says how an "
+        "interval is put around the mean of those differences, and what the words mean.", "",
+        "## The category is the unit", "",
+        "The seeds of one category are scored on the same test images: they are repeats of one "
+        "measurement, not new data. A claim about a method is a claim about categories, so the "
+        "interval is a t interval over the category means (seeds averaged within each). Where one "
+        "model per seed learns every category (a unified model: MAAE, UniAD, RLR), a seed's luck "
+        "moves all its categories at once; the interval then adds the seed component of the "
+        "two-way table (its mean squares), with Satterthwaite's degrees of freedom. With two "
+        "categories (chapter 1) the t interval has one degree of freedom: it is honest, and very "
+        "wide, because two categories cannot support a statement about categories in general.", "",
+        "## Why this interval: the coverage simulation", "",
+        "The simulation draws studies of the book's own designs, with spreads like those of the "
+        "committed rows, and counts how often each candidate interval holds the true mean. The "
+        "intervals the book printed before (a bootstrap of the (seed, category) pairs) cover far "
+        "less than 95 %; so does a bootstrap over categories with six of them. The t interval "
+        "keeps close to 95 % except when a few categories lie far off (the skewed rows), where "
+        "it covers about 93 %.", "",
+        table, "",
+        "## Cross-validation: the Nadeau-Bengio correction", "",
+        "LEA-Net's study trains on five folds of one data set for each of three seeds. The folds "
+        "share most of their training images, so their 15 differences are far from independent. "
+        "The interval is the corrected resampled t interval of Nadeau and Bengio (2003): the "
+        "variance of the 15 differences times (1/15 + n_test/n_train), 14 degrees of freedom "
+        "(n_test/n_train = 1/4 for five folds). The simulation's last rows show what ignoring the "
+        "overlap costs.", "",
+        "## Many claims at once", "",
+        "The papers' claims are confirmatory: the checks of one chapter are adjusted together by "
+        "Holm's method. An order of several configurations holds only when every step does (an "
+        "intersection-union test, no adjustment inside it) and is contradicted when any step is "
+        "reversed. A verdict box marks a check that was decisive before the adjustment. The "
+        "chapters' own findings (\u201cwhat the study shows\u201d) are exploratory: each "
+        "interval stands on its own, and the pages label them so.", "",
+        "## Level, and the smallest effect of interest", "",
+        f"{stats.EQUIVALENCE_REASON} A finding says two configurations are *level* only when the "
+        f"whole 95 % interval lies inside ±{auroc:g} points of AUROC (±{f1:g} of F1): two "
+        "one-sided tests at 2.5 % each. An interval that spans 0 but reaches past the bound reads "
+        "*cannot tell*. A non-inferiority claim (\u201closes nothing\u201d) is reproduced when "
+        f"the interval lies above −{auroc:g} points, the same declared bound, never a margin "
+        "taken from the study.", "",
+        "## The words", "",
+        "- **reproduced / contradicted**: after the chapter's adjustment, the difference lies on "
+        "the paper's side of 0 / on the other side.",
+        "- Beside a verdict, the paper's effect against ours: *same size* (the paper's effect "
+        "inside our interval), *larger than the paper's* (our interval wholly above it; at "
+        f"{HANDICAP_RATIO:g}\u00d7 or more, a sign that the baseline may be handicapped), "
+        "*smaller than the paper's* (wholly below).",
+        "- **inconclusive**: the interval spans 0. *Too small to tell*: it still holds the "
+        "paper's effect; *smaller than the paper's*: it lies below the paper's effect.",
+        "- **did not learn** stands beside the verdict, naming every configuration of the check "
+        "that does not beat its untrained self (or the check's other sanity reference).",
+        "- **not comparable here**: the paper's number is on another data set. **not testable "
+        "here**: the claim needs data the embedded default cannot stand for. **not run yet**: "
+        "the study has not run the configurations.", "",
+        "## Ranking many methods (chapter 6)", "",
+        "Chapter 6 ranks the methods within each category (seeds averaged), tests whether the "
+        "mean ranks differ at all (Friedman), joins the methods the Nemenyi critical difference "
+        "cannot tell apart, and gives each pair a Wilcoxon signed-rank test over the categories, "
+        "Holm-adjusted. With six categories these tests detect only very large differences; the "
+        "chapter says how large.", ""]
+    out_md = Path(out_md)
+    out_md.write_text("\n".join(lines), encoding="utf-8")
+    return out_md
+
+
 def package_versions(names=STATUS_PACKAGES) -> dict[str, str]:
     """Installed versions of the packages the book depends on ('not installed' if absent)."""
     from importlib import metadata
@@ -372,7 +450,8 @@ def write_toc(book_dir: Path | str, chapters: list[str]) -> Path:
     lines += [f"      - file: chapters/{Path(c).stem}" for c in chapters]
     lines += ["  - caption: Results", "    chapters:",
               "      - file: scoreboard", "      - file: status",
-              "  - caption: Reference", "    chapters:", "      - file: deviations",
+              "  - caption: Reference", "    chapters:", "      - file: methods",
+              "      - file: deviations",
               "      - file: bibliography", "      - file: api", ""]
     path = Path(book_dir) / "_toc.yml"
     path.write_text("\n".join(lines))
@@ -456,6 +535,7 @@ def write_pages(book_dir: Path | str, timings: list[dict], records_dir: Path | s
     write_scoreboard(book_dir / "scoreboard.md", [resource_path("results"), records_dir])
     write_status(book_dir / "status.md", timings)
     write_deviations(book_dir / "deviations.md")
+    write_methods(book_dir / "methods.md")
     write_toc(book_dir, [t["notebook"] for t in timings])
     write_chapter_pages(book_dir)
 

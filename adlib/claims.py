@@ -118,7 +118,8 @@ class ClaimCheck:
             categories (cells); ours counts categories by their seed means.
         needs: the data the check needs that the embedded default cannot stand for (e.g.
             "MPDD's tubes category"); on the embedded default the check reads ``not testable
-            here`` with this in its note.
+            here`` with this in its note (and everywhere, when it states no order, table or
+            absolute number to compute).
     """
 
     claim: int
@@ -562,7 +563,8 @@ def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | 
     for check in checks:
         claim = get_claim(paper, check.claim)
         for metric in check.metrics:
-            if check.needs and dataset == "embedded":
+            if check.needs and (dataset == "embedded" or not (check.order or check.table
+                                                               or check.absolute)):
                 result = {"paper": check.order or "—", "ours": "—", "verdict": NOT_TESTABLE,
                           "n_pairs": 0, "note": f"needs {check.needs}"}
             elif metric not in frame:

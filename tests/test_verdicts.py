@@ -167,3 +167,43 @@ def test_several_methods_per_category_read_as_a_long_table():
     assert list(table.index) == [("image AUROC", "A"), ("image AUROC", "B"),
                                  ("pixel AUROC", "A"), ("pixel AUROC", "B")]
     assert table.loc[("pixel AUROC", "B"), "mean"] == 30.0
+
+
+@pytest.mark.parametrize("chapter", [c for c in chapters() if c.paper], ids=lambda c: c.key)
+def test_the_committed_claims_are_judged_by_todays_code(chapter):
+    """A record's claims are judged from its rows; after a change to how claims are judged,
+    ``python -m adlib study <paper> --rejudge`` brings them up to date without training."""
+    import json
+
+    from adlib.jsonable import jsonable
+    from adlib.study.report import committed_records, judge_record
+
+    for record in committed_records(chapter.key):
+        data = record.to_dict()
+        fresh = json.loads(json.dumps(jsonable(judge_record(data))))
+        stored = [(r["claim"], r.get("check"), r["level"], r["verdict"], r.get("ours"))
+                  for r in data["claims"]]
+        now = [(r["claim"], r.get("check"), r["level"], r["verdict"], r.get("ours")) for r in fresh]
+        assert stored == now, (f"{chapter.key}: the committed claims are out of date; run "
+                               f"python -m adlib study {chapter.key} --rejudge")
+
+
+def test_rejudging_rewrites_the_claims_and_nothing_else(tmp_path):
+    import json
+    import shutil
+
+    from adlib.resources import resource_path
+    from adlib.study.report import rejudge
+
+    folder = tmp_path / "rlr"
+    shutil.copytree(resource_path("results", "rlr"), folder)
+    path = next(folder.glob("rlr__study__study__*.json"))
+    before = json.loads(path.read_text())
+    before_claims = before["claims"]
+    before["claims"] = [{**r, "verdict": "reproduced"} for r in before_claims]   # stale
+    path.write_text(json.dumps(before))
+    rejudge("rlr", folder)
+    after = json.loads(path.read_text())
+    assert [r["verdict"] for r in after["claims"]] == [r["verdict"] for r in before_claims]
+    assert after["ablations"] == before["ablations"] and after["wall_time_s"] == before["wall_time_s"]
+    assert "## Claims" in next(folder.glob("summary__study__*.md")).read_text()

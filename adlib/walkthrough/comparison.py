@@ -126,7 +126,7 @@ def papers_table(ranking: pd.DataFrame, chapters: Mapping[str, Sequence[str]],
 
 
 def answer_box(ranking: pd.DataFrame, front: Sequence[str], *, metric: str = "image_auroc",
-               where: str = "") -> Html:
+               where: str = "", power: str = "") -> Html:
     """The chapter's first screen: the ranking with its tied groups, who learned, and which
     methods are worth their cost (``front``: the Pareto front's methods)."""
     from adlib.studies.comparison import METHODS
@@ -145,7 +145,8 @@ def answer_box(ranking: pd.DataFrame, front: Sequence[str], *, metric: str = "im
                         ("beats its untrained self", "20%"), ("worth its cost", "14%")], body)
     foot = ("Methods sharing a letter in <em>tied group</em> have mean ranks the Nemenyi test "
             "cannot tell apart (95 %); <em>worth its cost</em>: on the Pareto front of training "
-            "time per image against image AUROC." + (f" Measured on {where}." if where else ""))
+            "time per image against image AUROC." + (f" Measured on {where}." if where else "")
+            + (f" {power}" if power else ""))
     style = ("border:1px solid #c8c8c8;border-left:5px solid #4a6fa5;border-radius:4px;"
              "padding:8px 12px;margin:0.5em 0 1em 0;background:#fafbfd;max-width:100%;"
              "box-sizing:border-box")
@@ -228,8 +229,10 @@ class Page:
         if self.empty:
             return self._missing()
         costs = self.costs()
+        ranked = compare.ranks(trained(self.rows), self.metric)
         return answer_box(self.ranking(), list(costs.loc[costs["pareto"], "method"]),
-                          metric=self.metric, where=self.where())
+                          metric=self.metric, where=self.where(),
+                          power=compare.power_note(ranked["n_blocks"], ranked["k"]))
 
     def rank_figure(self):
         """The critical-difference diagram of the trained methods (None: not run yet)."""
