@@ -441,10 +441,16 @@ def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -
 
 def _learning(check: ClaimCheck, pairs, values, sign: float, metric: str,
               rows: pd.DataFrame) -> dict[str, Any]:
-    """Every config the check compares (both sides of each relation; each half of ``A | B``)
-    against the sanity reference: ``did_not_learn`` names those whose interval does not lie
-    above 0, ``learning`` gives each difference."""
+    """Every config the check compares that trains (both sides of each relation; each half of
+    ``A | B``; not a reference with no training loss, such as the mean training image) against
+    the sanity reference: ``did_not_learn`` names those whose interval does not lie above 0,
+    ``learning`` gives each difference."""
     names = list(dict.fromkeys(n.strip() for p in pairs for t in p for n in t.split("|")))
+    # a config that trains nothing (the mean training image, a threshold, kNN) has nothing to
+    # learn: its rows carry no training loss
+    if "final_loss" in rows:
+        trains = set(rows.loc[rows["final_loss"].notna(), "config"])
+        names = [n for n in names if n in trains]
     failed, shown = [], []
     for name in names:
         own = term_values(rows, name, metric, check.ablation, check.higher_is_better)

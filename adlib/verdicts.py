@@ -339,7 +339,9 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
                   for r in group]
         body.append([what, _short_paper(group[0]),
                      "<br>".join(lv + _short_ours(r) for lv, r in zip(levels, group)),
-                     "<br>".join(badge(r.get("verdict", NOT_RUN), short=True) + beside(r)
+                     "<br>".join((f'<span style="color:#555">{cell_text(r.get("level"))}</span> '
+                                  if len(group) > 1 and r.get("level") else "")
+                                 + badge(r.get("verdict", NOT_RUN), short=True) + beside(r)
                                  for r in group)])
     table = html_table([("claim", "37%"), ("paper", "18%"), ("ours (95 % interval)", "27%"),
                     ("verdict", "18%")], body)

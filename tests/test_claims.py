@@ -86,6 +86,12 @@ def test_did_not_learn_stands_beside_the_verdict_and_is_checked_on_every_config(
     rows = _rows({"A": 80.0, "B": 70.0, "untrained": 50.0})
     row = _verdict(ClaimCheck(3, order="A > B", sanity="untrained", metrics=("image_auroc",)), rows)[0]
     assert row["verdict"] == REPRODUCED and row["did_not_learn"] == []
+    # a reference beside the sanity one (the mean training image) trains nothing: not named
+    rows = _rows({"A": 80.0, "mean image": 40.0, "untrained": 50.0})
+    rows.loc[rows.config.isin(["mean image", "untrained"]), "final_loss"] = np.nan
+    row = _verdict(ClaimCheck(3, order="A > mean image", sanity="untrained",
+                              metrics=("image_auroc",)), rows)[0]
+    assert row["did_not_learn"] == [] and "mean image − untrained" not in row["learning"]
 
 
 def test_groups_lower_is_better_missing_configs_and_absolute_numbers():
