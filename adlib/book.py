@@ -174,6 +174,7 @@ def _md_cell(value) -> str:
 def counts_table(per_paper: dict[str, list[dict]]) -> str:
     """The scoreboard's count table (HTML): checks per verdict, per paper and in all, each
     verdict coloured; a verdict no paper has is left out."""
+    from adlib.claims import DID_NOT_LEARN
     from adlib.verdicts import badge, html_table, verdict_counts
 
     per = {name: verdict_counts(rows) for name, rows in per_paper.items()}
@@ -182,6 +183,12 @@ def counts_table(per_paper: dict[str, list[dict]]) -> str:
     header = [("verdict", "36%")] + [(name, width) for name in per] + [("all", width)]
     body = [[badge(v)] + [str(c[v]) for c in per.values()] + [f"<b>{total[v]}</b>"]
             for v in total if total[v]]
+    # beside the verdicts, not one of them: checks that name a model which did not learn
+    flagged = {name: sum(bool(r.get("did_not_learn")) for r in rows)
+               for name, rows in per_paper.items()}
+    if any(flagged.values()):
+        body.append([f"{badge(DID_NOT_LEARN, short=True)} (beside the verdict)"]
+                    + [str(n) for n in flagged.values()] + [f"<b>{sum(flagged.values())}</b>"])
     return html_table(header, body)
 
 
@@ -222,7 +229,7 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
     ``claims.md`` with our measurement or why not (:func:`adlib.verdicts.claims_html`)."""
     from adlib.papers import chapters
     from adlib.results import load_claims
-    from adlib.verdicts import chapter_claim_rows, claims_html, references_line
+    from adlib.verdicts import LEGEND, chapter_claim_rows, claims_html, references_line
 
     claims = load_claims(claims_path)
     records = _read_records([Path(p) for p in records_dirs if Path(p).exists()])
@@ -242,22 +249,14 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
         "",
         ("Ours come from the committed `study` records where they exist, otherwise from the "
          "book's own runs made while building this page "
-         f"({len(records)} run records read; profiles: {', '.join(sources) or 'none'}). A "
-         "direction (A > B) is judged on the paired differences A − B over (seed, category) "
-         "pairs: ours is their mean with a 95 % bootstrap interval; **reproduced** when the "
-         "interval lies above 0, **contradicted** below 0, **inconclusive** when it spans 0 or "
-         "fewer than 6 pairs were run. Where the paper states the size of its effect, an "
-         "inconclusive interval is split by power: *could not detect the paper's size* (the "
-         "interval still holds the paper's difference) or *smaller than the paper's* (it lies "
-         "wholly below it). *The model did not learn*: the trained model does not beat its "
-         "untrained self. A number measured on MVTec AD checked on the embedded default is *not "
-         "comparable here*."),
+         f"({len(records)} run records read; profiles: {', '.join(sources) or 'none'}). "
+         + LEGEND),
         "",
     ]
     lines += ["## Each model beside its references", "",
               ("Each chapter's model beside its untrained self and, where its study ran it, chapter "
-               "0's kNN baseline, from the chapter's committed study (mean over seeds of the "
-               "category mean, 95 % interval, in %). The chapters differ in image size, "
+               "0's kNN baseline, from the chapter's committed study (mean over categories of the "
+               "seed mean, 95 % t interval over the categories, in %). The chapters differ in image size, "
                "categories and seeds, so read each line on its own; chapter 6 compares them on one "
                "footing."), "", *[f"* **{p.short or p.title}**: {references_line(p.key, _committed(p.key))}"
                                  for p in papers if references_line(p.key, _committed(p.key))], ""]

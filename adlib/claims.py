@@ -478,42 +478,47 @@ def row_p(relations: list[tuple[stats.Estimate, float | None, float | None]]) ->
     return min(1.0, min(reversed_) * len(relations)), CONTRADICTED
 
 
-def _judge(row: dict[str, Any], adjusted: float | None, family: int) -> dict[str, Any]:
-    """A row's verdict from its relations (``adjusted``: the check's Holm-adjusted p over a
-    family of ``family`` checks; None: unadjusted, for a finding)."""
+def _judge(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's unadjusted verdict from its relations (``raw_verdict``, and ``verdict`` until
+    :func:`adjust` adjusts it), its p-value and the paper's size beside ours."""
     relations = row.pop("_relations", None)
     if relations is None:
         return row
     p, direction = row_p(relations)
-    p_used = p if adjusted is None else adjusted
-
-    def decisive(p_value: float) -> bool:
-        return (math.isfinite(p_value) and p_value < ALPHA
-                and all(est.finite for est, _, _ in relations))
-
-    # an interval that spans 0 tells power apart (the paper's size inside it or above it); one
-    # that was decisive before the adjustment is plain inconclusive, with the reason in its note
+    decisive = (math.isfinite(p) and p < ALPHA and all(est.finite for est, _, _ in relations))
+    # an interval that spans 0 tells power apart (the paper's size inside it or above it)
     open_ = _combined([relation_verdict(est, 1.0, e, m) for est, e, m in relations])
-    raw = direction if decisive(p) else open_
-    row["verdict"] = direction if decisive(p_used) else (INCONCLUSIVE if decisive(p) else open_)
-    row["raw_verdict"] = raw
-    row["p"], row["p_adjusted"] = p, p_used
+    row["verdict"] = row["raw_verdict"] = direction if decisive else open_
+    row["p"] = p
     sizes = [size_tag(est, effect) for est, effect, margin in relations
              if margin is None and est.method != "Wilson interval"]
     row["size"] = "; ".join(s for s in sizes if s)
-    notes = [row.get("note", "")]
     if len(relations) > 1:   # each relation on its own, unadjusted: which one holds the order up
         each = [relation_verdict(est, est.p, e, m) for est, e, m in relations]
-        notes.insert(0, f"pairs: {', '.join(each)}")
-    if adjusted is not None and math.isfinite(p):
-        checks = f"{family} claim check{'s' if family != 1 else ''}"
-        notes.append(f"p = {p:.2g}, Holm-adjusted over the chapter's {checks}: {p_used:.2g}")
-        if row["raw_verdict"] != row["verdict"]:
-            notes.append(f"{row['raw_verdict']} before the adjustment")
+        row["note"] = "; ".join(n for n in (f"pairs: {', '.join(each)}", row.get("note")) if n)
     row["relations"] = [{"mean": est.mean, "low": est.low, "high": est.high, "p": est.p,
                          "effect": effect} for est, effect, _ in relations]
-    row["note"] = "; ".join(n for n in notes if n)
     return row
+
+
+def adjust(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The verdicts of one chapter's claim rows, Holm-adjusted together: every row with a
+    p-value is one test of the family; a row decisive on its own (``raw_verdict``) stays so only
+    when its adjusted p is below 0.05, else it reads ``inconclusive``. ``p_adjusted`` and
+    ``adjustment`` (in words) are set; rows are changed in place and returned. Applied once
+    per study record (:func:`check_claims`) and again over the rows a chapter shows, which may
+    come from several records (:func:`adlib.verdicts.chapter_claim_rows`)."""
+    tested = [r for r in rows if r.get("raw_verdict") is not None
+              and isinstance(r.get("p"), (int, float)) and math.isfinite(r["p"])]
+    family = f"{len(tested)} claim check{'s' if len(tested) != 1 else ''}"
+    for row, p in zip(tested, stats.holm([r["p"] for r in tested])):
+        raw = row["raw_verdict"]
+        row["p_adjusted"] = p
+        row["verdict"] = INCONCLUSIVE if raw in (REPRODUCED, CONTRADICTED) and not p < ALPHA else raw
+        row["adjustment"] = (f"p = {row['p']:.2g}, Holm-adjusted over the chapter's {family}: "
+                             f"{p:.2g}" + (f"; {raw} before the adjustment"
+                                           if raw != row["verdict"] else ""))
+    return rows
 
 
 def with_pair_columns(rows: pd.DataFrame | Iterable[Mapping]) -> pd.DataFrame:
@@ -538,7 +543,7 @@ def compare(rows: pd.DataFrame | Iterable[Mapping], order: str, metric: str = "i
         return {"ours": "—", "verdict": NOT_RUN, "n_pairs": 0, "note": f"no {metric} in the rows"}
     row = _order_row(check, "", frame, metric)
     relations = list(row.get("_relations") or [])
-    row = _judge(row, None, 0)
+    row = _judge(row)
     bound = stats.smallest_effect(metric)
     row["bound"] = bound
     if row["verdict"] in (INCONCLUSIVE, UNDERPOWERED, SMALLER_THAN_PAPER):
@@ -585,10 +590,9 @@ def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | 
                         "paper_dataset": check.dataset, "dataset": dataset, "profile": profile,
                         "hardware": hardware_label(hardware), "revision": revision,
                         "_check_note": check.note})
-    tested = [row for row in out if row.get("_relations")]
-    adjusted = stats.holm([row_p(row["_relations"])[0] for row in tested])
-    for row, p in zip(tested, adjusted):
-        _judge(row, p, len(tested))
+    for row in out:
+        _judge(row)
+    adjust(out)
     for row in out:
         row["note"] = "; ".join(x for x in (row.pop("note", ""), row.pop("_check_note")) if x)
     return out
@@ -638,7 +642,7 @@ def _negated(text: str) -> tuple:
 
 
 DISPLAY_COLUMNS = ("claim", "check", "level", "paper", "ours", "n_pairs", "verdict", "dataset",
-                   "profile", "hardware", "revision", "note")
+                   "profile", "hardware", "revision", "note", "adjustment")
 VERDICT_COLOURS = {REPRODUCED: "#d9f0d3", CONTRADICTED: "#f8d5d0", INCONCLUSIVE: "#fff2cc",
                    UNDERPOWERED: "#fff2cc", SMALLER_THAN_PAPER: "#fbe7c6", DID_NOT_LEARN: "#fde0c5",
                    NOT_COMPARABLE: "#e8e8e8", NOT_TESTABLE: "#e8e8e8", NOT_RUN: "#ffffff"}

@@ -30,6 +30,7 @@ from adlib.claims import (
     SMALLER_THAN_PAPER,
     UNDERPOWERED,
     VERDICTS,
+    adjust,
     best_rows,
 )
 from adlib.study.report import METRIC_NAMES, breakable
@@ -46,6 +47,22 @@ VERDICT_COLOURS = {REPRODUCED: ("#0a5c1e", "#d3f0d9"), CONTRADICTED: ("#8a1c12",
 SHORT = {UNDERPOWERED: "too small to tell", SMALLER_THAN_PAPER: "smaller than the paper's",
          DID_NOT_LEARN: "did not learn", NOT_COMPARABLE: "not comparable",
          NOT_TESTABLE: "not testable here"}
+
+
+#: The verdicts in words, the same on the scoreboard, the introduction and the method appendix.
+LEGEND = (
+    "A direction (A > B) is judged on the paired differences A − B with the category as the "
+    "unit (the seeds of a category are repeats on the same images; LEA-Net's folds get the "
+    "Nadeau-Bengio correction), and a chapter's claim checks are adjusted together (Holm): "
+    "**reproduced** or **contradicted** when the difference lies on one side of 0 after the "
+    "adjustment; **inconclusive** otherwise, split where the paper states the size of its "
+    "effect into *could not detect the paper's size* (the interval still holds it) and *smaller "
+    "than the paper's* (it lies wholly below it). Beside a verdict: the paper's effect against "
+    "ours (same size, larger, smaller), the margin of a non-inferiority check (the book's "
+    "declared smallest effect, 2 points of AUROC), and *did not learn* for every compared model "
+    "that does not beat its untrained self. *Not comparable here*: a number measured on another "
+    "data set; *not testable here*: the claim needs data the embedded default cannot stand for; "
+    "*not run yet*: the study has not run it. The method appendix says how and why.")
 
 
 def beside(row: Mapping[str, Any]) -> str:
@@ -160,7 +177,8 @@ def claims_html(rows: Iterable[Mapping[str, Any]], *, caption: str = "",
         detail.append([cell_text(str(row.get("claim", "")).rsplit("#", 1)[-1]), _level(row), cell_text(row.get("n_pairs")),
                        cell_text(row.get("dataset")), cell_text(profile), cell_text(row.get("hardware")),
                        cell_text(row.get("revision")),
-                       cell_text("; ".join(x for x in (row.get("note"), row.get("learning")) if x))])
+                       cell_text("; ".join(x for x in (row.get("note"), row.get("adjustment"),
+                                                       row.get("learning")) if x))])
     main = html_table([("claim", "28%"), ("check · level", "14%"), ("paper", "17%"),
                    ("ours (95 % interval)", "24%"), ("verdict", "17%")], body)
     more = html_table([("claim", "9%"), ("check · level", "13%"), ("pairs", "7%"),
@@ -189,7 +207,8 @@ def chapter_claim_rows(paper: str, records: list[dict] | None = None,
 
         records = [r.to_dict() for r in committed_records(paper)]
     measured: dict[str, list[dict]] = {}
-    for row in best_rows(records):
+    # the rows may come from several records: the chapter's family is adjusted as one
+    for row in adjust(best_rows(records)):
         measured.setdefault(row["claim"], []).append(row)
     out = []
     for claim in claims if claims is not None else _paper_claims(paper):
@@ -198,27 +217,32 @@ def chapter_claim_rows(paper: str, records: list[dict] | None = None,
     return out
 
 
-def _cell_values(records: list[dict], cell: str, metric: str) -> list[float]:
-    """Per-category means over seeds of one ``ablation/config`` (or config) cell: the category
-    is the unit of the interval beside it."""
+def _cell_values(records: list[dict], cell: str, metric: str):
+    """One ``ablation/config`` (or config) cell's values indexed by (seed, category, fold), for
+    the book's interval (:func:`adlib.stats.paired_estimate`: the category as the unit, or the
+    fold correction)."""
+    import pandas as pd
+
     ablation, _, config = cell.rpartition("/")
-    per_seed: dict[Any, list[float]] = {}   # per category
+    values: dict[tuple, list[float]] = {}
     for record in records:
         for row in record.get("ablations") or []:
             if row.get("config") != config or (ablation and row.get("ablation") != ablation):
                 continue
             value = row.get(metric)
             if value is not None and math.isfinite(float(value)):
-                per_seed.setdefault(row.get("category"), []).append(float(value))
-    return [sum(v) / len(v) for v in per_seed.values()]
+                key = (row.get("seed"), row.get("category"), row.get("fold"))
+                values.setdefault(key, []).append(float(value))
+    index = pd.MultiIndex.from_tuples(list(values), names=["seed", "category", "fold"])
+    return pd.Series([sum(v) / len(v) for v in values.values()], index=index, dtype=float)
 
 
 def references_line(paper: str, records: list[dict]) -> str:
     """The chapter's model beside its references (untrained, kNN, ...) from the committed rows:
-    the chapter's ``headline`` cells, mean over categories of the seed mean, with a t interval
-    over the categories, in %."""
+    the chapter's ``headline`` cells with the book's interval (the category as the unit; folds
+    corrected), in %."""
     from adlib.papers import get_chapter
-    from adlib.stats import t_interval
+    from adlib.stats import paired_estimate
 
     chapter = get_chapter(paper)
     records = [_main_record(records)] if records else []   # one protocol: the main study's
@@ -227,10 +251,11 @@ def references_line(paper: str, records: list[dict]) -> str:
         shown = []
         for name, cell in chapter.headline.items():
             values = _cell_values(records, cell, metric)
-            if not values:
+            if values.empty:
                 continue
-            est = t_interval(values)
-            mean, lo, hi = est.mean, est.low, est.high
+            est = paired_estimate(values)
+            # a percentage cannot leave [0, 100]: the interval is cut at the bounds
+            mean, lo, hi = est.mean, max(est.low, 0.0), min(est.high, 100.0)
             span = f" [{lo:.1f}, {hi:.1f}]" if math.isfinite(lo) else ""
             shown.append(f"{cell_text(name)} <b>{mean:.1f}</b>{span}")
         if shown:

@@ -199,7 +199,7 @@ def test_the_chapters_claims_are_adjusted_together():
                            for i in range(10)], rows, **CTX)[0]
     assert alone["p_adjusted"] < many["p_adjusted"]
     assert alone["verdict"] == REPRODUCED and many["verdict"] == INCONCLUSIVE
-    assert "reproduced before the adjustment" in many["note"]
+    assert "reproduced before the adjustment" in many["adjustment"]
 
 
 def test_a_check_that_needs_other_data_is_not_testable_here():

@@ -113,7 +113,7 @@ def test_wilcoxon_holm_matches_scipy_and_statsmodels_and_six_categories_cannot_r
 
 def test_a_method_five_points_better_on_every_block_is_better_and_noise_alone_is_tied():
     rows = _rows({"A": 5.0, "B": 0.0, "C": 0.0}, noise=0.3)
-    # C - B: exactly symmetric differences (mean 0), so no seed of the bootstrap can exclude 0
+    # C - B: exactly symmetric differences (mean 0), so no interval can exclude 0
     for i, row in enumerate(r for r in rows if r["config"] == "C"):
         row["image_auroc"] = LEVELS[row["category"]] + (1.0 if i % 2 else -1.0) * (1 + i % 3)
     for row in (r for r in rows if r["config"] == "B"):

@@ -9,7 +9,7 @@ import pytest
 from adlib.claims import ClaimCheck, check_claims
 from adlib.papers import chapters
 from adlib.results import RunRecord, load_claims
-from adlib.verdicts import VERDICT_COLOURS, badge, claims_html, verdict_box
+from adlib.verdicts import VERDICT_COLOURS, badge, chapter_claim_rows, claims_html, verdict_box
 
 
 def _study_record(shift: float) -> dict:
@@ -207,3 +207,21 @@ def test_rejudging_rewrites_the_claims_and_nothing_else(tmp_path):
     assert [r["verdict"] for r in after["claims"]] == [r["verdict"] for r in before_claims]
     assert after["ablations"] == before["ablations"] and after["wall_time_s"] == before["wall_time_s"]
     assert "## Claims" in next(folder.glob("summary__study__*.md")).read_text()
+
+
+def test_a_chapters_rows_from_several_records_are_adjusted_as_one_family():
+    """Two records each hold one decisive check (p = 0.03): alone each passes; the chapter
+    shows both, so Holm adjusts them together."""
+    from adlib.claims import CONTRADICTED, INCONCLUSIVE, REPRODUCED
+
+    def record(check, created):
+        row = {"claim": "rlr #3", "check": check, "level": "image", "verdict": REPRODUCED,
+               "raw_verdict": REPRODUCED, "p": 0.03, "dataset": "embedded",
+               "paper_dataset": "mvtec_ad"}
+        return {"profile": "study", "dataset": "embedded", "created": created, "claims": [row]}
+
+    rows = chapter_claim_rows("rlr", [record("a", "1"), record("b", "2")])
+    checked = [r for r in rows if r.get("check") in ("a", "b")]
+    assert [r["verdict"] for r in checked] == [INCONCLUSIVE, INCONCLUSIVE]
+    assert all(r["p_adjusted"] == pytest.approx(0.06) for r in checked)
+    assert "2 claim checks" in checked[0]["adjustment"] and CONTRADICTED not in checked[0]["adjustment"]

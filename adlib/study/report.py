@@ -181,7 +181,7 @@ def judge_record(record: Mapping[str, Any]) -> list[dict]:
 def claims_markdown(claims: list[dict]) -> str:
     """A summary's claims section: the rows as a Markdown table."""
     table = claims_table(claims)[["claim", "check", "level", "paper", "ours", "n_pairs",
-                                  "verdict", "note"]]
+                                  "verdict", "note", "adjustment"]]
     return "\n".join(["## Claims", "", table.to_markdown(index=False) if _has_tabulate()
                       else table.to_string(index=False), ""])
 
