@@ -501,6 +501,11 @@ def _judge(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def p_text(p: float) -> str:
+    """A p-value for readers: three decimals, or "< 0.001"."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def adjust(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The verdicts of one chapter's claim rows, Holm-adjusted together: every row with a
     p-value is one test of the family; a row decisive on its own (``raw_verdict``) stays so only
@@ -515,9 +520,9 @@ def adjust(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raw = row["raw_verdict"]
         row["p_adjusted"] = p
         row["verdict"] = INCONCLUSIVE if raw in (REPRODUCED, CONTRADICTED) and not p < ALPHA else raw
-        row["adjustment"] = (f"p = {row['p']:.2g}, Holm-adjusted over the chapter's {family}: "
-                             f"{p:.2g}" + (f"; {raw} before the adjustment"
-                                           if raw != row["verdict"] else ""))
+        row["adjustment"] = (f"p = {p_text(row['p'])}, Holm-adjusted over the chapter's "
+                             f"{family}: {p_text(p)}" + (f"; {raw} before the adjustment"
+                                                         if raw != row["verdict"] else ""))
     return rows
 
 

@@ -276,7 +276,10 @@ class Page:
         """Every pair over the categories: Wilcoxon signed-rank, Holm-adjusted."""
         if self.empty:
             return self._missing()
+        from adlib.claims import p_text
+
         table = compare.wilcoxon_holm(trained(self.rows), self.metric)
+        table[["p", "p (Holm)"]] = table[["p", "p (Holm)"]].map(p_text)
         return _styled(table, "Every pair over the categories (seed means): Wilcoxon "
                        "signed-rank test, p adjusted over all pairs by Holm's method")
 
