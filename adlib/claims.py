@@ -9,9 +9,9 @@ How a direction is judged. For ``A > B`` on a metric, take the difference ``A - 
 (seed, category) pair that both configs ran -- (seed, category, fold) in a cross-validated
 study -- and the book's interval of its mean (:func:`adlib.stats.paired_estimate`): the
 category is the unit (seeds are repeats on the same test images), folds get the Nadeau-Bengio
-correction. The papers' claims are confirmatory: the p-values of every relation a chapter's
-checks test are Holm-adjusted together (:func:`adlib.stats.holm`), and a verdict is decisive
-only when its adjusted p is below 0.05:
+correction. The papers' claims are confirmatory: each check has one p-value (an order of several
+relations the largest of theirs, :func:`row_p`), a chapter's checks are Holm-adjusted together
+(:func:`adjust`), and a verdict is decisive only when its adjusted p is below 0.05:
 
 * ``reproduced``    the difference lies above 0 (after adjustment);
 * ``contradicted``  it lies below 0;
@@ -19,7 +19,7 @@ only when its adjusted p is below 0.05:
   gap in the paper's ``table``), the interval tells power apart: it still holds the paper's
   size (``inconclusive: could not detect the paper's size``) or lies wholly below it
   (``inconclusive: smaller than the paper's``);
-* beside a decisive verdict, the size of ours against the paper's (:func:`size_tag`): the
+* beside the verdict, the size of ours against the paper's (:func:`size_tag`): the
   paper's inside our interval ("same size"), our interval wholly above it ("larger than the
   paper's"; at 3x or more the baseline may be handicapped) or wholly below it ("smaller");
 * ``margin=True`` (non-inferiority, "A loses nothing against B"): reproduced when A - B lies
@@ -326,15 +326,15 @@ def size_tag(est: stats.Estimate, effect: float | None) -> str:
     return f"{SAME_SIZE} ({_fmt(effect)} inside our interval)"
 
 
-def relation_verdict(est: stats.Estimate, p_adjusted: float, effect: float | None,
+def relation_verdict(est: stats.Estimate, p: float, effect: float | None,
                      margin: float | None) -> str:
     """One relation's verdict from its interval of (better - worse), signed so that > 0 favours
-    the claim, and its p-value (Holm-adjusted for a paper's claim; as is for a finding);
+    the claim, and the p-value it is judged at (1.0: only the inconclusive reading, by power);
     ``effect`` the paper's size, ``margin`` a non-inferiority margin (points)."""
     if not est.finite:
         return INCONCLUSIVE
     null = -margin if margin is not None else 0.0
-    if math.isfinite(p_adjusted) and p_adjusted < ALPHA:
+    if math.isfinite(p) and p < ALPHA:
         return REPRODUCED if est.mean > null else CONTRADICTED
     if margin is None and effect is not None and effect > 0:
         return UNDERPOWERED if est.high >= effect else SMALLER_THAN_PAPER
@@ -396,7 +396,7 @@ def _difference(values: Mapping[str, pd.Series | None], a: str, b: str, sign: fl
 
 def _order_row(check: ClaimCheck, paper: str, rows: pd.DataFrame, metric: str) -> dict[str, Any]:
     """A direction check's row, not yet judged: its relations' estimates in ``_relations``
-    (:func:`_judge` gives the verdict once the chapter's p-values are adjusted)."""
+    (:func:`_judge` gives its unadjusted verdict, :func:`adjust` the chapter's)."""
     pairs = check.relations(paper, metric)
     effects = check.effects(paper, metric, pairs)
     sign = 1.0 if check.higher_is_better else -1.0
@@ -568,8 +568,8 @@ def check_claims(paper: str, checks: Iterable[ClaimCheck], rows: pd.DataFrame | 
 
     ``rows`` has columns ablation, config, seed, category and the metrics (the study rows,
     :func:`adlib.study.rows.rows_frame`). The rows are what the notebook or the study ran: a
-    check whose configs are not among them says ``not run yet``. Every direction relation of
-    every check is one test of the chapter's family, Holm-adjusted together.
+    check whose configs are not among them says ``not run yet``. Each check with a p-value is
+    one test of the chapter's family, Holm-adjusted together (:func:`adjust`).
     """
     from adlib.results import get_claim, hardware_label
 

@@ -41,13 +41,9 @@ import pandas as pd
 LEVEL = 0.95
 """The intervals' nominal coverage."""
 
-#: The smallest difference worth a sentence, per kind of metric, in points. Declared once for the
-#: book (2026-12-07, before any verdict was recomputed with it) and never taken from a study's
-#: rows. Why 2 AUROC points: the five papers' ablations argue from gains of 0.5 to 10 points,
-#: and a practitioner would not change methods for less than about 2; one category's test set
-#: on the embedded default also moves AUROC by about 2 points when a handful of its anomalous
-#: images change rank. Why 3 F1 points: F1 moves in steps of one image, about 1.5 to 3 points
-#: on the folds LEA-Net is scored on.
+#: The smallest difference worth a sentence, per kind of metric, in points: declared once for the
+#: book (2026-12-07, before any verdict was recomputed with it), never taken from a study's rows.
+#: Its reason is :data:`EQUIVALENCE_REASON`, which the method appendix prints.
 SMALLEST_EFFECT = {"auroc": 2.0, "aupro": 2.0, "f1": 3.0, "loss": math.inf}
 
 EQUIVALENCE_REASON = (

@@ -7,6 +7,7 @@ makes a row, so it stays out of the comparison's code hash.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,12 +22,11 @@ TRAINED, UNTRAINED = "methods", "untrained"
 """The comparison grid's two ablations: each method as its chapter trains it, and untrained."""
 
 VERDICT_GROUPS = {"reproduced": (REPRODUCED,), "contradicted": (CONTRADICTED,),
-                  "inconclusive": (INCONCLUSIVE, UNDERPOWERED, SMALLER_THAN_PAPER),
+                  "inconclusive": (INCONCLUSIVE, UNDERPOWERED, SMALLER_THAN_PAPER, DID_NOT_LEARN),
                   "not comparable": (NOT_COMPARABLE, NOT_TESTABLE), "not run yet": (NOT_RUN,)}
 """The scoreboard's verdicts, the three inconclusive ones together (and a record judged by older
 code, whose "did not learn" replaced the verdict): the paper table's columns; ``did not learn``
 counts the checks that name a config which does not beat its untrained self, beside them."""
-VERDICT_GROUPS["inconclusive"] += (DID_NOT_LEARN,)
 
 
 def trained(rows: pd.DataFrame) -> pd.DataFrame:
@@ -190,6 +190,12 @@ class Page:
         self.empty = rows.empty or not (rows.get("ablation") == TRAINED).any()
         self.train_images, self.unified = dict(train_images or {}), list(unified)
 
+    @functools.cached_property
+    def ranked(self) -> dict[str, Any]:
+        """The trained methods' ranks over the categories (:func:`adlib.compare.ranks`), once
+        for the box, the diagram and the sentence on what they can detect."""
+        return compare.ranks(trained(self.rows), self.metric)
+
     @classmethod
     def committed(cls, root: Any = None, folder: Any = None) -> Page:
         """The committed ``study`` grid's rows (``root``: the embedded default's folder, for
@@ -229,14 +235,13 @@ class Page:
         if self.empty:
             return self._missing()
         costs = self.costs()
-        ranked = compare.ranks(trained(self.rows), self.metric)
         return answer_box(self.ranking(), list(costs.loc[costs["pareto"], "method"]),
                           metric=self.metric, where=self.where(),
-                          power=compare.power_note(ranked["n_blocks"], ranked["k"]))
+                          power=compare.power_note(self.ranked["n_blocks"], self.ranked["k"]))
 
     def rank_figure(self):
         """The critical-difference diagram of the trained methods (None: not run yet)."""
-        return None if self.empty else compare.cd_figure(compare.ranks(trained(self.rows), self.metric))
+        return None if self.empty else compare.cd_figure(self.ranked)
 
     def cost_figure(self):
         """Image AUROC against training seconds per image, the front marked (None: not run)."""
@@ -287,8 +292,7 @@ class Page:
         """What the ranking over this many categories can detect, in a sentence."""
         if self.empty:
             return self._missing()
-        ranked = compare.ranks(trained(self.rows), self.metric)
-        return Html(f"<p>{compare.power_note(ranked['n_blocks'], ranked['k'])}</p>")
+        return Html(f"<p>{compare.power_note(self.ranked['n_blocks'], self.ranked['k'])}</p>")
 
     def pairwise_table(self):
         if self.empty:
