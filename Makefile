@@ -33,7 +33,7 @@ embedded: $(VENV)/.installed
 	$(BIN)/python -c "from adlib.data.embedded import ensure_embedded; print('embedded default:', ensure_embedded())"
 
 book: embedded
-	$(BIN)/python -m adlib.book --profile $(PROFILE)
+	$(BIN)/python -m adlib.book.builder --profile $(PROFILE)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

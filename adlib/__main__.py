@@ -14,53 +14,55 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import time
+from pathlib import Path
+
+from adlib.analysis.bench import bench_baseline, bench_metrics
+from adlib.analysis.stats import coverage_markdown, coverage_table
+from adlib.book.pageaudit import main as audit_main
+from adlib.chapters.cse_patch_svdd.bench import (
+    bench_patchsvdd_embed,
+    bench_patchsvdd_nn,
+)
+from adlib.chapters.gpucheck import gpucheck
+from adlib.chapters.profiles import resolve
+from adlib.data.embedded import generate_embedded
+from adlib.data.sources import choose_categories, resolve_root
+from adlib.study.engine import parse_value, run_study
+from adlib.study.load import load_study
+from adlib.study.provenance import ProvenanceError
+from adlib.study.report import rejudge, results_dir, write_outputs
+from adlib.study.spec import StudyError
+from adlib.study.verify import fingerprint, provenance_table, verify
 
 
 def _data_embedded(args: argparse.Namespace) -> None:
-    from adlib.data.embedded import generate_embedded
-
     root = generate_embedded(args.out, seed=args.seed)
     print(f"embedded default written to {root}")
 
 
 def _bench_metrics(args: argparse.Namespace) -> None:
-    from adlib.bench import bench_metrics
-
     bench_metrics(n_maps=args.n_maps, size=args.size)
 
 
 def _bench_baseline(args: argparse.Namespace) -> None:
-    from adlib.bench import bench_baseline
-
     bench_baseline(data_root=args.data_root, image_size=args.image_size, seed=args.seed)
 
 
 def _bench_patchsvdd_nn(args: argparse.Namespace) -> None:
-    from adlib.bench import bench_patchsvdd_nn
-
     bench_patchsvdd_nn(image_size=args.image_size, category=args.category, seed=args.seed,
                        n_bank=args.bank_images, n_query=args.query_images)
 
 
 def _bench_patchsvdd_embed(args: argparse.Namespace) -> None:
-    from adlib.bench import bench_patchsvdd_embed
-
     bench_patchsvdd_embed(image_size=args.image_size, n_images=args.images)
 
 
 def _study(args: argparse.Namespace) -> None:
-    import shlex
-
-    from adlib.data.sources import choose_categories, resolve_root
-    from adlib.profiles import resolve
-    from adlib.study.load import load_study
-    from adlib.study.engine import parse_value, run_study
-    from adlib.study.report import write_outputs
-
     study = load_study(args.paper)
     if args.rejudge:
-        from adlib.study.report import rejudge
 
         for path in rejudge(study.paper, args.out):
             print(f"claims judged again: {path}")
@@ -106,8 +108,6 @@ def _study(args: argparse.Namespace) -> None:
 
 
 def _fingerprint_digest(study, root) -> str | None:
-    from adlib.verify import fingerprint
-
     if study.fingerprint is None:
         return None
     printed = fingerprint(study)
@@ -116,12 +116,6 @@ def _fingerprint_digest(study, root) -> str | None:
 
 
 def _verify(study, args: argparse.Namespace) -> None:
-    import time
-
-    from adlib.provenance import ProvenanceError
-    from adlib.verify import provenance_table, verify
-    from adlib.study.report import results_dir
-
     out = args.out or results_dir(study.paper)
     started = time.perf_counter()
     try:
@@ -134,11 +128,6 @@ def _verify(study, args: argparse.Namespace) -> None:
 
 
 def _stats_coverage(args: argparse.Namespace) -> None:
-    import time
-    from pathlib import Path
-
-    from adlib.stats import coverage_markdown, coverage_table
-
     started = time.perf_counter()
     text = coverage_markdown(coverage_table(reps=args.reps, seed=args.seed), args.reps)
     print(text)
@@ -148,14 +137,10 @@ def _stats_coverage(args: argparse.Namespace) -> None:
 
 
 def _gpucheck(args: argparse.Namespace) -> None:
-    from adlib.gpucheck import gpucheck
-
     gpucheck(args.out, device=args.device, tiny=args.tiny, steps=args.steps)
 
 
 def _pageaudit(args: argparse.Namespace) -> None:
-    from adlib.pageaudit import main as audit_main
-
     argv = [args.html] + (["--screenshots", args.screenshots] if args.screenshots else [])
     if audit_main(argv):
         raise SystemExit(1)
@@ -260,8 +245,6 @@ def main(argv: list[str] | None = None) -> None:
     pa.set_defaults(func=_pageaudit)
 
     args = parser.parse_args(argv)
-    from adlib.provenance import ProvenanceError
-    from adlib.study.spec import StudyError
 
     try:
         args.func(args)

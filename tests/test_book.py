@@ -15,7 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from adlib import book, pageaudit
+from adlib.book import builder as book
+from adlib.book import pageaudit
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = book.notebook_paths(REPO / "notebooks")
@@ -113,7 +114,7 @@ def test_book_builds_with_warnings_as_errors(smoke_book):
         assert (html / f"{page}.html").exists(), page
     scoreboard = (html / "scoreboard.html").read_text()
     assert "Reproduction scoreboard" in scoreboard and "RLR" in scoreboard
-    assert "adlib.metrics" in (html / "api.html").read_text()
+    assert "adlib.analysis.metrics" in (html / "api.html").read_text()
 
 
 _chromium = pageaudit.browser

@@ -3,9 +3,9 @@
 import json
 import re
 
-from adlib import book
-from adlib.claims import ClaimCheck, check_claims
-from adlib.results import RunRecord
+from adlib.book import builder as book
+from adlib.analysis.claims import ClaimCheck, check_claims
+from adlib.study.results import RunRecord
 
 CHECKS = [ClaimCheck(1, absolute={"table": 1, "method": "Ours", "category": "mean"},
                      config="MLKA+LCA", label="MVTec AD mean"),
@@ -85,7 +85,7 @@ def test_toc_lists_chapters_in_order(tmp_path):
 def test_intro_and_api_include_the_chapter_lists_written_from_the_registry(tmp_path):
     from pathlib import Path
 
-    from adlib.papers import chapters
+    from adlib.chapters.registry import chapters
 
     written = {p.name: p.read_text() for p in book.write_chapter_pages(tmp_path)}
     book_dir = Path(book.REPO) / "book"

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adlib import stats
-from adlib.claims import (CONTRADICTED, COULD_NOT_TELL, INCONCLUSIVE, LEVEL, NOT_COMPARABLE,
+from adlib.analysis import stats
+from adlib.analysis.claims import (CONTRADICTED, COULD_NOT_TELL, INCONCLUSIVE, LEVEL, NOT_COMPARABLE,
                           NOT_RUN, NOT_TESTABLE, REPRODUCED, ClaimCheck, best_rows, check_claims,
                           claims_table, compare, parse_order)
 
@@ -219,7 +219,7 @@ def test_the_scoreboard_prefers_the_claims_own_data_set_for_an_order_check_too()
 
 
 def test_a_table_printed_per_category_gives_its_mean_row_for_an_order():
-    from adlib.claims import table_values
+    from adlib.analysis.claims import table_values
 
     ref = table_values("noise_to_norm", 4, "image_auroc")
     assert ref.index.is_unique and ref["lambda=0.3"] == 94.94 and ref["lambda=0"] == 73.16
@@ -268,9 +268,9 @@ def _per_category(values: dict[str, float], config: str = "A") -> pd.DataFrame:
 def test_an_absolute_claim_about_one_category_is_checked_on_that_category(monkeypatch):
     """noise-to-norm's *tubes* 94.16 against our tubes, not against the mean of every category
     (the audit's synthetic MPDD table with tubes = 95 read "contradicted")."""
-    import adlib.results
+    import adlib.study.results
 
-    monkeypatch.setattr(adlib.results, "paper_value", lambda paper, **f: 94.16)
+    monkeypatch.setattr(adlib.study.results, "paper_value", lambda paper, **f: 94.16)
     rows = _per_category({"tubes": 95.0, "bracket_black": 60.0, "metal_plate": 70.0})
     rows.loc[rows.category == "tubes", "image_auroc"] += [-1.0, 0.0, 1.0]   # three seeds
     check = ClaimCheck(2, absolute={"table": 1, "category": "tubes"}, config="A", dataset="mpdd",
@@ -284,7 +284,7 @@ def test_an_absolute_claim_about_one_category_is_checked_on_that_category(monkey
 
 
 def test_the_scoreboard_prefers_a_record_on_the_claims_data_set_for_an_absolute_check():
-    from adlib.claims import best_rows
+    from adlib.analysis.claims import best_rows
 
     study = {"profile": "study", "dataset": "embedded", "created": "2026-12-01",
              "claims": [{"claim": "maae #1", "check": "", "level": "image", "n_pairs": 30,
@@ -297,7 +297,7 @@ def test_the_scoreboard_prefers_a_record_on_the_claims_data_set_for_an_absolute_
 
 
 def test_power_tells_an_interval_too_wide_from_one_that_rules_the_papers_size_out():
-    from adlib.claims import SMALLER_THAN_PAPER, UNDERPOWERED
+    from adlib.analysis.claims import SMALLER_THAN_PAPER, UNDERPOWERED
 
     wide = _rows({"A": 84.0, "B": 80.0}, noise=8.0)   # this draw: +0.02 [-4.2, +4.3]
     row = _verdict(ClaimCheck(1, order="A > B", effect=3.0, metrics=("image_auroc",)), wide)[0]
@@ -311,7 +311,7 @@ def test_power_tells_an_interval_too_wide_from_one_that_rules_the_papers_size_ou
 
 
 def test_a_table_claim_takes_the_papers_size_from_the_table():
-    from adlib.claims import SMALLER_THAN_PAPER
+    from adlib.analysis.claims import SMALLER_THAN_PAPER
 
     # Table 5 image: alpha=2 > alpha=1, alpha=2 > alpha=3 by the table's own gaps
     rows = pd.DataFrame([{"ablation": "Table 5", "config": c, "seed": s, "category": k,
@@ -348,7 +348,7 @@ def test_compare_pairs_rows_that_carry_no_ablation_column():
     """Rows of a grid without ablations (a comparison of methods) pair on (seed, category)
     as any others: before, the missing column became NaN, NaN equals nothing, and every row
     was dropped (0 pairs, inconclusive)."""
-    from adlib.claims import compare
+    from adlib.analysis.claims import compare
 
     rows = [{"config": name, "seed": seed, "category": cat, "image_auroc": 70 + seed + (5 if name == "A" else 0)}
             for name in ("A", "B") for seed in range(3) for cat in ("x", "y", "z")]
@@ -360,7 +360,7 @@ def test_an_order_names_configs_that_hold_a_comma():
     """LEA-Net's deviation cells are named "ResNet18 + ResNet-based CAAN (4), learned gate
     (official code)": split on every comma, such an order compared nothing ("not run yet", or
     a config with itself)."""
-    from adlib.claims import parse_order
+    from adlib.analysis.claims import parse_order
 
     gate, caan = "R + C (4), learned gate (official code)", "R + C (4)"
     assert parse_order(f"{gate} > {caan}") == [(gate, caan)]

@@ -1,4 +1,4 @@
-"""Every method side by side (adlib.compare): paired differences, ranks, winners, cost fronts."""
+"""Every method side by side (adlib.analysis.compare): paired differences, ranks, winners, cost fronts."""
 
 import math
 
@@ -9,10 +9,10 @@ import pytest
 
 matplotlib.use("Agg")
 
-from adlib.compare import (  # noqa: E402
+from adlib.analysis.compare import (  # noqa: E402
     cd_figure, cliques, critical_difference, nemenyi_q, pareto, pareto_figure, pairwise, ranks,
     winners)
-from adlib.figures import smallest_shown_pt  # noqa: E402
+from adlib.book.figures import smallest_shown_pt  # noqa: E402
 
 CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid")
 LEVELS = dict(zip(CATEGORIES, (95.0, 62.0, 78.0, 88.0, 55.0)))   # categories far apart
@@ -63,7 +63,7 @@ def test_friedman_statistic_and_p_equal_scipys_on_a_random_block_design_with_tie
     correction is what has to match)."""
     from scipy.stats import friedmanchisquare
 
-    from adlib.compare import friedman
+    from adlib.analysis.compare import friedman
 
     rng = np.random.default_rng(3)
     table = pd.DataFrame(np.round(rng.normal(0, 3, size=(20, 4)) + [0.0, 1.0, 2.0, 2.5]),
@@ -95,7 +95,7 @@ def test_wilcoxon_holm_matches_scipy_and_statsmodels_and_six_categories_cannot_r
     from scipy.stats import wilcoxon
     from statsmodels.stats.multitest import multipletests
 
-    from adlib.compare import power_note, wilcoxon_holm
+    from adlib.analysis.compare import power_note, wilcoxon_holm
 
     categories = ("bottle", "cable", "capsule", "carpet", "grid")
     rows = _rows({"A": lambda s, c: 2.0 + categories.index(c), "B": 0.0,
@@ -144,7 +144,7 @@ def test_pairs_are_matched_on_seed_and_category_not_averaged_first():
 def test_pairing_sees_a_small_steady_lead_that_unpaired_means_cannot():
     """A = B + 1 on every block; the categories lie 40 points apart, so the two methods' sets
     of values overlap almost entirely and an unpaired interval spans 0."""
-    from adlib.metrics import bootstrap_interval
+    from adlib.analysis.metrics import bootstrap_interval
 
     rows = _rows({"A": 1.0, "B": 0.0}, noise=0.1)
     frame = pd.DataFrame(rows)

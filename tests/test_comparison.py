@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from adlib.jsonable import jsonable
-from adlib.profiles import resolve
-from adlib.studies import comparison as C
+from adlib.study.jsonable import jsonable
+from adlib.chapters.profiles import resolve
+from adlib.chapters.comparison import card as C
 from adlib.study.engine import plan
 
 
@@ -198,7 +198,7 @@ def _page_rows(gap: float, seeds: int = 3) -> "pd.DataFrame":
 
 
 def test_the_page_says_whether_a_method_beats_its_untrained_self_with_the_sign_kept():
-    from adlib.walkthrough import comparison as W
+    from adlib.chapters.comparison import page as W
 
     assert W.learned(_page_rows(gap=8.0)).set_index("method").loc["A", "learned"]
     level = W.learned(_page_rows(gap=0.0)).set_index("method").loc["A"]
@@ -210,7 +210,7 @@ def test_the_page_says_whether_a_method_beats_its_untrained_self_with_the_sign_k
 
 
 def test_tied_groups_share_a_letter_and_training_time_is_per_image_of_what_was_trained():
-    from adlib.walkthrough import comparison as W
+    from adlib.chapters.comparison import page as W
 
     assert W.group_letters([["kNN", "RLR"], ["RLR", "MAAE"]]) == {"kNN": "a", "RLR": "ab",
                                                                 "MAAE": "b"}
@@ -229,7 +229,7 @@ def test_tied_groups_share_a_letter_and_training_time_is_per_image_of_what_was_t
 def test_the_page_builds_before_the_study_has_run_and_says_how_to_run_it():
     import pandas as pd
 
-    from adlib.walkthrough import comparison as W
+    from adlib.chapters.comparison import page as W
 
     page = W.Page(pd.DataFrame())
     parts = [page.answer(), page.learned_table(), *page.category_table(), page.pairwise_table(),
@@ -239,7 +239,7 @@ def test_the_page_builds_before_the_study_has_run_and_says_how_to_run_it():
 
 
 def test_the_answer_box_ranks_the_methods_and_marks_the_one_that_did_not_learn():
-    from adlib.walkthrough import comparison as W
+    from adlib.chapters.comparison import page as W
 
     rows = _page_rows(gap=0.0)
     page = W.Page(rows, {"brick": 10, "coins": 10, "retina": 10})
@@ -266,7 +266,7 @@ def test_the_chapter_says_whether_each_method_beats_its_untrained_self_and_the_r
 
 
 def test_the_per_category_table_names_its_methods_and_calls_no_lead_on_three_seeds():
-    from adlib.walkthrough import comparison as W
+    from adlib.chapters.comparison import page as W
 
     page = W.Page(_page_rows(gap=8.0), {"brick": 10, "coins": 10, "retina": 10})
     means, won = (table.data for table in page.category_table())
@@ -282,9 +282,9 @@ def test_the_papers_table_counts_every_verdict_of_each_chapter_once():
     rows (the did-not-learn and not-comparable verdicts were once counted nowhere)."""
     import pandas as pd
 
-    from adlib.claims import VERDICTS
-    from adlib.verdicts import chapter_claim_rows
-    from adlib.walkthrough import comparison as W
+    from adlib.analysis.claims import VERDICTS
+    from adlib.book.verdicts import chapter_claim_rows
+    from adlib.chapters.comparison import page as W
 
     grouped = [v for verdicts in W.VERDICT_GROUPS.values() for v in verdicts]
     assert sorted(grouped) == sorted(VERDICTS)
@@ -301,7 +301,7 @@ def test_the_run_table_shows_milliseconds_under_the_chapters_headers():
     """This run's table: inference in ms per image under the chapter's headers, one decimal."""
     import pandas as pd
 
-    from adlib.walkthrough import comparison as W
+    from adlib.chapters.comparison import page as W
 
     rows = pd.DataFrame({"config": ["kNN"], "category": ["brick"], "image_auroc": [89.44],
                          "pixel_auroc": [95.6], "aupro": [82.8], "train_seconds": [0.5],

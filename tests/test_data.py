@@ -782,7 +782,7 @@ def test_a_requested_category_folder_without_anomalous_says_what_it_lacks(labell
 
 
 def test_a_walkthrough_of_one_category_says_which_requested_ones_it_leaves_out(capsys):
-    from adlib.profiles import Setup, resolve
+    from adlib.chapters.profiles import Setup, resolve
 
     run = Setup(resolve("lea_net", "cpu"), None, ["leaf", "cloud"], "cpu", 0.0)
     assert run.only_category("the walk-through trains one category") == "leaf"

@@ -1,4 +1,4 @@
-"""The skeleton every detector shares (adlib.models.base): unknown options, the untrained
+"""The skeleton every detector shares (adlib.training.detector): unknown options, the untrained
 reference, the not-fitted guard, one meaning of ``parameter_count``, image scores and the
 factory that builds a detector from a cell's settings. Tiny models, random backbone, no
 training: seconds."""
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from adlib.models.base import Detector, detector_from_settings, image_scores
-from adlib.models.maae import MAAEDetector
-from adlib.models.noise_to_norm import NoiseToNormDetector
-from adlib.models.patch_svdd import PatchSVDD
-from adlib.models.rlr import RLRDetector
+from adlib.training.detector import Detector, detector_from_settings, image_scores
+from adlib.chapters.maae.model import MAAEDetector
+from adlib.chapters.noise_to_norm.model import NoiseToNormDetector
+from adlib.chapters.cse_patch_svdd.model import PatchSVDD
+from adlib.chapters.rlr.model import RLRDetector
 
 IMAGES = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 RUN = {"device": "cpu", "progress": False}
@@ -23,7 +23,7 @@ RUN = {"device": "cpu", "progress": False}
 
 @pytest.fixture(scope="module")
 def cache():
-    from adlib.features import FeatureCache
+    from adlib.training.features import FeatureCache
 
     return FeatureCache(stages=(0, 1, 2, 3), image_size=64, device="cpu", pretrained=False,
                         show_progress=False)

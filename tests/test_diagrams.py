@@ -1,4 +1,4 @@
-"""adlib.diagrams: the layer table tells the truth about a forward pass; the diagram shows one
+"""adlib.book.diagrams: the layer table tells the truth about a forward pass; the diagram shows one
 box per called module, legibly (no text under 8 pt). Run with MPLBACKEND=Agg."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from matplotlib.text import Text
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from adlib.diagrams import architecture_diagram, layer_table  # noqa: E402
-from adlib.figures import COLUMN_IN, smallest_shown_pt  # noqa: E402
+from adlib.book.diagrams import architecture_diagram, layer_table  # noqa: E402
+from adlib.book.figures import COLUMN_IN, smallest_shown_pt  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

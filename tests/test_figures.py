@@ -1,4 +1,4 @@
-"""Figures legible in the book's column (adlib.figures)."""
+"""Figures legible in the book's column (adlib.book.figures)."""
 
 import matplotlib
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 
 matplotlib.use("Agg")
 
-from adlib.curves import curve_figure  # noqa: E402
-from adlib.figures import COLUMN_IN, MIN_PT, fit_column, smallest_shown_pt  # noqa: E402
+from adlib.training.curves import curve_figure  # noqa: E402
+from adlib.book.figures import COLUMN_IN, MIN_PT, fit_column, smallest_shown_pt  # noqa: E402
 
 
 def _curve_rows(configs=("Patch SVDD", "+SE", "+C-SE", "+C-SE+LBR")):
@@ -58,7 +58,7 @@ def test_the_fine_grain_figure_fits_the_column_with_its_pictures_readable():
     import matplotlib.pyplot as plt
     import torch
 
-    from adlib.walkthrough import noise_to_norm as walk
+    from adlib.chapters.noise_to_norm import page as walk
 
     def experiment():
         masks = np.zeros((2, 64, 64))

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from adlib.findings import map_contrast, map_sentence, versus
+from adlib.analysis.findings import map_contrast, map_sentence, versus
 
 
 def test_versus_orders_models_and_calls_small_gaps_level():

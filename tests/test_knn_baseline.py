@@ -10,8 +10,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 import adlib.nn.knn as knn
-from adlib.maps import gaussian_smooth
-from adlib.models.knn_baseline import KNNBaseline
+from adlib.nn.maps import gaussian_smooth
+from adlib.chapters.data_and_metrics.model import KNNBaseline
 from adlib.nn.knn import nearest_neighbour_distance
 
 torch.set_num_threads(2)
@@ -163,7 +163,7 @@ def test_predict_before_fit_says_what_to_do():
 def test_bench_baseline_table_on_a_tiny_mvtec_tree(tmp_path, capsys):
     from conftest import build_mvtec_tree
 
-    from adlib.bench import bench_baseline
+    from adlib.analysis.bench import bench_baseline
 
     root = build_mvtec_tree(tmp_path / "mvtec", size=64)
     table = bench_baseline(root, image_size=64, progress=False)

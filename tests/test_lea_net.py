@@ -1,4 +1,4 @@
-"""LEA-Net (adlib/models/lea_net.py, adlib/studies/lea_net.py): CIEDE2000 against Sharma's
+"""LEA-Net (adlib/chapters/lea_net/model.py, adlib/chapters/lea_net/study.py): CIEDE2000 against Sharma's
 published pairs, Lab conversion, the attention's behaviour, folds, the colour map, learning."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 from skimage.color import rgb2lab
 
-from adlib.models import lea_net as lea
-from adlib.studies import lea_net as study
+from adlib.chapters.lea_net import model as lea
+from adlib.chapters.lea_net import card as study
 
 # Sharma, Wu & Dalal (2005), Table 1: (L1, a1, b1), (L2, a2, b2), Delta E00.
 SHARMA = [
@@ -152,7 +152,7 @@ def test_a_short_run_learns_and_is_measured_against_both_sanity_references(tmp_p
     metric, the F1 at the paper's 0.5, as on AUROC; the threshold on the map's raw maximum
     (the other reference) is scored on the same folds, and beats "always anomalous" itself."""
     from adlib.data.sources import resolve_root
-    from adlib.profiles import resolve
+    from adlib.chapters.profiles import resolve
 
     monkeypatch.setenv("ADLIB_CACHE", str(tmp_path))
     s = study.protocol(resolve("lea_net", "cpu"))
@@ -229,7 +229,7 @@ def test_a_perfect_ranking_is_not_called_all_normal_at_the_papers_threshold(tmp_
     test fold perfectly (AUROC 98-100) and calls every image normal (F1 0, while its training
     loss is 0.02); with the statistics recomputed on the training images it calls them right at
     the paper's 0.5 (F1 86), and so does the threshold chosen on the training folds."""
-    from adlib.profiles import resolve
+    from adlib.chapters.profiles import resolve
 
     monkeypatch.setenv("ADLIB_CACHE", str(tmp_path))
     s = {**study.protocol(resolve("lea_net", "cpu")), "dataset": "synthetic", "colouriser_epochs": 10}

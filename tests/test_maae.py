@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adlib.models.maae import (VARIANTS, MAAEDetector, ang_step, build_maae, channel_statistics,
+from adlib.chapters.maae.model import (VARIANTS, MAAEDetector, ang_step, build_maae, channel_statistics,
                                maae_loss, reconstruction_error)
 from adlib.nn.mixed_attention import (AdaptiveNoise, ChannelSelfAttention, FeatureFusion,
                                       SpatialSelfAttention)
@@ -204,7 +204,7 @@ def test_the_uniad_baseline_has_the_official_parameter_count():
 def test_uniad_is_a_post_norm_encoder_and_a_query_decoder_with_the_mask_everywhere():
     from torch import nn
 
-    from adlib.models.maae import UniADDecoderLayer, UniADEncoderLayer
+    from adlib.chapters.maae.model import UniADDecoderLayer, UniADEncoderLayer
 
     model = _model("UniAD")
     assert len(model.groups) == len(model.decoder) == 1  # 3 blocks here: 1 + 1 (official 4 + 4)
@@ -237,8 +237,8 @@ def test_a_grid_other_than_the_models_is_refused():
 
 
 def test_short_unified_training_ranks_anomalous_images_higher(embedded_root):
-    from adlib.evaluation import evaluate_unified
-    from adlib.features import shared_feature_cache
+    from adlib.training.evaluation import evaluate_unified
+    from adlib.training.features import shared_feature_cache
 
     # the process-wide cache: the cpu-profile test below reads the same features
     cache = shared_feature_cache(stages=(0, 1, 2, 3), image_size=128, device="cpu")
@@ -300,9 +300,9 @@ def test_the_cpu_profile_beats_its_untrained_self(embedded_root):
     settings (Lite0 at 128 px, 6 blocks of width 64, 4 heads, lr 1e-3, batch 16, sigma 2,
     standardised features) on 2 categories for 2 of its 8 epochs. Measured on all 6 categories
     with the full 8 epochs: image AUROC 73.7 trained vs 55.7 untrained (seed 0)."""
-    from adlib.evaluation import evaluate_unified
-    from adlib.profiles import resolve
-    from adlib.studies import maae as chapter
+    from adlib.training.evaluation import evaluate_unified
+    from adlib.chapters.profiles import resolve
+    from adlib.chapters.maae import card as chapter
 
     settings = {**chapter.protocol(resolve("maae", "cpu")), "epochs": 2}
     assert (settings["hidden"], settings["layers"], settings["image_size"]) == (64, 6, 128)

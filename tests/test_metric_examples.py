@@ -1,7 +1,7 @@
 """The chapter-0 example must really separate the metrics the way the text says."""
 
-from adlib.metric_examples import region_size_example
-from adlib.metrics import aupro, image_auroc, pixel_auroc
+from adlib.chapters.data_and_metrics.page import region_size_example
+from adlib.analysis.metrics import aupro, image_auroc, pixel_auroc
 
 
 def test_pixel_auroc_prefers_the_sharp_detector_and_aupro_the_complete_one():

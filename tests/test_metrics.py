@@ -1,4 +1,4 @@
-"""adlib.metrics against scikit-learn and against plain, slow reference implementations."""
+"""adlib.analysis.metrics against scikit-learn and against plain, slow reference implementations."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score, roc_curve
 
-from adlib import metrics
-from adlib.metrics import (
+from adlib.analysis import metrics
+from adlib.analysis.metrics import (
     aupro,
     evaluate,
     f1_at_threshold,

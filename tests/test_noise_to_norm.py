@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from adlib.models.noise_to_norm import (MNet, add_noise, error_maps, inner, msssim_l1_loss,
+from adlib.chapters.noise_to_norm.model import (MNet, add_noise, error_maps, inner, msssim_l1_loss,
                                         msssim_map, msssim_window, normalise)
 from adlib.nn.mnet import SKFF, ResidualAttention
 
@@ -166,8 +166,8 @@ def test_the_score_can_ignore_a_border_strip_as_wide_as_the_ssim_window():
 
 
 def test_the_deviations_name_cells_of_the_study_grid_and_guesses_say_silent():
-    from adlib.chapter import Deviation
-    from adlib.studies import noise_to_norm as chapter
+    from adlib.chapters.base import Deviation
+    from adlib.chapters.noise_to_norm import card as chapter
 
     assert all(isinstance(d, Deviation) for d in chapter.DEVIATIONS)
     cells = {f"{c.ablation}/{c.config}" for c in chapter.GRIDS["study"]}
@@ -180,7 +180,7 @@ def test_the_deviations_name_cells_of_the_study_grid_and_guesses_say_silent():
 
 
 def test_the_grain_texture_is_seeded_grainy_and_its_defects_are_dark_and_flat():
-    from adlib.walkthrough.noise_to_norm import grain_texture
+    from adlib.chapters.noise_to_norm.page import grain_texture
 
     images, masks = grain_texture(4, 64, defects=True, seed=3)
     again, _ = grain_texture(4, 64, defects=True, seed=3)
@@ -201,9 +201,9 @@ def test_short_training_beats_the_untrained_model(embedded_root):
     (Its image AUROC is not asserted: on these settings it does not beat the untrained model's;
     the chapter says why.)"""
     from adlib.data.sources import open_split
-    from adlib.evaluation import evaluate_categories
-    from adlib.models.noise_to_norm import NoiseToNormDetector
-    from adlib.studies.noise_to_norm import CHAPTER, MODEL_KEYS
+    from adlib.training.evaluation import evaluate_categories
+    from adlib.chapters.noise_to_norm.model import NoiseToNormDetector
+    from adlib.chapters.noise_to_norm.study import CHAPTER, MODEL_KEYS
 
     cpu = CHAPTER.defaults("cpu")
     kw = {k: cpu[k] for k in MODEL_KEYS} | {"batch_size": cpu["batch_size"]}

@@ -134,7 +134,7 @@ def test_every_notebook_uses_the_one_repository_url():
 
     import yaml
 
-    from adlib.book import notebook_paths
+    from adlib.book.builder import notebook_paths
     from adlib.resources import REPOSITORY_URL
 
     config = yaml.safe_load((REPO / "book" / "_config.yml").read_text())
@@ -153,7 +153,7 @@ def test_every_notebook_uses_the_one_repository_url():
 
 @pytest.mark.slow
 def test_gpucheck_runs_its_code_path_on_the_cpu(tmp_path):
-    from adlib.gpucheck import entries, gpucheck
+    from adlib.chapters.gpucheck import entries, gpucheck
 
     rows = gpucheck(tmp_path, device="cpu", tiny=True)
     expected = ["00 kNN baseline"] + [c.label for c in entries()]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from adlib.models.patch_svdd import (
+from adlib.chapters.cse_patch_svdd.model import (
     HierarchicalEncoder64, PatchEncoder32, PatchPairs, PatchSVDD, PatchSVDDNet,
     PositionClassifier, colour_ramp_images, dense_embeddings, dense_embeddings_reference, grid_size,
     nearest_distances, patch_svdd_loss, position_pair_coords, spread_patch_scores,
@@ -135,7 +135,7 @@ def test_position_pairs_follow_the_direction_and_offset():
         (h1, w1), (h2, w2), label = position_pair_coords(256, 64, gen)
         dh, dw = h2 - h1, w2 - w1
         assert 0 <= h2 <= 192 and 0 <= w2 <= 192
-        from adlib.models.patch_svdd import NEIGHBOUR_DIRECTIONS
+        from adlib.chapters.cse_patch_svdd.model import NEIGHBOUR_DIRECTIONS
         sh, sw = NEIGHBOUR_DIRECTIONS[label]
         unclipped_h = 0 < h1 + sh * 48 and h1 + sh * 63 < 192
         if unclipped_h and sh:
@@ -177,7 +177,7 @@ def test_position_task_is_learnable_where_colour_gives_position_away():
     a patch is its colour, shifts of 24-31 px change it by ~0.3, far above the 0.02 jitter)
     the 8-way position loss must fall well below chance (ln 8 = 2.08) in 48 steps.
     A label that disagreed with the crop's direction would keep it at chance."""
-    from adlib.train import fit
+    from adlib.training.train import fit
 
     ramp = colour_ramp_images(8, 96)
     assert ramp.shape == (8, 3, 96, 96) and torch.equal(ramp[0, 0, 5], ramp[0, 0, 50])  # red = column
@@ -239,10 +239,10 @@ def test_the_position_classifier_trains_its_normalised_last_layer():
 def test_a_test_curve_ends_in_the_uninterrupted_run():
     """Training one epoch at a time from the checkpoint (scoring the test split between
     epochs) gives exactly the scores of one uninterrupted run."""
-    from adlib.curves import separate_curves
+    from adlib.training.curves import separate_curves
     from adlib.data.embedded import ensure_embedded
-    from adlib.evaluation import evaluate_categories
-    from adlib.studies.cse_patch_svdd import set_epochs
+    from adlib.training.evaluation import evaluate_categories
+    from adlib.chapters.cse_patch_svdd.study import set_epochs
 
     root = ensure_embedded() / "mvtec"
 
@@ -265,7 +265,7 @@ def test_a_short_training_on_the_fundus_beats_its_untrained_self():
     the same network before training (the chapter's sanity reference)."""
     from adlib.data.embedded import ensure_embedded
     from adlib.data.sources import open_split
-    from adlib.metrics import image_auroc
+    from adlib.analysis.metrics import image_auroc
 
     root = ensure_embedded() / "mvtec"
     train = open_split("embedded", root, "retina", "train", 96)
@@ -287,7 +287,7 @@ def test_a_short_training_on_the_fundus_beats_its_untrained_self():
 
 
 def test_nearest_neighbour_bench_reports_its_line_and_matches_brute_force(capsys):
-    from adlib.bench import bench_patchsvdd_nn
+    from adlib.chapters.cse_patch_svdd.bench import bench_patchsvdd_nn
 
     out = bench_patchsvdd_nn(image_size=96, category="coins", n_bank=2, n_query=1)
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -299,7 +299,7 @@ def test_nearest_neighbour_bench_reports_its_line_and_matches_brute_force(capsys
 
 
 def test_embedding_bench_compares_both_paths_for_every_variant(capsys):
-    from adlib.bench import bench_patchsvdd_embed
+    from adlib.chapters.cse_patch_svdd.bench import bench_patchsvdd_embed
 
     table = bench_patchsvdd_embed(image_size=96, n_images=1)
     assert len(table) == 6 and (table["max abs diff"] < 1e-6).all() and (table["ratio"] > 0).all()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from adlib.profiles import PROFILE_NAMES, profile_defaults, resolve
+from adlib.chapters.profiles import PROFILE_NAMES, profile_defaults, resolve
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
@@ -70,8 +70,8 @@ def test_smoke_limits_categories_unless_they_are_named(tmp_path):
 
 
 def test_setup_gives_the_chapter_protocol_and_a_paper_run_its_estimate_first(tmp_path, capsys):
-    from adlib.gpucheck import write_tree
-    from adlib.profiles import setup
+    from adlib.chapters.gpucheck import write_tree
+    from adlib.chapters.profiles import setup
     from adlib.study.load import load_study
 
     root = write_tree(tmp_path / "mvtec", 64, n_train=4, n_test=2)

@@ -1,6 +1,6 @@
 """Book builds get one summary line per bar instead of hundreds of redraws."""
 
-from adlib.progress import progress
+from adlib.training.progress import progress
 
 
 def test_summary_mode_prints_one_line_per_bar(monkeypatch, capsys):

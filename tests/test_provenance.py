@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from adlib.provenance import EQUIVALENCES_FILE, linked_hashes
+from adlib.study.provenance import EQUIVALENCES_FILE, linked_hashes
 from adlib.study.load import load_study
 from adlib.study.spec import StudyError
 from adlib.study.engine import run_study
-from adlib.verify import fingerprint, verify
+from adlib.study.verify import fingerprint, verify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,9 +25,9 @@ HASH_SCRIPT = textwrap.dedent('''
     import json, subprocess, sys
     from pathlib import Path
     import adlib
-    from adlib import provenance as p
+    from adlib.study import provenance as p
     assert Path(adlib.__file__).resolve().is_relative_to(Path.cwd().resolve()), adlib.__file__
-    study, comparison = "adlib.studies.rlr", "adlib.studies.comparison"
+    study, comparison = "adlib.chapters.rlr.study", "adlib.chapters.comparison.study"
     out = {"closure": p.import_closure(study), "clean": p.dirty_files(study),
            "c0": p.code_hash(comparison)}
 
@@ -45,16 +45,16 @@ HASH_SCRIPT = textwrap.dedent('''
     edit("adlib/data/sources.py", "\\ndef resolve_root", "\\nEXTRA = 1\\n\\n\\ndef resolve_root")
     out["h_data"] = p.code_hash(study)
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
-    edit("adlib/studies/rlr.py", "\\nGRIDS = {", "\\nGRIDS = {\\n    \\"extra\\": REFERENCE,")
+    edit("adlib/chapters/rlr/study.py", "\\nGRIDS = {", "\\nGRIDS = {\\n    \\"extra\\": REFERENCE,")
     out["h_grid"] = p.code_hash(study)
     out["c_grid"] = p.code_hash(comparison)     # it imports rlr's study module for its detector
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
-    edit("adlib/studies/rlr.py", "\\nMODEL_KEYS = (", "\\nMODEL_KEYS = (\\"extra\\", ")
+    edit("adlib/chapters/rlr/study.py", "\\nMODEL_KEYS = (", "\\nMODEL_KEYS = (\\"extra\\", ")
     out["c_code"] = p.code_hash(comparison)
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
-    edit("adlib/claims.py", "\\nMIN_PAIRS = 6", "\\nMIN_PAIRS = 7")     # how rows are judged
+    edit("adlib/analysis/claims.py", "\\nMIN_PAIRS = 6", "\\nMIN_PAIRS = 7")     # how rows are judged
     out["h_claims"] = p.code_hash(study)
-    edit("adlib/provenance.py", "\\ndef code_hash", "\\nEXTRA = 1\\n\\n\\ndef code_hash")
+    edit("adlib/study/provenance.py", "\\ndef code_hash", "\\nEXTRA = 1\\n\\n\\ndef code_hash")
     out["h_provenance"] = p.code_hash(study)    # how code is named, not how rows are made
     print(json.dumps(out))
 ''')
@@ -77,9 +77,9 @@ def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     for module in ("adlib.data.folders", "adlib.data.sources", "adlib.data.embedded", "adlib.nn",
-                   "adlib.models.rlr", "adlib.train", "adlib.evaluation"):
+                   "adlib.chapters.rlr.model", "adlib.training.train", "adlib.training.evaluation"):
         assert module in out["closure"], module
-    assert not any(m.startswith(("adlib.studies.maae", "adlib.models.lea_net", "adlib.gpucheck"))
+    assert not any(m.startswith(("adlib.chapters.maae.study", "adlib.chapters.lea_net.model", "adlib.chapters.gpucheck"))
                    for m in out["closure"]), "another chapter's code must not enter RLR's hash"
     assert out["clean"] == []
     assert out["h_doc"] == out["h0"], "a docstring or comment edit changed the code hash"
@@ -90,9 +90,9 @@ def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp
     assert out["c_grid"] == out["c0"], "another chapter's new grid changed the comparison's hash"
     assert out["c_code"] != out["c0"], "another chapter's code edit left the comparison's hash"
     # the claim checks, the registry and the run records judge and show rows; they make none
-    assert not {"adlib.claims", "adlib.chapter", "adlib.papers", "adlib.results"} & set(out["closure"])
+    assert not {"adlib.analysis.claims", "adlib.chapters.base", "adlib.chapters.registry", "adlib.study.results"} & set(out["closure"])
     assert out["h_claims"] == out["h0"], "changing how claims are judged changed the code hash"
-    assert "adlib.provenance" not in out["closure"]
+    assert "adlib.study.provenance" not in out["closure"]
     assert out["h_provenance"] == out["h0"], "an edit to the hashing code changed the code hash"
 
 
@@ -101,7 +101,7 @@ TOY_MODEL = "SCALE = 10.0\n"
 TOY_STUDY = '''
 import zlib
 
-from adlib.provenance import Fingerprint
+from adlib.study.provenance import Fingerprint
 from adlib.study.spec import Cell, Study
 
 
@@ -189,7 +189,7 @@ def test_a_fingerprint_moved_by_the_environment_is_equivalent_when_the_old_revis
     recorded: the environment moved it. When that revision, rerun here, gives the current code's
     numbers for every sampled row, the rows hold; without such reruns a moved fingerprint is
     still STALE (the test above)."""
-    import adlib.verify as verify_module
+    import adlib.study.verify as verify_module
 
     pkg, data, reload = toyfp
     out = tmp_path / "rows"
@@ -228,8 +228,8 @@ def test_an_equivalence_from_another_torch_reads_unverified_here_not_stale():
 def test_a_study_from_a_dirty_tree_is_refused_and_allowed_rows_are_marked(toyfp, tmp_path, monkeypatch):
     _, data, reload = toyfp
     reload()
-    monkeypatch.setattr("adlib.study.engine.dirty_files", lambda module: ["adlib/models/rlr.py"])
-    with pytest.raises(StudyError, match=r"uncommitted changes.*adlib/models/rlr.py.*--allow-dirty"):
+    monkeypatch.setattr("adlib.study.engine.dirty_files", lambda module: ["adlib/chapters/rlr/model.py"])
+    with pytest.raises(StudyError, match=r"uncommitted changes.*adlib/chapters/rlr/model.py.*--allow-dirty"):
         _study(tmp_path / "refused", data, refuse_dirty=True)
     assert not (tmp_path / "refused" / "rows.jsonl").exists()
     allowed = _study(tmp_path / "allowed", data)
@@ -237,7 +237,7 @@ def test_a_study_from_a_dirty_tree_is_refused_and_allowed_rows_are_marked(toyfp,
 
 
 def test_every_paper_declares_a_fingerprint_whose_cells_exist():
-    from adlib.papers import PAPERS
+    from adlib.chapters.registry import PAPERS
 
     for key in PAPERS:
         study = load_study(key)
@@ -251,8 +251,8 @@ def test_a_legacy_equivalence_links_only_the_revisions_it_checked():
     their hash left modules out, so one revision's check says nothing of another's rows."""
     import torch
 
-    from adlib.provenance import here, row_status
-    from adlib.verify import _groups
+    from adlib.study.provenance import here, row_status
+    from adlib.study.verify import _groups
 
     env = here()
     record = {"old_hash": "old", "new_hash": "new", "revisions": ["abc1234"],

@@ -14,16 +14,16 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from adlib import book
-from adlib.chapter import Chapter
-from adlib.papers import CHAPTERS_ENV, chapters, get_chapter
+from adlib.book import builder as book
+from adlib.chapters.base import Chapter
+from adlib.chapters.registry import CHAPTERS_ENV, chapters, get_chapter
 
 REPO = Path(__file__).resolve().parents[1]
 
 TOY = '''
 """A toy chapter outside the package."""
 
-from adlib.chapter import Chapter, Deviation
+from adlib.chapters.base import Chapter, Deviation
 from adlib.study.spec import Cell, Study
 
 CHAPTER = Chapter(key="toy_chapter", title="Toy: a chapter from a test", notebook=NOTEBOOK,
@@ -78,8 +78,8 @@ def toy(tmp_path, monkeypatch):
 
 
 def test_a_toy_chapter_registers_itself_in_the_papers_and_the_profiles(toy):
-    from adlib.papers import PAPERS
-    from adlib.profiles import resolve
+    from adlib.chapters.registry import PAPERS
+    from adlib.chapters.profiles import resolve
     from adlib.study.load import load_study
 
     written = [c for c in chapters() if c.notebook]      # chapters without a notebook come last
@@ -116,14 +116,14 @@ def test_a_toy_chapter_is_in_the_books_contents_intro_api_and_scoreboard(toy, tm
 
 
 def test_a_deviation_without_its_reason_is_refused():
-    from adlib.chapter import Deviation
+    from adlib.chapters.base import Deviation
 
     with pytest.raises(ValueError, match="why is empty"):
         Deviation("loss", paper="L2", ours="L1", why=" ")
 
 
 def test_a_toy_chapter_gets_its_row_in_the_gpu_check(toy, tmp_path):
-    from adlib.gpucheck import check_chapter, entries, write_tree
+    from adlib.chapters.gpucheck import check_chapter, entries, write_tree
 
     assert entries()[-1] == toy
     root = write_tree(tmp_path / "mvtec", 32, n_train=1, n_test=1)
@@ -138,7 +138,7 @@ def test_a_registration_mistake_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv(CHAPTERS_ENV, "no_such_chapter_module")
     with pytest.raises(ImportError, match="PYTHONPATH"):
         chapters()
-    _register(tmp_path, monkeypatch, "from adlib.chapter import Chapter\n"
+    _register(tmp_path, monkeypatch, "from adlib.chapters.base import Chapter\n"
                                      "CHAPTER = Chapter(key='rlr', title='again', notebook=None)\n")
     with pytest.raises(ValueError, match="both declare key 'rlr'"):
         chapters()
@@ -146,7 +146,7 @@ def test_a_registration_mistake_says_what_to_do(tmp_path, monkeypatch):
         Chapter(key="x", title="x", notebook="x.ipynb")
 
 
-@pytest.mark.parametrize("module", ["adlib.papers", "adlib.profiles", "adlib.gpucheck"])
+@pytest.mark.parametrize("module", ["adlib.chapters.registry", "adlib.chapters.profiles", "adlib.chapters.gpucheck"])
 def test_the_registry_modules_import_alone_without_importing_a_study(module):
     code = (f"import sys, {module}; "
             "assert not [m for m in sys.modules if m.startswith('adlib.studies.')], 'studies imported'")

@@ -1,4 +1,4 @@
-"""adlib.results: run records, paper tables, claims, and the paper-vs-us verdicts."""
+"""adlib.study.results: run records, paper tables, claims, and the paper-vs-us verdicts."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adlib import results as R
-from adlib.results import RunRecord, RunRecordError
+from adlib.study import results as R
+from adlib.study.results import RunRecord, RunRecordError
 
 
 
@@ -243,7 +243,7 @@ def test_study_results_being_written_do_not_make_the_revision_dirty(tmp_path):
     git("init", "-q")
     git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
     git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
-    code = f"import sys; sys.path.insert(0, {str(repo)!r}); import adlib.results as r; print(r.adlib_revision())"
+    code = f"import sys; sys.path.insert(0, {str(repo)!r}); import adlib.study.results as r; print(r.adlib_revision())"
     revision = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
                                       check=True).stdout.strip()
     clean = revision()

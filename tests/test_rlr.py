@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from adlib.features import FeatureCache
-from adlib.models.rlr import (VARIANTS, LevelReconstructor, RLRConfig, RLRDetector,
+from adlib.training.features import FeatureCache
+from adlib.chapters.rlr.model import (VARIANTS, LevelReconstructor, RLRConfig, RLRDetector,
                               ReconstructionBlock, anomaly_map, build_rlr)
 from adlib.nn import count_parameters
 from adlib.nn.reference_attention import (LocalCrossAttention, MaskedLearnableKeyAttention,
@@ -208,7 +208,7 @@ def test_features_are_extracted_once_per_image(embedded_root):
 
 @pytest.mark.slow
 def test_short_unified_training_ranks_anomalous_images_higher(embedded_root):
-    from adlib.evaluation import evaluate_unified
+    from adlib.training.evaluation import evaluate_unified
 
     torch.manual_seed(0)
     cache = FeatureCache(stages=(2, 3), image_size=128, show_progress=False)
@@ -233,7 +233,7 @@ def test_short_unified_training_ranks_anomalous_images_higher(embedded_root):
 def test_the_rlr_test_curve_ends_in_the_uninterrupted_run(embedded_root, tmp_path, capsys):
     """The study's curve runner (test split scored after every epoch) gives the rows of its
     plain runner, so curve rows may replace them under the same model hash."""
-    from adlib.profiles import resolve
+    from adlib.chapters.profiles import resolve
     from adlib.study.load import load_study
     from adlib.study.spec import Cell
     from adlib.study.engine import run_study

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adlib import stats
+from adlib.analysis import stats
 
 
 def _diffs(table: np.ndarray) -> pd.Series:
@@ -61,7 +61,7 @@ def test_on_seeds_that_are_noise_around_a_per_category_effect_the_books_interval
     design = stats.DESIGNS["6 categories x 3 seeds, separate"]
     hits = {"pairs": 0, "book": 0}
     reps = 400
-    from adlib.metrics import bootstrap_interval
+    from adlib.analysis.metrics import bootstrap_interval
 
     for _ in range(reps):
         d = stats._draw(rng, design, skewed=False)
@@ -131,7 +131,7 @@ def test_this_benchmark_interval_holds_the_categories_fixed():
 
 
 def test_the_method_appendix_prints_the_simulation_and_the_declared_bound(tmp_path):
-    from adlib.book import write_methods
+    from adlib.book.builder import write_methods
 
     text = write_methods(tmp_path / "methods.md").read_text(encoding="utf-8")
     assert "| 6 categories x 3 seeds, separate | normal | the book's interval |" in text

@@ -28,7 +28,7 @@ TOY_STUDY = '''
 import time
 import zlib
 
-from adlib.provenance import Fingerprint
+from adlib.study.provenance import Fingerprint
 from adlib.study.spec import Cell, Study
 
 
@@ -125,7 +125,7 @@ def test_identical_settings_run_once_and_a_rerun_skips_finished_rows(toy, tmp_pa
 
 
 def test_a_test_curve_run_remakes_rows_without_curves_and_reports_best_minus_last(toy, tmp_path, capsys):
-    from adlib.curves import best_minus_last
+    from adlib.training.curves import best_minus_last
 
     _, data = toy
     plain = _run(tmp_path / "s", data)
@@ -221,9 +221,9 @@ def test_torn_last_line_is_skipped_and_the_next_row_starts_fresh(tmp_path):
 
 
 def test_every_paper_study_declares_valid_grids_and_checks():
-    from adlib.papers import PAPERS
-    from adlib.profiles import resolve
-    from adlib.results import get_claim
+    from adlib.chapters.registry import PAPERS
+    from adlib.chapters.profiles import resolve
+    from adlib.study.results import get_claim
 
     for paper in PAPERS.values():
         if paper.study is None:
@@ -266,7 +266,7 @@ def test_a_local_worker_asks_to_die_with_the_study_process():
 
 TOY_FOLDS = '''
 """A toy cross-validated study: one task per (category, fold); the score depends on the fold."""
-from adlib.provenance import Fingerprint
+from adlib.study.provenance import Fingerprint
 from adlib.study.spec import Cell, Study
 
 

@@ -1,4 +1,4 @@
-"""Behaviour of adlib.train.fit: learning, exact resume, checkpoints, early stopping, logging."""
+"""Behaviour of adlib.training.train.fit: learning, exact resume, checkpoints, early stopping, logging."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from adlib import train as train_module
-from adlib.train import (
+from adlib.training import train as train_module
+from adlib.training.train import (
     CheckpointMismatchError,
     epoch_seed,
     fit,

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from adlib.claims import ClaimCheck, check_claims
-from adlib.papers import chapters
-from adlib.results import RunRecord, load_claims
-from adlib.verdicts import VERDICT_COLOURS, badge, chapter_claim_rows, claims_html, verdict_box
+from adlib.analysis.claims import ClaimCheck, check_claims
+from adlib.chapters.registry import chapters
+from adlib.study.results import RunRecord, load_claims
+from adlib.book.verdicts import VERDICT_COLOURS, badge, chapter_claim_rows, claims_html, verdict_box
 
 
 def _study_record(shift: float) -> dict:
@@ -90,7 +90,7 @@ def test_the_box_names_cells_the_chapter_declares(chapter):
 # every chapter, the comparison (no paper) included
 @pytest.mark.parametrize("chapter", chapters(), ids=lambda c: c.key)
 def test_every_finding_a_chapter_states_still_holds_on_its_committed_study(chapter):
-    from adlib.verdicts import stale_findings
+    from adlib.book.verdicts import stale_findings
 
     stale = stale_findings(chapter.key)
     assert not stale, (f"{chapter.key}: the committed study no longer supports {stale}; "
@@ -100,15 +100,15 @@ def test_every_finding_a_chapter_states_still_holds_on_its_committed_study(chapt
 def test_a_finding_the_rows_contradict_is_marked_stale(monkeypatch):
     from dataclasses import replace
 
-    import adlib.papers
-    from adlib.chapter import Finding
-    from adlib.verdicts import findings_html, stale_findings
+    import adlib.chapters.registry
+    from adlib.chapters.base import Finding
+    from adlib.book.verdicts import findings_html, stale_findings
 
-    rlr = adlib.papers.get_chapter("rlr")
+    rlr = adlib.chapters.registry.get_chapter("rlr")
     # the out-of-date sentence second: each list item is read on its own
     wrong = replace(rlr, findings=(Finding("Jitter helps.", "MLKA+LCA > perturbation=none"),
                                    Finding("Jitter hurts.", "perturbation=none > MLKA+LCA")))
-    monkeypatch.setattr(adlib.papers, "get_chapter", lambda key: wrong)
+    monkeypatch.setattr(adlib.chapters.registry, "get_chapter", lambda key: wrong)
     record = _study_record(10.0)
     record["params"]["grid"] = "study"
     assert stale_findings("rlr", [record]) == ["Jitter hurts."]
@@ -119,7 +119,7 @@ def test_the_box_warns_when_the_committed_rows_are_stale(tmp_path):
     import json
 
     from adlib.study.report import results_dir
-    from adlib.verdicts import stale_warning
+    from adlib.book.verdicts import stale_warning
 
     rows = [json.loads(line) for line in (results_dir("rlr") / "rows.jsonl").read_text().splitlines()[:3]]
     for i, row in enumerate(rows):
@@ -154,7 +154,7 @@ def test_several_methods_per_category_read_as_a_long_table():
     categories whatever the number of methods (12 columns once overflowed the page)."""
     import numpy as np
 
-    from adlib.evaluation import CategoryResult
+    from adlib.training.evaluation import CategoryResult
     from adlib.study.report import side_by_side
 
     def results(value):
@@ -175,7 +175,7 @@ def test_the_committed_claims_are_judged_by_todays_code(chapter):
     ``python -m adlib study <paper> --rejudge`` brings them up to date without training."""
     import json
 
-    from adlib.jsonable import jsonable
+    from adlib.study.jsonable import jsonable
     from adlib.study.report import committed_records, judge_record
 
     for record in committed_records(chapter.key):
@@ -212,7 +212,7 @@ def test_rejudging_rewrites_the_claims_and_nothing_else(tmp_path):
 def test_a_chapters_rows_from_several_records_are_adjusted_as_one_family():
     """Two records each hold one decisive check (p = 0.03): alone each passes; the chapter
     shows both, so Holm adjusts them together."""
-    from adlib.claims import CONTRADICTED, INCONCLUSIVE, REPRODUCED
+    from adlib.analysis.claims import CONTRADICTED, INCONCLUSIVE, REPRODUCED
 
     def record(check, created):
         row = {"claim": "rlr #3", "check": check, "level": "image", "verdict": REPRODUCED,

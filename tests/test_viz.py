@@ -1,4 +1,4 @@
-"""adlib.viz: every plot returns a Figure with the panels, lines and titles it promises.
+"""adlib.book.viz: every plot returns a Figure with the panels, lines and titles it promises.
 
 Set ADLIB_VIZ_EXAMPLES=/some/dir to also keep the PNGs for a look by eye.
 """
@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from adlib import viz  # noqa: E402
+from adlib.book import viz  # noqa: E402
 
 torch = pytest.importorskip("torch")
 

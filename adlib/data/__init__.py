@@ -10,7 +10,12 @@ Every problem with data on disk raises :class:`DataError` (a ``ValueError``) nam
 and the fix; the layouts are described in data/README.md.
 """
 
-from adlib.data.download import DATASETS, download_dataset, extract_archive, verify_sha256
+from adlib.data.download import (
+    DATASETS,
+    download_dataset,
+    extract_archive,
+    verify_sha256,
+)
 from adlib.data.errors import DataError
 from adlib.data.folders import (
     FolderDataset,

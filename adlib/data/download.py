@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pooch
 from tqdm import tqdm
 
 from adlib.data.errors import DataError, see
@@ -181,8 +182,6 @@ def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
 
     ``expected=None`` skips the comparison with a warning (no official checksum known).
     """
-    import pooch
-
     path = Path(path)
     if not path.is_file():
         msg = (f"Cannot verify {path}: the file does not exist; expected the downloaded archive "
@@ -253,8 +252,6 @@ def _unsafe_message(archive: Path, name: str) -> str:
 
 def _downloader():
     """pooch's HTTP(S) downloader with our timeout and a progress bar (tests replace it)."""
-    import pooch
-
     return pooch.HTTPDownloader(progressbar=True, timeout=TIMEOUT_S,
                                 headers={"User-Agent": "adlib (anomaly-detection book)"})
 
@@ -268,7 +265,7 @@ def download_dataset(name: str, root: str | os.PathLike, *, url: str | None = No
     overrides the official link (e.g. a mirror); the official checksum is still enforced. Any
     failure raises :class:`DataError` with the manual steps.
     """
-    import pooch
+    # only a download needs it (it arrives with pooch); reading a data set never does
     import requests
 
     source = dataset_source(name)

@@ -65,6 +65,7 @@ import functools
 import hashlib
 import io
 import json
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -72,9 +73,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import skimage.data
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
+from skimage.color import lab2rgb, rgb2lab
+from skimage.filters import threshold_otsu
 
 from adlib.data.errors import DataError, see
 
@@ -163,8 +169,6 @@ _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
 @functools.lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
     """A scikit-image photo as float32 in [0, 1] (HxW or HxWx3), read from the wheel."""
-    import skimage.data
-
     return np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255.0
 
 
@@ -178,8 +182,6 @@ def _retina_source() -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _coin_sources() -> tuple[tuple[np.ndarray, np.ndarray, float], ...]:
     """The three largest coins of ``coins()``: (grey crop, alpha crop, radius) each."""
-    from skimage.filters import threshold_otsu
-
     grey = ndi.gaussian_filter(_photo("coins"), 1.0)
     # The photo's lighting falls off to the edges: threshold against the local background.
     local = grey - ndi.gaussian_filter(grey, 25)
@@ -372,14 +374,10 @@ def _render(category: str, rng: np.random.Generator, split: str) -> Scene:
 
 # ----------------------------------------------------------------------------- defect shapes
 def _lab(rgb: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2lab
-
     return rgb2lab(rgb).astype(np.float32)
 
 
 def _rgb(lab: np.ndarray) -> np.ndarray:
-    from skimage.color import lab2rgb
-
     with warnings.catch_warnings():  # out-of-gamut colours are clipped, as intended
         warnings.simplefilter("ignore", UserWarning)
         return np.clip(lab2rgb(lab), 0, 1).astype(np.float32)
@@ -710,8 +708,6 @@ def generate_embedded(out_dir, seed: int = 0, *, categories=None, n_train: int |
                  -(-n_test_anomalous // len(CATEGORY_INFO[c]["defects"])),
                  -(-n_labelled // len(CATEGORY_INFO[c]["defects"]))) for c in categories]
         if workers > 1:
-            import multiprocessing as mp
-
             with mp.get_context("spawn").Pool(workers) as pool:
                 records = pool.map(_write_category, jobs)
         else:
@@ -797,7 +793,7 @@ def file_lock(path: Path):
     parallel study workers train one colouriser per fold (chapter 4)."""
     with open(path, "a") as handle:
         try:
-            import fcntl
+            import fcntl  # POSIX only: elsewhere the lock is skipped (see except)
         except ImportError:  # Windows: no lock, the temp-folder swap still keeps files whole
             yield
             return
@@ -825,10 +821,7 @@ def contact_sheet(root, out_png, n_good: int = 3) -> Path:
 
     root: the folder that holds ``mvtec/`` (or the ``mvtec`` folder itself).
     """
-    import matplotlib
-
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
     root = Path(root)
     stamp = read_stamp(root) or read_stamp(root.parent) or {}

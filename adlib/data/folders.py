@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import NamedTuple, Sequence, Union
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sklearn.model_selection import StratifiedKFold
 from torch.utils.data import Dataset
 
 from adlib.data.errors import DataError, see
@@ -416,8 +418,6 @@ def read_visa_split(csv_path: str | os.PathLike):
     Columns ``object, split, label, image, mask`` as strings (mask ``""`` for normals); the
     index is the line number in the file (header = line 1) so errors can name the row.
     """
-    import pandas as pd
-
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         msg = (f"VisA split file {csv_path} does not exist; expected the official one-class split "
@@ -547,8 +547,6 @@ def stratified_kfold(labels: Sequence[int], k: int = 5, seed: int = 0) -> list[t
     Every index lies in exactly one test fold and each fold keeps the class ratio (to within
     one image), as in scikit-learn's ``StratifiedKFold(shuffle=True, random_state=seed)``.
     """
-    from sklearn.model_selection import StratifiedKFold
-
     y = np.asarray(labels).ravel()
     classes, counts = np.unique(y, return_counts=True)
     if int(k) != k or k < 2:

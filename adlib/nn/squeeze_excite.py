@@ -16,6 +16,7 @@ strength, so a channel the attention undervalues early in training is not suppre
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
@@ -112,8 +113,6 @@ def channel_attention(kind: str, channels: int, reduction: int = 16) -> nn.Modul
 
 def block_diagram():
     """Draw SE (left) and C-SE (right) side by side as box-and-arrow charts; returns the Figure."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 5.2), layout="constrained")
 
     def box(ax, x, y, text, colour="#e8f0fa"):

@@ -4,7 +4,7 @@ A chapter declares its :class:`Study` once (``adlib/studies/<paper>.py``): named
 :class:`Cell` (ablation, config label, overrides of the chapter's defaults), its claim
 checks, a tiny fingerprint run, and a ``run(task)`` that trains and evaluates one task. The
 code identity of its rows is computed from the study module's imports
-(:mod:`adlib.provenance`), never listed by hand. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adlib study``
+(:mod:`adlib.study.provenance`), never listed by hand. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adlib study``
 (``study`` grid) both go through :func:`run_study`::
 
     python -m adlib study rlr --grid study --seeds 0,1,2 --executor local --workers 2 \\
@@ -15,9 +15,9 @@ in ``out`` (:data:`ROW_FIELDS`): paper, ablation, config, overrides, seed, categ
 metrics, training seconds, final loss, protocol, hardware, revision, model hash, key, and
 with ``--test-curve`` the test metrics after every epoch and the training losses per epoch
 (``test_curve``, ``train_curve``: for reporting what test-set epoch picking would add,
-:mod:`adlib.curves`). The key hashes the paper, the full settings (protocol + overrides), seed, category and fold, so a
+:mod:`adlib.training.curves`). The key hashes the paper, the full settings (protocol + overrides), seed, category and fold, so a
 rerun skips rows already present for the same protocol *and* model hash, or a hash linked to
-it by a verified equivalence (``equivalences.jsonl``, :mod:`adlib.verify`); a study killed at
+it by a verified equivalence (``equivalences.jsonl``, :mod:`adlib.study.verify`); a study killed at
 any point loses at most the runs in flight. Other rows are *stale*: never reused silently,
 and listed in the summary. Identical settings reached from two
 ablations (the default model sits in every table) run once.
@@ -38,17 +38,23 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from adlib.claims import check_claims, claims_table, parse_order
-from adlib.provenance import dirty_files, dirty_message, load_equivalences, row_status
+from adlib.analysis.claims import check_claims, claims_table, parse_order
 from adlib.study.executors import EXECUTORS, run_local, run_serial, run_slurm
 from adlib.study.load import load_study
+from adlib.study.provenance import (
+    dirty_files,
+    dirty_message,
+    load_equivalences,
+    row_status,
+)
 from adlib.study.report import format_summary, seed_means, summarise
+from adlib.study.results import adlib_revision, hardware_info, hardware_label
 from adlib.study.rows import COST_FIELDS, RowStore, rows_frame
 from adlib.study.spec import (
     Cell,
@@ -57,6 +63,7 @@ from adlib.study.spec import (
     Task,
     run_key,
 )
+from adlib.training.progress import progress
 
 
 @dataclass
@@ -81,7 +88,7 @@ class StudyResult:
 
     def seed_means(self, ablation: str | None = None) -> pd.DataFrame:
         """Flat rows, one per config x seed (category means), e.g. for
-        :func:`adlib.viz.ablation_bars`, whose error bars run over seeds."""
+        :func:`adlib.book.viz.ablation_bars`, whose error bars run over seeds."""
         if self.rows.empty:
             return pd.DataFrame()
         out = seed_means(self.rows).reset_index()
@@ -187,9 +194,6 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     Rows count when their model hash is the current code's or is linked to it by recorded
     equivalences (``equivalences.jsonl`` in ``out``, written by ``--verify``); others are stale.
     """
-    from adlib.progress import progress
-    from adlib.results import adlib_revision, hardware_info
-
     started = time.perf_counter()
     revision = revision or adlib_revision()  # the code that runs, taken when it starts
     if executor not in EXECUTORS:
@@ -199,17 +203,49 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
     cells = with_references(study, study.grid(grid)) if isinstance(grid, str) else list(grid)
     model_hash = study.model_hash()
     counts = row_status(model_hash, load_equivalences(out))   # row -> its status, None: stale
-    if test_curve and study.curve is None:
-        msg = f"{study.paper} declares no curve runner (Study.curve); run it without test_curve"
+    if test_curve and not study.curve:
+        msg = (f"{study.paper}'s run cannot score the test split every epoch (its study runs no "
+               "DetectorRun); run it without test_curve")
         raise StudyError(msg)
     store = RowStore(out)
     tasks, slots = plan(study, cells, protocol, seeds, categories, dataset=dataset,
                         data_root=str(data_root), device=device, test_curve=test_curve)
-
     here = hardware_info(device)  # rows from the workers carry their own
+    state = _StudyRun(study, protocol, store, counts, revision, model_hash, here,
+                      dirty_files(study.code))
 
-    def provenance(task_like: Mapping[str, Any], result: Mapping[str, Any], seed: int) -> dict:
-        settings = study.cell_settings(protocol, Cell("", "", task_like["overrides"]))
+    existing = store.load()
+    valid = state.store_known(known, existing, test_curve)
+    pending = state.pending(tasks, valid)
+    skipped = len(tasks) - len(pending)
+    if run and pending:
+        state.run_pending(pending, existing, len(tasks), skipped, executor=executor,
+                          workers=workers, slurm=slurm, out=out, show_progress=show_progress,
+                          refuse_dirty=refuse_dirty, fingerprint=fingerprint)
+    ran = len(pending) if run else 0
+    return state.result(slots, ran, skipped, include_stale=include_stale, dataset=dataset,
+                        profile=profile, started=started)
+
+
+@dataclass
+class _StudyRun:
+    """One :func:`run_study` call: its study, row store and the provenance its new rows get."""
+
+    study: Study
+    protocol: Mapping[str, Any]
+    store: RowStore
+    counts: Callable[[Mapping[str, Any]], Any]   # row -> its status, None: stale
+    revision: str
+    model_hash: str
+    here: dict
+    dirty: list[str]
+    printed: str | None = None   # the fingerprint, taken only when something runs
+
+    def provenance(self, task_like: Mapping[str, Any], result: Mapping[str, Any],
+                   seed: int) -> dict:
+        """The stored row of one result: its labels, metrics and where it comes from."""
+        study = self.study
+        settings = study.cell_settings(self.protocol, Cell("", "", task_like["overrides"]))
         category, fold = result["category"], result.get("fold")
         return {"paper": study.paper, "ablation": task_like["ablation"],
                 "config": task_like["config"], "overrides": dict(task_like["overrides"]),
@@ -220,80 +256,136 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
                    if result.get(k)},
                 "final_loss": result.get("final_loss"),
                 "protocol": {k: v for k, v in settings.items() if k not in task_like["overrides"]},
-                "hardware": result.get("hardware") or here,
-                "revision": revision, "model_hash": model_hash, "fingerprint": printed,
-                **({"dirty": True} if dirty else {}),
+                "hardware": result.get("hardware") or self.here,
+                "revision": self.revision, "model_hash": self.model_hash,
+                "fingerprint": self.printed,
+                **({"dirty": True} if self.dirty else {}),
                 "key": run_key(study.paper, settings, seed, category, fold),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
-    dirty = dirty_files(study.module)
-    printed = None
-    existing = store.load()
-    valid = {r["key"] for r in existing if counts(r)
-             and (r.get("test_curve") or not test_curve)}
-    new_known = [provenance({"ablation": k.get("ablation", ""), "config": k.get("config", ""),
-                             "overrides": k.get("overrides", {})}, k, k["seed"]) for k in known]
-    new_known = [r for r in new_known if r["key"] not in valid]
-    if new_known:
-        store.append(new_known)
-        valid |= {r["key"] for r in new_known}
+    def store_known(self, known: Iterable[Mapping[str, Any]], existing: list[dict],
+                    test_curve: bool) -> set[str]:
+        """Store the caller's finished results not stored yet; return the keys with a valid row."""
+        valid = {r["key"] for r in existing if self.counts(r)
+                 and (r.get("test_curve") or not test_curve)}
+        new_known = [self.provenance({"ablation": k.get("ablation", ""),
+                                      "config": k.get("config", ""),
+                                      "overrides": k.get("overrides", {})}, k, k["seed"])
+                     for k in known]
+        new_known = [r for r in new_known if r["key"] not in valid]
+        if new_known:
+            self.store.append(new_known)
+            valid |= {r["key"] for r in new_known}
+        return valid
 
-    keys_of = {id(t): [run_key(study.paper, t.settings, t.seed, c, t.fold) for c in t.categories]
-               for t in tasks}
-    pending = [t for t in tasks if not all(k in valid for k in keys_of[id(t)])]
-    skipped = len(tasks) - len(pending)
-    failures: list[str] = []
-    if run and pending:
-        if dirty and refuse_dirty:
-            raise StudyError(dirty_message(study.paper, dirty))
-        printed = fingerprint() if callable(fingerprint) else fingerprint
-        bar = progress(total=len(tasks), initial=skipped, desc=f"{study.paper} runs",
+    def pending(self, tasks: Sequence[Task], valid: set[str]) -> list[Task]:
+        """The tasks with a row still missing."""
+        paper = self.study.paper
+        keys_of = {id(t): [run_key(paper, t.settings, t.seed, c, t.fold) for c in t.categories]
+                   for t in tasks}
+        return [t for t in tasks if not all(k in valid for k in keys_of[id(t)])]
+
+    def run_pending(self, pending: list[Task], existing: list[dict], total: int, skipped: int,
+                    *, executor: str, workers: int, slurm: Mapping[str, Any] | None,
+                    out: str | os.PathLike, show_progress: bool, refuse_dirty: bool,
+                    fingerprint: Callable[[], str] | str | None) -> None:
+        """Run the pending tasks, storing each one's rows as it finishes; raise if any failed."""
+        paper = self.study.paper
+        if self.dirty and refuse_dirty:
+            raise StudyError(dirty_message(paper, self.dirty))
+        self.printed = fingerprint() if callable(fingerprint) else fingerprint
+        bar = progress(total=total, initial=skipped, desc=f"{paper} runs",
                        disable=not show_progress)
-
-        earlier = {r["key"]: r["metrics"] for r in existing if counts(r)}
-        remade: list[float] = []
-
-        def done(task: Task, results: list[dict]) -> None:
-            meta = {"ablation": task.ablation, "config": task.config, "overrides": task.overrides}
-            rows = [provenance(meta, r, task.seed) for r in results]
-            for row in rows:  # a curve run must give the metrics of the row it replaces
-                if row["key"] in earlier:
-                    old = earlier[row["key"]]
-                    remade.append(max((abs(v - old.get(k, math.nan)) for k, v in row["metrics"].items()),
-                                      default=0.0))
-            store.append(rows)
-            bar.update(1)
-
-        def failed(task: Task, err: Exception) -> None:
-            where = "" if task.fold is None else f" fold {task.fold}"
-            failures.append(f"{task.ablation}/{task.config} seed {task.seed}{where}: "
-                            f"{type(err).__name__}: {err}")
-            bar.update(1)
-
+        earlier = {r["key"]: r["metrics"] for r in existing if self.counts(r)}
+        recorder = _Recorder(self, earlier, bar)
         try:
-            if executor == "serial":
-                run_serial(pending, done, failed)
-            elif executor == "local":
-                run_local(pending, done, failed, max(1, int(workers)))
-            else:
-                opts = dict(slurm or {})
-                run_slurm(pending, done, failed, folder=Path(out) / "slurm",
-                           cluster=opts.get("cluster", "slurm"), partition=opts.get("partition"),
-                           time_min=int(opts.get("time_min", 120)), gpus=int(opts.get("gpus", 0)),
-                           cpus=int(opts.get("cpus", 1)), workers=workers,
-                           name=f"adlib-{study.paper}")
+            _execute(pending, recorder, executor=executor, workers=workers, slurm=slurm,
+                     out=out, paper=paper)
         finally:
             bar.close()
-        if remade:
-            print(f"{study.paper}: {len(remade)} rows made again with their test curves; largest "
-                  f"metric change against the rows they replace: {max(remade):.2g} (points)", flush=True)
-    if failures:
-        msg = (f"{study.paper}: {len(failures)} of {len(pending)} runs failed, the first: "
-               f"{failures[0]}. The rows of the runs that finished are in {store.path}; fix "
-               "the cause and rerun the same command to run only what is missing.")
-        raise StudyError(msg)
+        if recorder.remade:
+            print(f"{paper}: {len(recorder.remade)} rows made again with their test curves; "
+                  "largest metric change against the rows they replace: "
+                  f"{max(recorder.remade):.2g} (points)", flush=True)
+        failures = recorder.failures
+        if failures:
+            msg = (f"{paper}: {len(failures)} of {len(pending)} runs failed, the first: "
+                   f"{failures[0]}. The rows of the runs that finished are in {self.store.path}; "
+                   "fix the cause and rerun the same command to run only what is missing.")
+            raise StudyError(msg)
 
-    all_rows = store.load()
+    def result(self, slots: Sequence[tuple[Cell, int, str, int | None, str]], ran: int,
+               skipped: int, *, include_stale: bool, dataset: str, profile: str,
+               started: float) -> StudyResult:
+        """Label the counted rows of every slot, judge the claims and summarise."""
+        study = self.study
+        labelled, missing, used, stale = _slot_rows(self.store.load(), slots, self.counts,
+                                                    include_stale)
+        frame = rows_frame(labelled)
+        hardware = _most_common_hardware(used)
+        revisions = sorted({r.get("revision", "?") for r in used}) or [self.revision]
+        claims = check_claims(study.paper, study.checks, frame, dataset=dataset, profile=profile,
+                              hardware=hardware, revision=",".join(revisions)) if not frame.empty else []
+        if include_stale and stale:
+            for row in claims:
+                row["note"] = "; ".join(n for n in (row["note"], "includes rows of older code") if n)
+        revision = self.revision
+        if not ran and used:  # nothing ran now: the rows' code is the revision to name
+            revision = ",".join(revisions)
+        return StudyResult(frame, summarise(frame), claims, stale, missing, ran, skipped, revision,
+                           hardware, time.perf_counter() - started)
+
+
+@dataclass
+class _Recorder:
+    """The executors' callbacks: store a finished task's rows, note a failed one."""
+
+    run: _StudyRun
+    earlier: dict[str, dict]   # key -> metrics of the counted rows already stored
+    bar: Any
+    remade: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def done(self, task: Task, results: list[dict]) -> None:
+        """Store the rows of a finished task."""
+        meta = {"ablation": task.ablation, "config": task.config, "overrides": task.overrides}
+        rows = [self.run.provenance(meta, r, task.seed) for r in results]
+        for row in rows:  # a curve run must give the metrics of the row it replaces
+            if row["key"] in self.earlier:
+                old = self.earlier[row["key"]]
+                self.remade.append(max((abs(v - old.get(k, math.nan))
+                                        for k, v in row["metrics"].items()), default=0.0))
+        self.run.store.append(rows)
+        self.bar.update(1)
+
+    def failed(self, task: Task, err: Exception) -> None:
+        """Note a failed task (reported after the others have run)."""
+        where = "" if task.fold is None else f" fold {task.fold}"
+        self.failures.append(f"{task.ablation}/{task.config} seed {task.seed}{where}: "
+                             f"{type(err).__name__}: {err}")
+        self.bar.update(1)
+
+
+def _execute(pending: list[Task], recorder: _Recorder, *, executor: str, workers: int,
+             slurm: Mapping[str, Any] | None, out: str | os.PathLike, paper: str) -> None:
+    """Hand the pending tasks to the chosen executor."""
+    done, failed = recorder.done, recorder.failed
+    if executor == "serial":
+        run_serial(pending, done, failed)
+    elif executor == "local":
+        run_local(pending, done, failed, max(1, int(workers)))
+    else:
+        opts = dict(slurm or {})
+        run_slurm(pending, done, failed, folder=Path(out) / "slurm",
+                  cluster=opts.get("cluster", "slurm"), partition=opts.get("partition"),
+                  time_min=int(opts.get("time_min", 120)), gpus=int(opts.get("gpus", 0)),
+                  cpus=int(opts.get("cpus", 1)), workers=workers, name=f"adlib-{paper}")
+
+
+def _slot_rows(all_rows: list[dict], slots: Sequence[tuple[Cell, int, str, int | None, str]],
+               counts: Callable[[Mapping[str, Any]], Any], include_stale: bool
+               ) -> tuple[list[dict], int, list[dict], list[dict]]:
+    """Each slot's row labelled by its cell, the slots without one, the rows used, the stale."""
     by_key = {}
     for row in all_rows:  # the last row of a key wins: a rerun with a curve replaces one without
         if counts(row):
@@ -313,24 +405,10 @@ def run_study(paper: str, grid: str | Sequence[Cell], *, protocol: Mapping[str, 
         used.append(row)
         labelled.append({**row, "ablation": cell.ablation, "config": cell.config,
                          "overrides": dict(cell.overrides)})
-    frame = rows_frame(labelled)
-    hardware = _most_common_hardware(used)
-    revisions = sorted({r.get("revision", "?") for r in used}) or [revision]
-    claims = check_claims(study.paper, study.checks, frame, dataset=dataset, profile=profile,
-                          hardware=hardware, revision=",".join(revisions)) if not frame.empty else []
-    if include_stale and stale:
-        for row in claims:
-            row["note"] = "; ".join(n for n in (row["note"], "includes rows of older code") if n)
-    ran = len(pending) if run else 0
-    if not ran and used:  # nothing ran now: the rows' code is the revision to name
-        revision = ",".join(revisions)
-    return StudyResult(frame, summarise(frame), claims, stale, missing, ran, skipped, revision,
-                       hardware, time.perf_counter() - started)
+    return labelled, missing, used, stale
 
 
 def _most_common_hardware(rows: Sequence[Mapping[str, Any]]) -> dict | None:
-    from adlib.results import hardware_label
-
     if not rows:
         return None
     counts = Counter(hardware_label(r.get("hardware")) for r in rows)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing as mp
 import os
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from adlib.provenance import WORKER_THREADS
-from adlib.study.rows import RESULT_FIELDS
+import torch
+
 from adlib.study.load import load_study
+from adlib.study.provenance import WORKER_THREADS
+from adlib.study.results import hardware_info
+from adlib.study.rows import RESULT_FIELDS
 from adlib.study.spec import Task
 
 EXECUTORS = ("serial", "local", "slurm")
@@ -16,10 +24,8 @@ EXECUTORS = ("serial", "local", "slurm")
 
 def execute(task: Task) -> list[dict]:
     """Run one task (in whichever process the executor chose); results carry the hardware."""
-    from adlib.results import hardware_info
-
     study = load_study(task.study)
-    results = (study.curve if task.test_curve else study.run)(task)
+    results = study.run(task)
     hardware = hardware_info(task.device)
     return [{**{k: r[k] for k in RESULT_FIELDS if k in r}, "hardware": hardware} for r in results]
 
@@ -27,10 +33,6 @@ def execute(task: Task) -> list[dict]:
 def _die_with_parent() -> None:
     """Linux: have the kernel send this worker SIGTERM when the study process dies, so a killed
     study leaves no orphaned workers behind (a rerun resumes from the rows either way)."""
-    import ctypes
-    import signal
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -46,15 +48,12 @@ def _init_worker(gpu_ids: Any, threads: int) -> None:
     if gpu_ids is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get())
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
 
     torch.set_num_threads(threads)
 
 
 def _visible_gpus() -> int:
     try:
-        import torch
-
         return torch.cuda.device_count()
     except Exception:  # noqa: BLE001 -- no torch / no driver: CPU
         return 0
@@ -75,9 +74,6 @@ def run_serial(tasks, done, failed):
 
 
 def run_local(tasks, done, failed, workers: int):
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     ctx = mp.get_context("spawn")  # fresh interpreters: no forked OpenMP / CUDA state
     gpus = _visible_gpus()
     gpu_ids = None
@@ -94,6 +90,7 @@ def run_local(tasks, done, failed, workers: int):
 
 def run_slurm(tasks, done, failed, *, folder: Path, cluster: str, partition: str | None,
                time_min: int, gpus: int, cpus: int, workers: int | None, name: str):
+    # only a Slurm run uses submitit: local runs and their workers never import it
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib
 
+from adlib.chapters.registry import PAPERS, chapters
 from adlib.study.spec import Study, StudyError
 
 
 def load_study(paper_or_module: str) -> Study:
     """The :class:`Study` of a chapter key (a paper's, or the comparison's: registry) or of a
     module path declaring ``STUDY``."""
-    from adlib.papers import PAPERS, chapters
-
     module_name = paper_or_module
     # a module path (what workers get) needs no registry, whose first use imports every study
     studies = {c.key: c.study for c in chapters()}

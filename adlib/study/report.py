@@ -6,16 +6,21 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from adlib.claims import claims_table
-from adlib.jsonable import jsonable
-from adlib.study.rows import ROWS_FILE
+from adlib.analysis.claims import best_rows, check_claims, claims_table
+from adlib.chapters.registry import PAPERS
+from adlib.resources import resource_path
+from adlib.study.jsonable import jsonable
 from adlib.study.load import load_study
+from adlib.study.results import RunRecord, load_run_records
+from adlib.study.rows import ROWS_FILE
+from adlib.training.evaluation import results_frame
 
 if TYPE_CHECKING:
     from adlib.study.engine import StudyResult
@@ -36,8 +41,6 @@ def side_by_side(results: Mapping[str, Sequence], metrics: Sequence[str] = ("ima
     """Several methods' per-category results of one run (``{method: [CategoryResult]}``) in
     one table: a row per (metric, method), a column per category and the mean, in %. Long
     and narrow, so that it fits the page's column whatever the number of methods."""
-    from adlib.evaluation import results_frame
-
     frame = pd.concat({m: pd.concat({name: results_frame(res)[m] for name, res in results.items()},
                                     axis=1) for m in metrics}, axis=1)
     return frame.T.rename_axis(["metric", "method"]).rename(index=METRIC_NAMES)
@@ -48,8 +51,6 @@ def breakable(label: Any, mark: str = "\u200b") -> str:
     ``= + , _ /`` inside a long name ("perturbation=jitter", "a9ebf06,c9c5a2f", "map
     smoothing/none"), neither a sign nor a thousands separator, so that a narrow column wraps
     it there, not mid-word (nor inside a fraction such as 1/16)."""
-    import re
-
     return re.sub(r"((?<=\w)/(?!\d)|(?<=\w)[=+_]|(?<=\w),(?!\d{3}\b))(?=[^\s<])",
                   lambda m: m.group(1) + mark, str(label))
 
@@ -116,16 +117,12 @@ def learning_sentence(frame: pd.DataFrame, config: str, reference: str, metric: 
 
 
 def results_dir(paper: str) -> Path:
-    from adlib.resources import resource_path
-
     return resource_path("results", paper)
 
 
 def committed_records(paper: str, folder: str | os.PathLike | None = None) -> list:
     """The committed study records of ``paper`` (``adlib/resources/results/<paper>/*.json``,
     shipped inside the package)."""
-    from adlib.results import load_run_records
-
     folder = Path(folder) if folder is not None else results_dir(paper)
     return load_run_records(folder / "*.json", strict=False) if folder.exists() else []
 
@@ -146,7 +143,7 @@ def committed_summary(paper: str, folder: str | os.PathLike | None = None) -> pd
 
 def committed_rows(paper: str, folder: str | os.PathLike | None = None) -> pd.DataFrame:
     """Every row of the committed study records of ``paper`` (one frame, a ``grid`` column
-    naming the record's grid), e.g. for :func:`adlib.curves.best_minus_last`."""
+    naming the record's grid), e.g. for :func:`adlib.training.curves.best_minus_last`."""
     frames = [pd.DataFrame(record.ablations).assign(grid=record.params.get("grid"))
               for record in committed_records(paper, folder) if record.ablations]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -155,17 +152,12 @@ def committed_rows(paper: str, folder: str | os.PathLike | None = None) -> pd.Da
 def committed_claims(paper: str, folder: str | os.PathLike | None = None) -> list[dict]:
     """The claims rows of the committed study records, the best record's row per check and
     level (the same choice as the scoreboard's: most pairs, then longest training)."""
-    from adlib.claims import best_rows
-
     return best_rows([record.to_dict() for record in committed_records(paper, folder)])
 
 
 def judge_record(record: Mapping[str, Any]) -> list[dict]:
-    """The claims rows of one committed run record, judged now by :func:`adlib.claims.check_claims`
+    """The claims rows of one committed run record, judged now by :func:`adlib.analysis.claims.check_claims`
     on the record's own rows (nothing is trained): what its ``claims`` should hold."""
-    from adlib.claims import check_claims
-    from adlib.study.load import load_study
-
     study = load_study(record["paper"])
     frame = pd.DataFrame(record.get("ablations") or [])
     if frame.empty:
@@ -191,8 +183,6 @@ def rejudge(paper: str, folder: str | os.PathLike | None = None) -> list[Path]:
     change to how claims are judged, which stales no row) and rewrite the records' ``claims``
     and the summaries' claims sections; the rows, times and provenance stay as they were.
     Returns the records rewritten."""
-    from adlib.results import RunRecord
-
     folder = Path(folder) if folder is not None else results_dir(paper)
     written = []
     for path in sorted(folder.glob("*.json")):
@@ -229,8 +219,6 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
 
     Both are named by grid and protocol, so rerunning the same command replaces them.
     """
-    from adlib.results import RunRecord
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     protocol_text = json.dumps(jsonable(protocol), sort_keys=True)
@@ -248,7 +236,6 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
         lines += [claims_markdown(result.claims)]
     summary_path = out / f"summary__{tag}.md"
     summary_path.write_text("\n".join(lines), encoding="utf-8")
-    from adlib.papers import PAPERS
 
     paper_entry = PAPERS.get(paper)
     study = load_study(paper)
@@ -286,7 +273,7 @@ def write_outputs(result: StudyResult, *, paper: str, grid: str, out: str | os.P
 
 def _has_tabulate() -> bool:
     try:
-        import tabulate  # noqa: F401
+        import tabulate  # noqa: F401 -- optional: pandas' markdown tables need it
     except ImportError:
         return False
     return True

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from adlib.jsonable import jsonable
+from adlib.study.jsonable import jsonable
 
 ROWS_FILE = "rows.jsonl"
 

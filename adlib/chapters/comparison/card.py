@@ -1,0 +1,261 @@
+"""Chapter 6, every method side by side: the declared comparison grid (no paper, no claims): the
+chapter's card -- the methods, their protocols, the grid and the study they declare.
+
+One grid runs every unsupervised method of chapters 0-5 on the same images (the embedded
+default's six categories at :data:`IMAGE_SIZE` px), the same seeds (:data:`SEEDS`) and the same
+metrics (image AUROC, pixel AUROC, AUPRO), each trainable one beside its untrained self::
+
+    kNN                   chapter 0's baseline (PatchCore without coreset), one bank per category
+    Patch SVDD, C-SE+LBR  chapter 1's model without and with its modules, one per category
+    MAAE, UniAD           chapter 2's model and its UniAD baseline, unified (one model for all)
+    noise-to-norm         chapter 3's M-net (lambda 0.3) with the paper's Eq. 7 MS-SSIM, one per
+                          category: in chapter 3's study (64 px) the image score of the
+                          pyramid form its default uses did not beat its untrained self, and
+                          Eq. 7's did
+    LEA colour map        chapter 4's colour anomaly map on its own: the colouriser trained on the
+                          category's normal training images, the image score the map's maximum
+    RLR                   chapter 5's model, unified
+
+LEA-Net's full network is supervised (it trains on anomalous images), so it is not ranked here.
+
+Each method runs the protocol its chapter found to learn (the chapter's ``study`` profile; the
+comparison's ``smoke`` and ``paper`` profiles take the chapters' ``smoke`` and ``paper`` ones)
+with the data set and image size replaced by the comparison's, and its detector comes from the
+chapter's own factory and run (the study module's ``RUNS``), scored as in its chapter.
+A method that cannot work on a category still runs there: Patch SVDD's position task is not
+defined on the textures and the IHC tiles (chapter 1), the colour map sees only colour.
+
+A cell overrides ``method`` (and ``epochs = 0`` for the untrained reference, the detector
+skeleton's convention). The protocol holds every chapter's settings under ``chapters``; a task
+keeps only its own method's (:func:`resolve`), so a row names everything its method ran with and
+nothing else, and its key does not move when another chapter's protocol does. The code hash
+leaves out the declarations of the chapters' study modules it imports, as it does its own
+(:mod:`adlib.study.provenance`). Rows carry the trainable parameter count as the metric ``parameters``
+(deterministic), the inference seconds per image as ``inference_seconds`` and the peak memory of
+training or scoring above the worker's start as ``peak_memory_mb`` (:class:`TimedDetector`):
+measurements of this machine, kept out of the metrics, which fingerprints compare bit for bit.
+
+The committed ``study`` grid (270 rows) took about 4.5 h of wall time on 2 CPU cores, Patch SVDD,
+C-SE+LBR and noise-to-norm nearly all of it; its README gives the sittings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from adlib.chapters.base import Chapter, Finding
+from adlib.chapters.comparison.study import RUNS, detector, run
+from adlib.chapters.cse_patch_svdd import card as cse_card
+from adlib.chapters.data_and_metrics.study import protocol as knn_protocol
+from adlib.chapters.lea_net import card as lea_card
+from adlib.chapters.maae import card as maae_card
+from adlib.chapters.noise_to_norm import card as noise_card
+from adlib.chapters.rlr import card as rlr_card
+from adlib.data.embedded import EMBEDDED_CATEGORIES
+from adlib.study.provenance import Fingerprint
+from adlib.study.spec import Cell, Study, cell_settings
+
+#: The one image size of every method. 128, not 96: LEA-Net's colouriser (its Table 9 U-Net)
+#: halves down to 1x1 and needs a power of two, and at 64 px Patch SVDD's position task is ill
+#: posed (a 32-px patch's neighbours clip; 96 px is chapter 1's smallest well-posed size). 128 is
+#: also the size at which chapters 2, 4 and 5 ran their studies.
+IMAGE_SIZE = 128
+#: The seeds of every method (the profile's seeds: ``seed`` 0 and ``n_seeds`` of them).
+SEEDS = (0, 1, 2)
+#: The embedded default's six categories, for every method.
+CATEGORIES = tuple(EMBEDDED_CATEGORIES)
+#: The cpu profile's live part: an aligned object and a texture.
+CPU_CATEGORIES = ("retina", "brick")
+#: The chapter profile each comparison profile takes its methods' protocols from.
+CHAPTER_PROFILE = {"smoke": "smoke", "cpu": "study", "study": "study", "paper": "paper"}
+#: The cards of the chapters whose protocol and grid cells the methods take.
+CARDS = {"cse_patch_svdd": cse_card, "maae": maae_card, "noise_to_norm": noise_card,
+         "lea_net": lea_card, "rlr": rlr_card}
+KNN_CHAPTER = "data_and_metrics"
+
+
+# ------------------------------------------------------------------ the methods
+
+@dataclass(frozen=True)
+class Method:
+    """One contestant: the chapter whose protocol and detector it takes, the config of that
+    chapter's grid that is this model (None: the chapter's protocol as it is), and the
+    overrides of its untrained reference (None: it trains nothing)."""
+
+    chapter: str
+    config: str | None = None
+    untrained: Mapping[str, Any] | None = field(default_factory=lambda: {"epochs": 0})
+
+    @property
+    def overrides(self) -> dict:
+        """The overrides of ``config`` in its chapter's own grids (its model's cell)."""
+        if self.config is None:
+            return {}
+        module = CARDS[self.chapter]
+        for cells in module.STUDY.grids.values():
+            for cell in cells:
+                if cell.config == self.config:
+                    return dict(cell.overrides)
+        msg = f"{module.__name__} has no config {self.config!r} in its grids"
+        raise KeyError(msg)
+
+
+METHODS: dict[str, Method] = {
+    "kNN": Method(KNN_CHAPTER, untrained=None),
+    "Patch SVDD": Method("cse_patch_svdd", "Patch SVDD"),
+    "C-SE+LBR": Method("cse_patch_svdd", cse_card.DEFAULT),
+    "MAAE": Method("maae", maae_card.DEFAULT),
+    "UniAD": Method("maae", "UniAD"),
+    "noise-to-norm": Method("noise_to_norm", "Eq. 7 (per pixel)"),
+    # the colouriser is what trains; LEA-Net's ADN and CAAN settings are not used
+    "LEA colour map": Method("lea_net", untrained={"colouriser_epochs": 0}),
+    "RLR": Method("rlr", rlr_card.DEFAULT),
+}
+
+
+def chapter_protocol(key: str, profile: str, dataset: str, image_size: int) -> dict:
+    """Chapter ``key``'s study protocol under ``profile`` (its ``protocol`` of its card's
+    defaults, as :func:`adlib.chapters.profiles.resolve` gives them) with ``dataset`` and ``image_size``
+    replaced. Built from the card, not through ``resolve``, which reads the registry and would
+    bring the profiles, the run records and the warm-up into this study's code hash."""
+    if key == KNN_CHAPTER:
+        return knn_protocol(dataset, image_size)
+    card = CARDS[key]
+    defaults = card.CHAPTER.defaults(profile)
+    cfg = SimpleNamespace(dataset=dataset, image_size=int(image_size),
+                          epochs=int(defaults["epochs"]), batch_size=int(defaults["batch_size"]),
+                          extra=defaults)
+    return {**card.protocol(cfg), "dataset": dataset, "image_size": int(image_size)}
+
+
+def protocol(cfg) -> dict:
+    """The comparison's defaults under a profile: the common data and size, the method (a cell
+    overrides it), ``epochs`` (None: each method's own; 0: untrained), and every chapter's
+    protocol under the matching chapter profile (:data:`CHAPTER_PROFILE`)."""
+    profile = CHAPTER_PROFILE[cfg.profile]
+    chapters = {k: chapter_protocol(k, profile, cfg.dataset, cfg.image_size)
+                for k in (KNN_CHAPTER, *CARDS)}
+    return {"dataset": cfg.dataset, "image_size": cfg.image_size, "method": "kNN", "epochs": None,
+            "chapters": chapters}
+
+
+def method_settings(settings: Mapping[str, Any]) -> dict:
+    """The settings the method of a cell's ``settings`` runs with: its chapter's protocol, its
+    chapter cell's overrides and, for ``epochs = 0``, its untrained overrides."""
+    method = METHODS[settings["method"]]
+    chapter = settings["chapters"][method.chapter]
+    overrides = dict(method.overrides)
+    if settings["epochs"] == 0:
+        if method.untrained is None:
+            msg = f"{settings['method']} trains nothing, so it has no untrained reference"
+            raise ValueError(msg)
+        overrides.update(method.untrained)
+    elif settings["epochs"] is not None:
+        msg = (f"epochs={settings['epochs']!r}: the comparison takes each method's epochs from its "
+               "chapter (None) or none at all (0, the untrained reference)")
+        raise ValueError(msg)
+    return {**cell_settings(chapter, Cell("", settings["method"], overrides)),
+            "dataset": settings["dataset"], "image_size": settings["image_size"]}
+
+
+def resolve(settings: Mapping[str, Any]) -> dict:
+    """A cell's settings as a task carries them (:attr:`Study.resolve`): the method's name and
+    :func:`method_settings`, so a row names what its own method ran with and nothing else."""
+    return {"method": settings["method"], **method_settings(settings)}
+
+
+CHAPTER = Chapter(
+    key="comparison", title="Every method side by side",
+    notebook="06_comparison.ipynb",
+    short="Comparison", paper=False,
+    summary="every method and the kNN baseline on the same images, seeds and metrics, and what "
+            "each costs",
+    settings={"image_size": IMAGE_SIZE, "categories": list(CPU_CATEGORIES), "n_seeds": 1},
+    profiles={
+        "smoke": {"image_size": 64, "categories": None, "max_categories": 1},
+        "study": {"categories": list(CATEGORIES), "n_seeds": len(SEEDS)},
+        "paper": {"dataset": "mvtec_ad", "categories": None, "image_size": 256,
+                  "n_seeds": len(SEEDS), "grid": "paper"},
+    },
+    paper_runs=("-p data_root /data/mvtec_anomaly_detection",),
+    findings=(
+        # what to use when: every comparison over the six categories (each the mean of its seeds)
+        Finding("To rank images on data like these, start with kNN: it trains nothing, and over "
+                "six categories we cannot tell it from MAAE, the best model here that trains ...",
+                "kNN > MAAE", expect="could not tell"),
+        Finding("... nor can we tell its maps from MAAE's at locating defects.", "kNN > MAAE",
+                metric="pixel_auroc", expect="could not tell"),
+        Finding("When one trained model must serve every category, take MAAE: it beats UniAD ...",
+                "MAAE > UniAD"),
+        Finding("... while over six categories we cannot tell it from RLR on images ...",
+                "MAAE > RLR", expect="could not tell"),
+        Finding("... nor on pixels.", "MAAE > RLR", metric="pixel_auroc", expect="could not tell"),
+        Finding("We cannot tell RLR from UniAD on images ...", "RLR > UniAD",
+                expect="could not tell"),
+        Finding("... nor on pixels, where RLR's mean is a little lower.", "RLR > UniAD",
+                metric="pixel_auroc", expect="could not tell"),
+        Finding("Whether chapter 1's modules pay for themselves here we cannot tell: over six "
+                "categories C-SE+LBR and plain Patch SVDD cannot be told apart.",
+                "C-SE+LBR > Patch SVDD", expect="could not tell"),
+        Finding("UniAD ranks images well above LEA-Net's colour map on average, but the gap varies "
+                "so much between the six categories that we cannot tell the two apart.",
+                "UniAD > LEA colour map", expect="could not tell"),
+        # does each method learn? (the trained model against its untrained self)
+        Finding("MAAE learns: it beats its untrained self by a wide margin ...",
+                "MAAE > untrained MAAE"),
+        Finding("... and so do UniAD ...", "UniAD > untrained UniAD"),
+        Finding("... and RLR.", "RLR > untrained RLR"),
+        Finding("Noise-to-norm's maps learn: they beat its untrained self's on pixels ...",
+                "noise-to-norm > untrained noise-to-norm", metric="pixel_auroc"),
+        Finding("... but at 128 px over the six categories we cannot tell its image score from "
+                "its untrained self's (nor could chapter 3's study at 64 px).",
+                "noise-to-norm > untrained noise-to-norm", expect="could not tell"),
+        Finding("LEA's colouriser learns to recolour: its colour maps locate defects far better "
+                "than the untrained colouriser's ...", "LEA colour map > untrained LEA colour map",
+                metric="pixel_auroc"),
+        Finding("... but as image scores we cannot tell their maximum from the untrained "
+                "colouriser's.",
+                "LEA colour map > untrained LEA colour map", expect="could not tell"),
+        Finding("Over the six categories we cannot tell Patch SVDD from its untrained self on "
+                "images: its position task is posed for aligned objects (chapter 1), and three "
+                "textures and the IHC tiles are not that ...", "Patch SVDD > untrained Patch SVDD",
+                expect="could not tell"),
+        Finding("... nor C-SE+LBR from its untrained self.", "C-SE+LBR > untrained C-SE+LBR",
+                expect="could not tell"),
+        Finding("At the pixel level Patch SVDD's maps score below its untrained self's on average, "
+                "but over six categories we cannot tell its trained patch features from a random "
+                "encoder's ...",
+                "Patch SVDD > untrained Patch SVDD", metric="pixel_auroc", expect="could not tell"),
+        Finding("... and the same holds for C-SE+LBR.", "C-SE+LBR > untrained C-SE+LBR",
+                metric="pixel_auroc", expect="could not tell"),
+    ),
+)
+
+
+# ------------------------------------------------------------------ the grids
+
+TRAINED = [Cell("methods", name, {"method": name}) for name in METHODS]
+UNTRAINED = [Cell("untrained", f"untrained {name}", {"method": name, "epochs": 0})
+             for name, m in METHODS.items() if m.untrained is not None]
+GRIDS = {
+    "smoke": TRAINED + UNTRAINED,
+    # the live part of the cpu profile: two cheap methods (and RLR's untrained self, free)
+    "cpu": [c for c in TRAINED if c.config in ("kNN", "RLR")]
+           + [c for c in UNTRAINED if c.config == "untrained RLR"],
+    "study": TRAINED + UNTRAINED,
+    "paper": TRAINED + UNTRAINED,   # on MVTec AD at 256 px, each chapter's paper protocol: a GPU
+}
+CHECKS = ()
+TITLES = {"methods": "Every method, trained as its chapter found it learns",
+          "untrained": "Each trainable method untrained (epochs = 0): the reference it must beat"}
+
+STUDY = Study(paper="comparison", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
+              unit="all", titles=TITLES, resolve=resolve, detector=detector,
+              fingerprint=Fingerprint(tuple(METHODS), "brick"))
+
+if set(METHODS) != set(RUNS):   # a method declared here must have its run in the study module
+    msg = f"comparison: methods {sorted(set(METHODS) ^ set(RUNS))} are declared on one side only"
+    raise RuntimeError(msg)

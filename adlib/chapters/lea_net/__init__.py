@@ -1,0 +1,1 @@
+"""Chapter 4: LEA-Net. See :mod:`adlib.chapters` for the files of a chapter."""

@@ -1,1 +1,0 @@
-"""See adlib/__init__.py."""
