@@ -39,7 +39,7 @@ from torch.utils.data import TensorDataset
 
 from adlib.nn.maps import gaussian_smooth
 from adlib.nn.mnet import SKFF, Down, Up, merge_block
-from adlib.training.detector import Detector, image_scores
+from adlib.training.detector import Detector, image_scores, not_fitted
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)   # Wang et al.'s five scales
 MAP_SIGMAS = (0.5, 1.0, 2.0, 4.0, 8.0)                       # Zhao et al.'s Gaussian windows
@@ -153,7 +153,6 @@ def msssim_l1_loss(y: torch.Tensor, x0: torch.Tensor, alpha: float = 0.84,
     resolution, multiplied per pixel)."""
     a, b = (y.float() + 1) / 2, (x0.float() + 1) / 2
     if form == "pyramid":
-
         structural = 1 - ms_ssim(a, b, data_range=1.0, win_size=msssim_window(min(a.shape[-2:])))
     elif form == "eq7":
         structural = 1 - msssim_map(a, b).mean()
@@ -342,5 +341,7 @@ class MeanImageBaseline:
         return self
 
     def predict(self, test: Any) -> tuple[np.ndarray, np.ndarray]:
+        if self.mean is None:
+            raise not_fitted("mean-image reference")
         maps = gaussian_smooth((images_of(test) - self.mean).abs().mean(1), self.map_sigma)
         return image_scores(maps), maps.numpy()
