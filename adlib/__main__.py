@@ -63,7 +63,6 @@ def _bench_patchsvdd_embed(args: argparse.Namespace) -> None:
 def _study(args: argparse.Namespace) -> None:
     study = load_study(args.paper)
     if args.rejudge:
-
         for path in rejudge(study.paper, args.out):
             print(f"claims judged again: {path}")
         return

@@ -171,3 +171,11 @@ def tree_builders() -> SimpleNamespace:
     """The builder functions, for tests that need a variant of the trees above."""
     return SimpleNamespace(mvtec=build_mvtec_tree, visa=build_visa_tree, labelled=build_labelled_tree,
                            MVTecCategory=MVTecCategory)
+
+
+@pytest.fixture(scope="session")
+def embedded_root():
+    """The embedded default (generated once and cached; ``$ADLIB_EMBEDDED`` reuses a copy)."""
+    from adlib.data.sources import resolve_root
+
+    return resolve_root("embedded")

@@ -9,6 +9,7 @@ import pytest
 from adlib.study.jsonable import jsonable
 from adlib.chapters.profiles import resolve
 from adlib.chapters.comparison import card as C
+from adlib.chapters.comparison import study as S
 from adlib.study.engine import plan
 
 
@@ -22,12 +23,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-@pytest.fixture(scope="module")
-def embedded_root():
-    from adlib.data.sources import resolve_root
-
-    return resolve_root("embedded")
 
 
 def _tasks(profile: str, grid: str | None = None):
@@ -45,7 +40,7 @@ def test_the_study_grid_gives_every_method_one_size_seed_set_and_category_set():
     assert set(cfg.categories) == set(C.CATEGORIES) and len(C.CATEGORIES) == 6
     seeds, methods = {}, set()
     for task in tasks:
-        s = C.method_task(task).settings
+        s = S.method_task(task).settings
         assert task.categories == tuple(cfg.categories), task.config
         assert task.settings["image_size"] == s["image_size"] == C.IMAGE_SIZE, task.config
         assert s["dataset"] == "embedded"
@@ -62,7 +57,7 @@ def test_a_task_and_its_row_key_carry_only_their_own_methods_settings():
     cfg, tasks = _tasks("study")
     for task in tasks:
         assert "chapters" not in task.settings, task.config
-        assert task.settings == {"method": task.settings["method"], **C.method_task(task).settings}
+        assert task.settings == {"method": task.settings["method"], **S.method_task(task).settings}
     knn = next(t for t in tasks if t.config == "kNN" and t.seed == 0)
     protocol = C.protocol(cfg)
     protocol["chapters"]["rlr"] = {**protocol["chapters"]["rlr"], "lr": 1.0}
@@ -72,7 +67,7 @@ def test_a_task_and_its_row_key_carry_only_their_own_methods_settings():
 
 def test_each_method_runs_its_chapters_study_protocol_at_the_common_size():
     _, tasks = _tasks("study")
-    by_config = {t.config: C.method_task(t).settings for t in tasks if t.seed == 0}
+    by_config = {t.config: S.method_task(t).settings for t in tasks if t.seed == 0}
     rlr_study = jsonable(C.chapter_protocol("rlr", "study", "embedded", 128))
     assert by_config["RLR"] == {**rlr_study, "variant": "MLKA+LCA"}
     assert by_config["MAAE"]["epochs"] == 30 and by_config["UniAD"]["variant"] == "UniAD"
@@ -90,10 +85,14 @@ def test_chapter_protocols_are_the_ones_their_profiles_resolve_to(profile):
     """The comparison builds each chapter's protocol from its card (keeping the registry out of
     its code hash): it must be what ``resolve`` gives, with only the data set and size moved."""
     dataset, size = ("mvtec_ad", 256) if profile == "paper" else ("embedded", 96)
-    for key, module in C.CHAPTER_MODULES.items():
+    from adlib.study.load import load_study
+
+    for key in dict.fromkeys(m.chapter for m in C.methods().values()):
+        if key == C.KNN_CHAPTER:
+            continue
         cfg = resolve(key, profile, dataset=dataset, image_size=size,
                       data_root="/data/mvtec" if profile == "paper" else None)
-        assert C.chapter_protocol(key, profile, dataset, size) == module.protocol(cfg), key
+        assert C.chapter_protocol(key, profile, dataset, size) == load_study(key).protocol(cfg), key
 
 
 def test_every_trainable_method_has_its_untrained_cell_and_lea_nets_network_is_not_ranked():
@@ -105,10 +104,15 @@ def test_every_trainable_method_has_its_untrained_cell_and_lea_nets_network_is_n
         assert not any("LEA-Net" in c.config for c in cells)
     _, tasks = _tasks("study")
     for task in tasks:
-        s = C.method_task(task).settings
+        s = S.method_task(task).settings
         if task.overrides.get("epochs") == 0:
             assert s.get("epochs") == 0 or s.get("colouriser_epochs") == 0, task.config
-    assert C.BUILDERS["lea_net"] is C._colour_map    # the colour map alone, never the ADN
+    from adlib.chapters.lea_net import study as lea
+
+    assert S.RUNS["LEA colour map"] == ("lea_net", lea.colour_map_run)   # the colour map, never the ADN
+    assert set(S.RUNS) == set(C.METHODS) == set(C.BOOK_METHODS)   # the book's, from their cards
+    assert list(C.METHODS) == list(C.BOOK_METHODS)                # in book order
+    assert all(S.RUNS[name][0] == method.chapter for name, method in C.METHODS.items())
 
 
 def test_the_paper_grid_is_the_same_comparison_on_mvtec_ad():
@@ -116,7 +120,7 @@ def test_the_paper_grid_is_the_same_comparison_on_mvtec_ad():
     assert cfg.dataset == "mvtec_ad" and cfg.image_size == 256 and tuple(cfg.seeds) == C.SEEDS
     assert {c.config for c in C.GRIDS["paper"]} == {c.config for c in C.GRIDS["study"]}
     for task in tasks:
-        s = C.method_task(task).settings
+        s = S.method_task(task).settings
         assert (s["dataset"], s["image_size"]) == ("mvtec_ad", 256)
 
 
@@ -148,7 +152,7 @@ def test_a_smoke_run_of_each_family_gives_the_three_metrics_and_the_costs(config
     settings = C.STUDY.cell_settings(C.protocol(cfg), cell)
     task = Task(C.STUDY.module, "comparison", cell.ablation, cell.config, dict(cell.overrides),
                 settings, 0, ("brick",), cfg.dataset, str(embedded_root), "cpu")
-    rows = C.run(task)
+    rows = S.run(task)
     assert [r["category"] for r in rows] == ["brick"]
     metrics = rows[0]["metrics"]
     for name in ("image_auroc", "pixel_auroc", "aupro"):
@@ -157,7 +161,7 @@ def test_a_smoke_run_of_each_family_gives_the_three_metrics_and_the_costs(config
     if sys.platform == "linux":
         assert rows[0]["peak_memory_mb"] >= 0
     assert metrics["parameters"] == (0 if config == "kNN" else rows[0]["model"].parameter_count)
-    assert not isinstance(rows[0]["model"], C.TimedDetector)
+    assert not isinstance(rows[0]["model"], S.TimedDetector)
     if config.startswith("untrained"):
         assert rows[0]["final_loss"] is None
 
@@ -167,9 +171,9 @@ def test_the_peak_memory_window_sees_an_allocation_made_inside_it_and_not_one_be
     import numpy as np
 
     before = np.ones(60 * 2**20 // 8)          # 60 MB held from before the window opens
-    start = C._reset_peak_memory("cpu")
+    start = S._reset_peak_memory("cpu")
     inside = np.ones(120 * 2**20 // 8)         # 120 MB touched inside it
-    peak = C._peak_memory_mb("cpu", start)
+    peak = S._peak_memory_mb("cpu", start)
     del inside
     assert 100 <= peak < 170, peak              # the 60 MB before it do not count
     assert before.sum() > 0
@@ -259,7 +263,7 @@ def test_the_chapter_says_whether_each_method_beats_its_untrained_self_and_the_r
         assert not C.CHAPTER.findings, "findings declared before the comparison has rows"
         return
     declared = {f.order for f in C.CHAPTER.findings if f.metric == "image_auroc"}
-    missing = [c.overrides["method"] for c in C.UNTRAINED
+    missing = [c.overrides["method"] for c in C.GRIDS["study"] if c.ablation == "untrained"
                if f"{c.overrides['method']} > {c.config}" not in declared]
     assert not missing, f"say in CHAPTER.findings whether {missing} beat their untrained selves"
     assert set(rows["config"]) >= {c.config for c in C.GRIDS["study"]}

@@ -9,7 +9,8 @@ import torch
 from skimage.color import rgb2lab
 
 from adlib.chapters.lea_net import model as lea
-from adlib.chapters.lea_net import card as study
+from adlib.chapters.lea_net import card
+from adlib.chapters.lea_net import study
 
 # Sharma, Wu & Dalal (2005), Table 1: (L1, a1, b1), (L2, a2, b2), Delta E00.
 SHARMA = [
@@ -269,14 +270,14 @@ def test_the_training_threshold_sits_in_the_middle_of_the_training_gap():
 
 
 def test_the_study_declares_its_deviations_and_measures_two_of_them():
-    cells = {f"{c.ablation}/{c.config}": c for c in study.GRIDS["study"]}
-    measured = [d for d in study.DEVIATIONS if d.cell]
+    cells = {f"{c.ablation}/{c.config}": c for c in card.GRIDS["study"]}
+    measured = [d for d in card.DEVIATIONS if d.cell]
     assert {d.topic for d in measured} >= {"learned attention gate", "batch-norm statistics"}
     for d in measured:
         assert d.cell in cells, d.cell
-    assert cells[f"ResNet18/{study.LEARNED_GATE}"].overrides["gate"] == "learned"
-    assert cells[f"ResNet18/{study.RUNNING_BN}"].overrides["bn_stats"] == "running"
-    paper = {c.config for c in study.GRIDS["paper"]}
+    assert cells[f"ResNet18/{card.LEARNED_GATE}"].overrides["gate"] == "learned"
+    assert cells[f"ResNet18/{card.RUNNING_BN}"].overrides["bn_stats"] == "running"
+    paper = {c.config for c in card.GRIDS["paper"]}
     assert {"ResNet50", "VGG19", "VGG16 + MobileNet-small CAAN (4), 25% of the anomalous images"} <= paper
 
 

@@ -31,12 +31,6 @@ def _model(variant="ANG+FFM+MAAE", **kw):
                       neighbour=3, **kw)
 
 
-@pytest.fixture(scope="module")
-def embedded_root():
-    from adlib.data.sources import resolve_root
-
-    return resolve_root("embedded")
-
 
 def test_ang_noise_has_the_shape_and_scale_of_a_w_eps():
     ang = AdaptiveNoise(64, 32, amplitude=0.5, init=2.0).train()
@@ -302,15 +296,15 @@ def test_the_cpu_profile_beats_its_untrained_self(embedded_root):
     with the full 8 epochs: image AUROC 73.7 trained vs 55.7 untrained (seed 0)."""
     from adlib.training.evaluation import evaluate_unified
     from adlib.chapters.profiles import resolve
-    from adlib.chapters.maae import card as chapter
+    from adlib.chapters.maae import study as chapter
 
     settings = {**chapter.protocol(resolve("maae", "cpu")), "epochs": 2}
     assert (settings["hidden"], settings["layers"], settings["image_size"]) == (64, 6, 128)
     cache = chapter.feature_cache(settings, "cpu")
 
     def mean_auroc(epochs):
-        det = chapter.make_detector(cache, {**settings, "epochs": epochs}, seed=0, device="cpu",
-                                    progress=False)
+        det = chapter.detector({**settings, "epochs": epochs}, seed=0, device="cpu",
+                               progress=False, cache=cache)
         res = evaluate_unified(det, "embedded", embedded_root, ["brick", "coins"], 128,
                                show_progress=False)
         return np.mean([r.metrics["image_auroc"] for r in res]), det

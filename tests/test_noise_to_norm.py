@@ -14,13 +14,6 @@ from adlib.chapters.noise_to_norm.model import (MNet, add_noise, error_maps, inn
 from adlib.nn.mnet import SKFF, ResidualAttention
 
 
-@pytest.fixture(scope="module")
-def embedded_root():
-    """The embedded default (generated once and cached; ``$ADLIB_EMBEDDED`` reuses a copy)."""
-    from adlib.data.sources import resolve_root
-
-    return resolve_root("embedded")
-
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 48), (48, 80)])
 @pytest.mark.parametrize("padding", ["reflect", "zeros"])
@@ -203,7 +196,7 @@ def test_short_training_beats_the_untrained_model(embedded_root):
     from adlib.data.sources import open_split
     from adlib.training.evaluation import evaluate_categories
     from adlib.chapters.noise_to_norm.model import NoiseToNormDetector
-    from adlib.chapters.noise_to_norm.study import CHAPTER, MODEL_KEYS
+    from adlib.chapters.noise_to_norm.card import CHAPTER, MODEL_KEYS
 
     cpu = CHAPTER.defaults("cpu")
     kw = {k: cpu[k] for k in MODEL_KEYS} | {"batch_size": cpu["batch_size"]}

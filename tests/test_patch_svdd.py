@@ -242,7 +242,7 @@ def test_a_test_curve_ends_in_the_uninterrupted_run():
     from adlib.training.curves import separate_curves
     from adlib.data.embedded import ensure_embedded
     from adlib.training.evaluation import evaluate_categories
-    from adlib.chapters.cse_patch_svdd.study import set_epochs
+    from adlib.training.tasks import set_epochs
 
     root = ensure_embedded() / "mvtec"
 

@@ -45,7 +45,8 @@ HASH_SCRIPT = textwrap.dedent('''
     edit("adlib/data/sources.py", "\\ndef resolve_root", "\\nEXTRA = 1\\n\\n\\ndef resolve_root")
     out["h_data"] = p.code_hash(study)
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
-    edit("adlib/chapters/rlr/study.py", "\\nGRIDS = {", "\\nGRIDS = {\\n    \\"extra\\": REFERENCE,")
+    edit("adlib/chapters/rlr/card.py", "\\nGRIDS = {", "\\nGRIDS = {\\n    \\"extra\\": REFERENCE,")
+    edit("adlib/chapters/rlr/card.py", "One model per category beats", "A model per category beats")
     out["h_grid"] = p.code_hash(study)
     out["c_grid"] = p.code_hash(comparison)     # it imports rlr's study module for its detector
     subprocess.run(["git", "checkout", "-q", "--", "."], check=True)
@@ -86,11 +87,12 @@ def test_the_hash_ignores_docs_and_grids_and_follows_an_imported_data_module(tmp
     assert out["dirty"] == ["adlib/data/folders.py"]
     assert out["h_data"] != out["h0"], "an edit to adlib.data.sources left the hash unchanged"
     assert out["h_grid"] == out["h0"], "declaring another grid changed the code hash"
-    # a study that imports another chapter's study module hashes its code, not its declarations
+    # a study that imports another chapter's study module hashes its code, not its card
     assert out["c_grid"] == out["c0"], "another chapter's new grid changed the comparison's hash"
     assert out["c_code"] != out["c0"], "another chapter's code edit left the comparison's hash"
     # the claim checks, the registry and the run records judge and show rows; they make none
-    assert not {"adlib.analysis.claims", "adlib.chapters.base", "adlib.chapters.registry", "adlib.study.results"} & set(out["closure"])
+    assert not {"adlib.analysis.claims", "adlib.chapters.base", "adlib.chapters.registry",
+                "adlib.study.results", "adlib.chapters.rlr.card"} & set(out["closure"])
     assert out["h_claims"] == out["h0"], "changing how claims are judged changed the code hash"
     assert "adlib.study.provenance" not in out["closure"]
     assert out["h_provenance"] == out["h0"], "an edit to the hashing code changed the code hash"
@@ -269,23 +271,28 @@ def test_a_legacy_equivalence_links_only_the_revisions_it_checked():
 
 CURVE_RUNNER = '''
 
-def run_curve(task):
-    """Scored after every epoch: training epoch by epoch ends a little away from one fit."""
+def run_with_curve(task):
+    """Scored after every epoch when the task asks: training epoch by epoch ends a little away
+    from one fit."""
     rows = run(task)
-    for row in rows:
-        row["metrics"]["image_auroc"] += 0.5
-        row["test_curve"] = {"epoch": [0, 1], "image_auroc": [50.0, row["metrics"]["image_auroc"]]}
+    if task.test_curve:
+        for row in rows:
+            row["metrics"]["image_auroc"] += 0.5
+            row["test_curve"] = {"epoch": [0, 1], "image_auroc": [50.0, row["metrics"]["image_auroc"]]}
     return rows
+
+
+run_with_curve.curves = True   # what DetectorRun declares: run honours Task.test_curve
 
 '''
 
 
 def test_verify_remakes_rows_made_with_test_curves_by_the_curve_runner(toyfp, tmp_path):
-    """Rows made by ``study.curve`` are rerun by it: rerun by ``study.run`` they would move
-    (chapter 1's rows moved 12.7 points so and were rerun bit for bit by the curve runner)."""
+    """Rows made with a test curve are rerun with one: rerun without it they would move
+    (chapter 1's rows moved 12.7 points so and were rerun bit for bit with the curve)."""
     pkg, data, reload = toyfp
     source = (TOY_STUDY.replace("\nGRIDS = ", CURVE_RUNNER + "\nGRIDS = ")
-              .replace("fingerprint=Fingerprint(", "curve=run_curve, fingerprint=Fingerprint("))
+              .replace("run=run,", "run=run_with_curve,"))
     (pkg / "toyfp_study.py").write_text(source)
     out = tmp_path / "rows"
     reload()

@@ -20,13 +20,6 @@ H = W = 6
 N = H * W
 
 
-@pytest.fixture(scope="module")
-def embedded_root():
-    """The embedded default (generated once and cached; ``$ADLIB_EMBEDDED`` reuses a copy)."""
-    from adlib.data.sources import resolve_root
-
-    return resolve_root("embedded")
-
 
 def _idx(r, c):
     return r * W + c

@@ -36,7 +36,7 @@ def protocol(cfg):
     return {"gain": 1.0, "offset": 0.0, "sleep": 0.0}
 
 
-def run(task):
+def _scores(task):
     import toy_model
 
     s = task.settings
@@ -50,20 +50,24 @@ def run(task):
     return out
 
 
-def run_curve(task):
-    """run, with a 'test curve' whose last epoch is run's number and whose best is 2 above."""
-    rows = run(task)
-    for row in rows:
+def run(task):
+    """The scores; with ``task.test_curve`` also a 'test curve' whose last epoch is the score
+    and whose best is 2 above."""
+    rows = _scores(task)
+    for row in rows if task.test_curve else ():
         last = row["metrics"]["image_auroc"]
         row["test_curve"] = {"epoch": [0, 1, 2], "image_auroc": [50.0, last + 2.0, last]}
     return rows
+
+
+run.curves = True   # what DetectorRun declares: run honours Task.test_curve
 
 
 GRIDS = {"tiny": [Cell("gain", "gain=1", {}), Cell("gain", "gain=2", {"gain": 2.0}),
                   Cell("gain", "gain=3", {"gain": 3.0}), Cell("offset", "offset=0", {}),
                   Cell("offset", "offset=1", {"offset": 1.0})]}
 STUDY = Study(paper="toy", grids=GRIDS, checks=(), protocol=protocol,
-              run=run, unit="category", curve=run_curve, fingerprint=Fingerprint(("gain=2",), "a"))
+              run=run, unit="category", fingerprint=Fingerprint(("gain=2",), "a"))
 '''
 
 
@@ -142,11 +146,11 @@ def test_a_test_curve_run_remakes_rows_without_curves_and_reports_best_minus_las
     assert (table["runs"] == 4).all() and (table["image_auroc: best epoch (median)"] == 1).all()
 
 
-def test_a_test_curve_needs_a_declared_curve_runner(toy, tmp_path):
+def test_a_test_curve_needs_a_run_that_scores_every_epoch(toy, tmp_path, monkeypatch):
     _, data = toy
     study = load_study("toy_study")
-    study.curve = None
-    with pytest.raises(StudyError, match="declares no curve runner"):
+    monkeypatch.setattr(study.run, "curves", False)
+    with pytest.raises(StudyError, match="cannot score the test split every epoch"):
         run_study("toy_study", "tiny", protocol=study.protocol(None), seeds=[0],
                   categories=["a"], dataset="mvtec_ad", data_root=data, out=tmp_path / "x",
                   show_progress=False, test_curve=True)

@@ -100,7 +100,6 @@ def bench_baseline(data_root=None, image_size: int = 256, seed: int = 0, *,
     with one row per category: image AUROC, pixel AUROC, image counts, bank size, seconds.
     """
     if data_root is None:
-
         data_root = ensure_embedded(seed=seed) / "mvtec"
     root = Path(data_root)
     banks = []

@@ -30,29 +30,26 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
-
 from adlib.analysis import stats
 from adlib.analysis.claims import DID_NOT_LEARN, HANDICAP_RATIO
 from adlib.book.verdicts import (
     LEGEND,
-    Html,
     badge,
-    cell_text,
     chapter_claim_rows,
     claims_html,
+    deviations_frame,
+    deviations_table,
     html_table,
     references_line,
     verdict_counts,
 )
 from adlib.chapters import registry
-from adlib.chapters.registry import get_chapter
 from adlib.resources import resource_path
 from adlib.study.report import committed_records, results_dir
 from adlib.study.results import adlib_revision, hardware_info, load_claims
 from adlib.study.verify import provenance_table
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]   # adlib/book/builder.py -> the checkout
 
 
 #: Packages whose versions the status page lists.
@@ -275,29 +272,6 @@ def write_scoreboard(out_md: Path | str, records_dirs: list[Path | str],
     out_md = Path(out_md)
     out_md.write_text("\n".join(lines))
     return out_md
-
-
-DEVIATION_COLUMNS = {"topic": "what", "paper": "the paper", "ours": "the book", "why": "why",
-                     "kind": "kind", "cell": "measured by"}
-
-
-def deviations_frame(paper: str):
-    """A chapter's declared deviations (its study module's ``DEVIATIONS``) as a table: what
-    the paper says, what the book does, why, whether it is a guess where the paper is silent,
-    and the ablation cell that measures it."""
-    rows = [{"topic": d.topic, "paper": d.paper + (f" ({d.source})" if d.source else ""),
-             "ours": d.ours, "why": d.why, "kind": "guess" if d.guess else "choice",
-             "cell": d.cell or "—"} for d in get_chapter(paper).deviations]
-    return pd.DataFrame(rows, columns=list(DEVIATION_COLUMNS)).rename(columns=DEVIATION_COLUMNS)
-
-
-def deviations_table(paper: str):
-    """:func:`deviations_frame` as an HTML table that fits the column (fixed widths, wrapping
-    text), for a chapter page and the appendix."""
-    frame = deviations_frame(paper)
-    widths = ("17%", "18%", "18%", "21%", "9%", "17%")   # "standardisation", "choice" fit
-    return Html(html_table(list(zip(frame.columns, widths)),
-                           [[cell_text(v) for v in row] for row in frame.to_numpy()]))
 
 
 def write_deviations(out_md: Path | str) -> Path:

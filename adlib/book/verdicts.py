@@ -1,5 +1,6 @@
-"""What a reader sees first: a chapter's verdict box, claims tables that fit the column, and the
-verdict counts, as HTML.
+"""What a reader sees first: a chapter's verdict box, claims tables that fit the column, the
+verdict counts and the chapter's deviations from its paper (the same card's, for the chapter and
+the appendix), as HTML.
 
 Everything here is rendered from claims rows (:func:`adlib.analysis.claims.check_claims`), picked per
 check and level by :func:`adlib.analysis.claims.best_rows`, the same choice the scoreboard makes; the
@@ -208,7 +209,6 @@ def chapter_claim_rows(paper: str, records: list[dict] | None = None,
     default: the chapter's committed study records); a claim nobody checked gets one
     ``not run yet`` row."""
     if records is None:
-
         records = [r.to_dict() for r in committed_records(paper)]
     measured: dict[str, list[dict]] = {}
     # the rows may come from several records: the chapter's family is adjusted as one
@@ -341,7 +341,6 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
     committed study (``records``: run-record dicts, default the committed ones)."""
     warning = ""
     if records is None:
-
         records = [r.to_dict() for r in committed_records(paper)]
         warning = stale_warning(paper)
     rows = chapter_claim_rows(paper, records)
@@ -393,12 +392,34 @@ def verdict_box(paper: str, records: list[dict] | None = None) -> Html:
                 f'<p style="margin:0.4em 0 0 0;font-size:0.8em;color:#444">{" ".join(foot)}</p></div>')
 
 
+DEVIATION_COLUMNS = {"topic": "what", "paper": "the paper", "ours": "the book", "why": "why",
+                     "kind": "kind", "cell": "measured by"}
+
+
+def deviations_frame(paper: str):
+    """A chapter's declared deviations (its card's ``DEVIATIONS``) as a table: what
+    the paper says, what the book does, why, whether it is a guess where the paper is silent,
+    and the ablation cell that measures it."""
+    rows = [{"topic": d.topic, "paper": d.paper + (f" ({d.source})" if d.source else ""),
+             "ours": d.ours, "why": d.why, "kind": "guess" if d.guess else "choice",
+             "cell": d.cell or "—"} for d in get_chapter(paper).deviations]
+    return pd.DataFrame(rows, columns=list(DEVIATION_COLUMNS)).rename(columns=DEVIATION_COLUMNS)
+
+
+def deviations_table(paper: str):
+    """:func:`deviations_frame` as an HTML table that fits the column (fixed widths, wrapping
+    text), for a chapter page and the appendix."""
+    frame = deviations_frame(paper)
+    widths = ("17%", "18%", "18%", "21%", "9%", "17%")   # "standardisation", "choice" fit
+    return Html(html_table(list(zip(frame.columns, widths)),
+                           [[cell_text(v) for v in row] for row in frame.to_numpy()]))
+
+
 def findings_html(paper: str, records: list[dict] | None = None) -> Html:
     """The chapter's reading of its committed study (its ``CHAPTER.findings``), one sentence a
     line, each with the paired difference behind it; a sentence the committed rows no longer
     support is marked, and the chapter's tests fail on it."""
     if records is None:
-
         records = [r.to_dict() for r in committed_records(paper)]
     frame = pd.DataFrame([{**row, "grid": (r.get("params") or {}).get("grid")}
                           for r in records for row in (r.get("ablations") or [])])

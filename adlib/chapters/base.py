@@ -96,6 +96,21 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Compared:
+    """A model a chapter sends to chapter 6 (every method side by side).
+
+    Args:
+        config: the config of the chapter's grids that is this model (its cell's overrides
+            apply); None: the chapter's protocol as it is.
+        untrained: the overrides of its untrained reference (the detector skeleton's
+            ``epochs = 0``); None: it trains nothing, so it has none.
+    """
+
+    config: str | None = None
+    untrained: Mapping[str, Any] | None = field(default_factory=lambda: {"epochs": 0})
+
+
+@dataclass(frozen=True)
 class Chapter:
     """One chapter of the book.
 
@@ -126,6 +141,8 @@ class Chapter:
         headline_metrics: the metrics of that line.
         findings: what the chapter reads in its committed study, sentence by sentence
             (:class:`Finding`).
+        compared: the models it sends to chapter 6, by the name they go by there
+            (:class:`Compared`), each trained and scored by the chapter's own ``run``.
     """
 
     key: str
@@ -145,6 +162,7 @@ class Chapter:
     headline: Mapping[str, str] = field(default_factory=dict)
     headline_metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc")
     findings: tuple[Finding, ...] = ()
+    compared: Mapping[str, Compared] = field(default_factory=dict)
     module: str = ""                 # the declaring module; the registry fills it
     study: str | None = None         # that module, when it declares STUDY; the registry fills it
     deviations: tuple[Deviation, ...] = ()   # the module's DEVIATIONS; the registry fills it

@@ -88,7 +88,6 @@ def gpucheck(out: str | Path, *, device: str = "auto", tiny: bool = False,
         print(rows[-1], flush=True)
     bench = None
     if device.startswith("cuda") and not tiny:
-
         bench = bench_patchsvdd_nn(image_size=256, device=device)
     report = {"device": device, "hardware": hardware_info(device),
               "label": hardware_label(hardware_info(device)), "revision": adlib_revision(),

@@ -24,13 +24,17 @@ introduction ("Profiles").
 from __future__ import annotations
 
 import copy
+import importlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
 import torch
 
+from adlib.chapters.base import Chapter
 from adlib.chapters.registry import chapters, get_chapter
 from adlib.chapters.warmup import paper_estimate
 from adlib.data.sources import choose_categories, resolve_root
@@ -130,7 +134,6 @@ def resolve(paper: str, profile: str = "cpu", *, dataset: str | None = None,
         msg = f"unknown dataset {values['dataset']!r}; expected one of {', '.join(DATASETS)}"
         raise ValueError(msg)
     if values["dataset"] != "embedded" and data_root is None:
-
         msg = (f"dataset {values['dataset']!r} needs data_root (the folder holding it in its "
                f"official layout, see {docs_url('data/README.md')}); pass `-p data_root "
                "/path/to/data`, or use `-p dataset embedded` for the built-in default")
@@ -160,6 +163,35 @@ class Setup:
     device: str
     started: float
     protocol: dict[str, Any] | None = None  # the chapter's defaults (its study's protocol)
+
+    @property
+    def chapter(self) -> Chapter:
+        """The chapter's registry entry (its card's ``CHAPTER``)."""
+        return get_chapter(self.cfg.paper)
+
+    @property
+    def card(self) -> ModuleType:
+        """The chapter's card: its grids, claim checks, titles, findings and deviations."""
+        return importlib.import_module(self.chapter.module)
+
+    @property
+    def page(self) -> ModuleType:
+        """The chapter's page module: the figures and tables its notebook shows."""
+        return importlib.import_module(f"{self.chapter.module.rpartition('.')[0]}.page")
+
+    def detector(self, settings: Mapping[str, Any] | None = None, *, seed: int | None = None,
+                 resume: bool = True, **changes: Any) -> Any:
+        """A fresh detector from the chapter's one factory: this run's protocol (or
+        ``settings``) with ``changes``, this run's seed and device; with ``resume`` a killed
+        training resumes from its checkpoint under ``output_dir``."""
+        factory = load_study(self.cfg.paper).detector
+        if factory is None:
+            msg = f"{self.cfg.paper}'s study trains no detector of the factory's shape"
+            raise TypeError(msg)
+        root = f"{self.cfg.output_dir}/checkpoints/{self.cfg.paper}" if resume else None
+        return factory({**(settings if settings is not None else self.protocol or {}), **changes},
+                       seed=self.cfg.seed if seed is None else seed, device=self.device,
+                       checkpoint_root=root)
 
     def save_record(self, results: list, study: Any = None, notes: str = "",
                     notebook: str | None = None, metrics: dict | None = None, **params: Any):
@@ -215,10 +247,22 @@ def display_defaults() -> None:
     pd.set_option("display.precision", 2)
 
 
-def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int | None = None,
-          **params: Any) -> Setup:
+#: The parameters of every notebook's papermill cell, in its order.
+NOTEBOOK_PARAMETERS = ("profile", "dataset", "data_root", "categories", "image_size", "epochs",
+                       "batch_size", "device", "seed", "output_dir")
+
+
+def setup(paper: str, profile: str | Mapping[str, Any] = "cpu", *, data_seed: int = 0,
+          threads: int | None = None, **params: Any) -> Setup:
     """One call for a notebook's first cell: profile resolved (:func:`resolve`), data root
     found (the embedded default generated on first use), categories chosen, device chosen.
+
+    ``profile`` is the profile's name, or the notebook's namespace (``setup("rlr", globals())``),
+    from which the :data:`NOTEBOOK_PARAMETERS` are read: the path of a parameter such as
+    ``epochs`` from the papermill cell to the optimiser is then: this call -> :func:`resolve`
+    (a value not None wins over the chapter card's profile default) -> ``RunConfig.epochs`` ->
+    the chapter's ``protocol`` (``Setup.protocol["epochs"]``) -> the chapter's ``detector``
+    factory (:meth:`Setup.detector`) -> the model's config -> :func:`adlib.training.train.fit`.
 
     ``data_seed`` makes the embedded data set; it is separate from the training ``seed``, so
     changing the seed never regenerates the data. ``threads`` sets torch's CPU threads (one
@@ -227,20 +271,20 @@ def setup(paper: str, profile: str = "cpu", *, data_seed: int = 0, threads: int 
     short timed warm-up prints the full run's estimated wall time before it commits to hours.
     """
     started = time.perf_counter()
+    if isinstance(profile, Mapping):
+        params = {**{k: profile[k] for k in NOTEBOOK_PARAMETERS if k in profile}, **params}
+        profile = params.pop("profile", "cpu")
     cfg = resolve(paper, profile, **params)
     root = resolve_root(cfg.dataset, cfg.data_root, seed=data_seed)
     categories = choose_categories(cfg.dataset, root, cfg.categories, cfg.max_categories)
     device = str(pick_device(cfg.device))
     if threads and device == "cpu":
-
         torch.set_num_threads(threads)
     run = Setup(cfg, root, categories, device, started)
     display_defaults()
     # the registry's chapters, not PAPERS: chapter 6 has a study but no paper
     if any(c.key == paper and c.study for c in chapters()):
-
         run.protocol = load_study(paper).protocol(cfg)
     if profile == "paper" and run.protocol is not None:
-
         print(paper_estimate(get_chapter(paper), run), flush=True)
     return run

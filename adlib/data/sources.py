@@ -30,7 +30,6 @@ def resolve_root(dataset: str, data_root: str | Path | None = None, seed: int = 
 
         return ensure_embedded(seed=seed) / "mvtec"
     if data_root is None:
-
         return default_data_root()
     return Path(data_root)
 
@@ -59,7 +58,6 @@ def list_dataset_categories(dataset: str, root: Path) -> list[str]:
         return sorted(p.name for p in root.iterdir()
                       if (p / "normal").is_dir() and (p / "anomalous").is_dir())
     if dataset == "visa":
-
         csv = root / "split_csv" / "1cls.csv"
         return sorted(read_visa_split(csv)["object"].unique())
 

@@ -41,20 +41,17 @@ C-SE+LBR and noise-to-norm nearly all of it; its README gives the sittings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from adlib.chapters import registry
 from adlib.chapters.base import Chapter, Finding
-from adlib.chapters.comparison.study import RUNS, detector, run
-from adlib.chapters.cse_patch_svdd import card as cse_card
+from adlib.chapters.comparison.study import detector, run
 from adlib.chapters.data_and_metrics.study import protocol as knn_protocol
-from adlib.chapters.lea_net import card as lea_card
-from adlib.chapters.maae import card as maae_card
-from adlib.chapters.noise_to_norm import card as noise_card
-from adlib.chapters.rlr import card as rlr_card
 from adlib.data.embedded import EMBEDDED_CATEGORIES
+from adlib.study.load import load_study
 from adlib.study.provenance import Fingerprint
 from adlib.study.spec import Cell, Study, cell_settings
 
@@ -71,10 +68,12 @@ CATEGORIES = tuple(EMBEDDED_CATEGORIES)
 CPU_CATEGORIES = ("retina", "brick")
 #: The chapter profile each comparison profile takes its methods' protocols from.
 CHAPTER_PROFILE = {"smoke": "smoke", "cpu": "study", "study": "study", "paper": "paper"}
-#: The cards of the chapters whose protocol and grid cells the methods take.
-CARDS = {"cse_patch_svdd": cse_card, "maae": maae_card, "noise_to_norm": noise_card,
-         "lea_net": lea_card, "rlr": rlr_card}
+#: Chapter 0's baseline has no study: its protocol is its notebook's (data set and size only).
 KNN_CHAPTER = "data_and_metrics"
+#: The methods the fingerprint runs (the book's own; a chapter from outside joins the grids, not
+#: the fingerprint of the committed rows).
+BOOK_METHODS = ("kNN", "Patch SVDD", "C-SE+LBR", "MAAE", "UniAD", "noise-to-norm",
+                "LEA colour map", "RLR")
 
 
 # ------------------------------------------------------------------ the methods
@@ -94,50 +93,56 @@ class Method:
         """The overrides of ``config`` in its chapter's own grids (its model's cell)."""
         if self.config is None:
             return {}
-        module = CARDS[self.chapter]
-        for cells in module.STUDY.grids.values():
+        for cells in load_study(self.chapter).grids.values():
             for cell in cells:
                 if cell.config == self.config:
                     return dict(cell.overrides)
-        msg = f"{module.__name__} has no config {self.config!r} in its grids"
+        msg = f"{self.chapter} has no config {self.config!r} in its grids"
         raise KeyError(msg)
 
 
-METHODS: dict[str, Method] = {
-    "kNN": Method(KNN_CHAPTER, untrained=None),
-    "Patch SVDD": Method("cse_patch_svdd", "Patch SVDD"),
-    "C-SE+LBR": Method("cse_patch_svdd", cse_card.DEFAULT),
-    "MAAE": Method("maae", maae_card.DEFAULT),
-    "UniAD": Method("maae", "UniAD"),
-    "noise-to-norm": Method("noise_to_norm", "Eq. 7 (per pixel)"),
-    # the colouriser is what trains; LEA-Net's ADN and CAAN settings are not used
-    "LEA colour map": Method("lea_net", untrained={"colouriser_epochs": 0}),
-    "RLR": Method("rlr", rlr_card.DEFAULT),
-}
+def methods() -> dict[str, Method]:
+    """Every method, in book order: what each registered chapter sends (``Chapter.compared``),
+    so a new chapter joins the comparison from its own card."""
+    out: dict[str, Method] = {}
+    for chapter in registry.chapters():
+        for name, spec in chapter.compared.items():
+            if name in out:
+                msg = (f"chapters {out[name].chapter} and {chapter.key} both send a method "
+                       f"named {name!r} to chapter 6; give each its own name")
+                raise ValueError(msg)
+            out[name] = Method(chapter.key, spec.config, spec.untrained)
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    # METHODS is read on use: it reads the registry, which imports this card
+    if name == "METHODS":
+        return methods()
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
 
 
 def chapter_protocol(key: str, profile: str, dataset: str, image_size: int) -> dict:
-    """Chapter ``key``'s study protocol under ``profile`` (its ``protocol`` of its card's
-    defaults, as :func:`adlib.chapters.profiles.resolve` gives them) with ``dataset`` and ``image_size``
-    replaced. Built from the card, not through ``resolve``, which reads the registry and would
-    bring the profiles, the run records and the warm-up into this study's code hash."""
+    """Chapter ``key``'s study protocol under ``profile`` (its study's ``protocol`` of its
+    card's defaults, as :func:`adlib.chapters.profiles.resolve` gives them) with ``dataset``
+    and ``image_size`` replaced."""
     if key == KNN_CHAPTER:
         return knn_protocol(dataset, image_size)
-    card = CARDS[key]
-    defaults = card.CHAPTER.defaults(profile)
+    defaults = registry.get_chapter(key).defaults(profile)
     cfg = SimpleNamespace(dataset=dataset, image_size=int(image_size),
                           epochs=int(defaults["epochs"]), batch_size=int(defaults["batch_size"]),
                           extra=defaults)
-    return {**card.protocol(cfg), "dataset": dataset, "image_size": int(image_size)}
+    return {**load_study(key).protocol(cfg), "dataset": dataset, "image_size": int(image_size)}
 
 
 def protocol(cfg) -> dict:
     """The comparison's defaults under a profile: the common data and size, the method (a cell
-    overrides it), ``epochs`` (None: each method's own; 0: untrained), and every chapter's
-    protocol under the matching chapter profile (:data:`CHAPTER_PROFILE`)."""
+    overrides it), ``epochs`` (None: each method's own; 0: untrained), and the protocol of
+    every chapter with a method under the matching chapter profile (:data:`CHAPTER_PROFILE`)."""
     profile = CHAPTER_PROFILE[cfg.profile]
-    chapters = {k: chapter_protocol(k, profile, cfg.dataset, cfg.image_size)
-                for k in (KNN_CHAPTER, *CARDS)}
+    keys = dict.fromkeys(m.chapter for m in methods().values())
+    chapters = {k: chapter_protocol(k, profile, cfg.dataset, cfg.image_size) for k in keys}
     return {"dataset": cfg.dataset, "image_size": cfg.image_size, "method": "kNN", "epochs": None,
             "chapters": chapters}
 
@@ -145,7 +150,7 @@ def protocol(cfg) -> dict:
 def method_settings(settings: Mapping[str, Any]) -> dict:
     """The settings the method of a cell's ``settings`` runs with: its chapter's protocol, its
     chapter cell's overrides and, for ``epochs = 0``, its untrained overrides."""
-    method = METHODS[settings["method"]]
+    method = methods()[settings["method"]]
     chapter = settings["chapters"][method.chapter]
     overrides = dict(method.overrides)
     if settings["epochs"] == 0:
@@ -237,25 +242,36 @@ CHAPTER = Chapter(
 
 # ------------------------------------------------------------------ the grids
 
-TRAINED = [Cell("methods", name, {"method": name}) for name in METHODS]
-UNTRAINED = [Cell("untrained", f"untrained {name}", {"method": name, "epochs": 0})
-             for name, m in METHODS.items() if m.untrained is not None]
-GRIDS = {
-    "smoke": TRAINED + UNTRAINED,
-    # the live part of the cpu profile: two cheap methods (and RLR's untrained self, free)
-    "cpu": [c for c in TRAINED if c.config in ("kNN", "RLR")]
-           + [c for c in UNTRAINED if c.config == "untrained RLR"],
-    "study": TRAINED + UNTRAINED,
-    "paper": TRAINED + UNTRAINED,   # on MVTec AD at 256 px, each chapter's paper protocol: a GPU
-}
+class Grids(Mapping):
+    """The comparison's grids, built on use from :func:`methods` (the registry cannot be read
+    while it imports this card): every method, and each trainable one untrained."""
+
+    NAMES = ("smoke", "cpu", "study", "paper")
+
+    def __getitem__(self, name: str) -> list[Cell]:
+        found = methods()
+        trained = [Cell("methods", m, {"method": m}) for m in found]
+        untrained = [Cell("untrained", f"untrained {m}", {"method": m, "epochs": 0})
+                     for m, spec in found.items() if spec.untrained is not None]
+        if name == "cpu":   # the live part of the cpu profile: two cheap methods (RLR's untrained self is free)
+            return ([c for c in trained if c.config in ("kNN", "RLR")]
+                    + [c for c in untrained if c.config == "untrained RLR"])
+        if name in self.NAMES:   # paper: on MVTec AD at 256 px, each chapter's paper protocol (a GPU)
+            return trained + untrained
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
+
+GRIDS = Grids()
 CHECKS = ()
 TITLES = {"methods": "Every method, trained as its chapter found it learns",
           "untrained": "Each trainable method untrained (epochs = 0): the reference it must beat"}
 
 STUDY = Study(paper="comparison", grids=GRIDS, checks=CHECKS, protocol=protocol, run=run,
               unit="all", titles=TITLES, resolve=resolve, detector=detector,
-              fingerprint=Fingerprint(tuple(METHODS), "brick"))
-
-if set(METHODS) != set(RUNS):   # a method declared here must have its run in the study module
-    msg = f"comparison: methods {sorted(set(METHODS) ^ set(RUNS))} are declared on one side only"
-    raise RuntimeError(msg)
+              fingerprint=Fingerprint(BOOK_METHODS, "brick"))

@@ -36,7 +36,7 @@ from adlib.book.verdicts import (
     verdict_counts,
 )
 from adlib.chapters.comparison import card as C
-from adlib.chapters.comparison.card import METHODS
+from adlib.chapters.comparison.card import methods
 from adlib.chapters.lea_net import card as lea_net
 from adlib.chapters.registry import get_chapter
 from adlib.data.sources import open_split, resolve_root
@@ -154,7 +154,8 @@ def answer_box(ranking: pd.DataFrame, front: Sequence[str], *, metric: str = "im
     body = []
     for row in ranking.itertuples(index=False):
         name, rank, group, value, beat = row
-        trains = name in METHODS and METHODS[name].untrained is not None
+        found = methods()
+        trains = name in found and found[name].untrained is not None
         missing = "untrained self not run" if trains else "trains nothing"
         learned_word = missing if beat is None or pd.isna(beat) else (
             "yes" if beat else '<b style="color:#8a1c12">no</b>')
@@ -184,8 +185,8 @@ def unified_methods() -> list[str]:
     """The methods that train one model for all categories (their chapters' ``separate``)."""
     cfg = SimpleNamespace(profile="study", dataset="embedded", image_size=C.IMAGE_SIZE)
     protocol = C.protocol(cfg)
-    return [c.config for c in C.TRAINED
-            if C.STUDY.cell_settings(protocol, c).get("separate") is False]
+    return [c.config for c in C.GRIDS["study"] if c.ablation == "methods"
+            and C.STUDY.cell_settings(protocol, c).get("separate") is False]
 
 
 STUDY_HOURS = "4.5 h"   # the committed run's wall time (its README gives the sittings)
@@ -325,8 +326,8 @@ class Page:
         if self.empty:
             return self._missing()
         chapters: dict[str, list[str]] = {}
-        for name, method in C.METHODS.items():
-            if method.chapter in C.CARDS:
+        for name, method in C.methods().items():
+            if get_chapter(method.chapter).paper:
                 chapters.setdefault(method.chapter, []).append(name)
         claims = {key: chapter_claim_rows(key) for key in chapters}
         return _styled(papers_table(self.ranking(), chapters, claims),
@@ -400,8 +401,9 @@ def contestants() -> Any:
     protocol = C.protocol(SimpleNamespace(profile="study", dataset="embedded",
                                           image_size=C.IMAGE_SIZE))
     out = []
-    for cell in C.TRAINED:
-        method = C.METHODS[cell.config]
+    found = C.methods()
+    for cell in (c for c in C.GRIDS["study"] if c.ablation == "methods"):
+        method = found[cell.config]
         settings = C.STUDY.cell_settings(protocol, cell)
         chapter = get_chapter(method.chapter)
         epochs = settings.get("colouriser_epochs", settings.get("epochs"))

@@ -9,6 +9,7 @@ are already its own method's (the card's ``resolve``).
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +27,10 @@ from adlib.study.spec import Task
 from adlib.training.tasks import DetectorRun, evaluate_task
 from adlib.training.train import pick_device
 
-#: method -> (its chapter, the chapter's run over its detector factory). LEA-Net's full network
-#: is supervised, so its method is the colour anomaly map alone.
+#: The book's methods -> (their chapter, the chapter's run over its detector factory), imported
+#: here so that their code is this study's code. LEA-Net's full network is supervised, so its
+#: method is the colour anomaly map alone. A chapter registered from outside the package is found
+#: by :func:`method_run` instead.
 RUNS: dict[str, tuple[str, DetectorRun]] = {
     "kNN": ("data_and_metrics", data_and_metrics.run),
     "Patch SVDD": ("cse_patch_svdd", cse_patch_svdd.run),
@@ -40,19 +43,35 @@ RUNS: dict[str, tuple[str, DetectorRun]] = {
 }
 
 
+def method_run(name: str) -> tuple[str, DetectorRun]:
+    """The chapter and run of method ``name``: the book's from :data:`RUNS`; another from the
+    registry, as the chapter's card sends it (``Chapter.compared``)."""
+    if name in RUNS:
+        return RUNS[name]
+    # By name, at run time: the registry reads every card, and a chapter outside the package
+    # cannot be imported here; so its code is not in this study's hash (the book's methods' is).
+    registry = importlib.import_module("adlib.chapters.registry")
+    load_study = importlib.import_module("adlib.study.load").load_study
+    for chapter in registry.chapters():
+        if name in chapter.compared:
+            return chapter.key, load_study(chapter.key).run
+    msg = f"no chapter sends a method named {name!r} to chapter 6"
+    raise KeyError(msg)
+
+
 def method_task(task: Task) -> Task:
     """The comparison task as its method's chapter would run it: its settings without the
-    method's name, its chapter as study and paper."""
+    method's name, its chapter as paper."""
     settings = {k: v for k, v in task.settings.items() if k != "method"}
-    chapter = RUNS[task.settings["method"]][0]
-    return replace(task, study=f"adlib.chapters.{chapter}.card", paper=chapter, settings=settings)
+    chapter = method_run(task.settings["method"])[0]
+    return replace(task, paper=chapter, settings=settings)
 
 
 def detector(settings, *, seed: int, device: str = "auto", progress: bool = False,
              checkpoint_root: str | None = None) -> Any:
     """A fresh detector of the method that ``settings["method"]`` names, from its chapter's own
     factory (the rest of ``settings`` is that method's, the card's ``resolve``)."""
-    method = RUNS[settings["method"]][1]
+    method = method_run(settings["method"])[1]
     own = {k: v for k, v in settings.items() if k != "method"}
     return method.detector(own, seed=seed, device=device, progress=progress,
                            checkpoint_root=checkpoint_root)
@@ -62,7 +81,7 @@ def run(task: Task) -> list[dict]:
     """Train the task's method on its categories (separate or unified, as its chapter does) and
     score each: the engine's rows, plus the cost columns (the card's docstring)."""
     sub = method_task(task)
-    method = RUNS[task.settings["method"]][1]
+    method = method_run(task.settings["method"])[1]
     device = pick_device(task.device)
     settings = dict(sub.settings)
 

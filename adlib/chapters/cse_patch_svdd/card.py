@@ -9,7 +9,7 @@ reference every direction claim needs the trained model to beat.
 from __future__ import annotations
 
 from adlib.analysis.claims import ClaimCheck
-from adlib.chapters.base import Chapter, Deviation, Finding
+from adlib.chapters.base import Chapter, Compared, Deviation, Finding
 from adlib.chapters.cse_patch_svdd.study import DEFAULT, protocol, run
 from adlib.study.provenance import Fingerprint
 from adlib.study.spec import Cell, Study
@@ -45,6 +45,7 @@ CHAPTER = Chapter(
     gpucheck="gpu_check", gpucheck_small={"patch_sizes": "32", "stride32": 16},
     headline={"+C-SE+LBR": "variant/+C-SE+LBR", "Patch SVDD": "variant/Patch SVDD",
               "untrained": "reference/random init +C-SE+LBR"},
+    compared={"Patch SVDD": Compared("Patch SVDD"), "C-SE+LBR": Compared(DEFAULT)},
     findings=(
         Finding("Training teaches the encoder to rank images: C-SE+LBR beats its random "
                 "initialisation on image AUROC ...", "+C-SE+LBR > random init +C-SE+LBR"),

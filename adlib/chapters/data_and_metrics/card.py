@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adlib.chapters.base import Chapter
+from adlib.chapters.base import Chapter, Compared
 
 CHAPTER = Chapter(
     key="data_and_metrics", title="The data, the metrics and a nearest-neighbour baseline",
@@ -11,4 +11,5 @@ CHAPTER = Chapter(
     model="adlib.chapters.data_and_metrics.model",
     profiles={"cpu": {"image_size": 128}, "study": {"image_size": 256},
               "paper": {"image_size": 256}},
+    compared={"kNN": Compared(untrained=None)},   # a memory bank: nothing to train
 )

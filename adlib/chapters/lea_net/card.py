@@ -18,7 +18,7 @@ reported beside it. ``DEVIATIONS`` lists what differs from the paper and its off
 from __future__ import annotations
 
 from adlib.analysis.claims import ClaimCheck
-from adlib.chapters.base import Chapter, Deviation, Finding
+from adlib.chapters.base import Chapter, Compared, Deviation, Finding
 from adlib.chapters.lea_net.study import F1_RULE, POINT, protocol, run
 from adlib.study.provenance import Fingerprint
 from adlib.study.spec import Cell, Study
@@ -49,6 +49,8 @@ CHAPTER = Chapter(
     headline={"LEA-Net": "ResNet18/ResNet18 + ResNet-based CAAN (4)", "ResNet18": "ResNet18/ResNet18",
               "map maximum": "references/map maximum", "always anomalous": "references/always anomalous"},
     headline_metrics=("f1", "image_auroc"),
+    # the colour map alone: the ADN is supervised; the colouriser is what trains
+    compared={"LEA colour map": Compared(untrained={"colouriser_epochs": 0})},
     findings=(
         Finding("ResNet18 alone learns: it beats answering \"anomalous\" for every image.",
                 "ResNet18 > always anomalous", metric="f1"),

@@ -17,7 +17,52 @@ import torch
 import adlib.chapters.lea_net.model as lea
 from adlib.book.figures import fit_column
 from adlib.chapters.lea_net.card import ADN_NAMES, CAAN_NAMES, INPUT_NAMES, POINT, label
+from adlib.chapters.lea_net.study import fold_maps, load_labelled, train_fold
 from adlib.study.report import readable
+
+
+def labelled_category(run):
+    """The walk-through's one labelled category (``run``: the notebook's
+    :class:`~adlib.chapters.profiles.Setup`; the first category asked for, the others named as
+    left out) with its images and labels (:func:`~adlib.chapters.lea_net.study.load_labelled`),
+    and one line saying what the cross-validation will see."""
+    cfg, s = run.cfg, run.protocol
+    category = run.only_category("the walk-through cross-validates one labelled category")
+    images, labels = load_labelled(cfg.dataset, run.root, category, cfg.image_size, s["subsample"])
+    print(f"{category}: {len(labels)} images, {int(labels.sum())} anomalous; stratified {s['folds']}-fold "
+          f"cross-validation; ADN {s['adn']}, CAAN {s['caan']} at point {s['point']}, width {s['width']}")
+    return category, images, labels
+
+
+def cross_validate(settings, images, labels, category: str, *, seed: int, device: str = "cpu",
+                   checkpoint_root: str | None = None):
+    """The main model of ``settings`` trained and scored fold by fold, as the study's
+    :func:`~adlib.chapters.lea_net.study.run` does a task (the fold's cached colour maps,
+    :func:`~adlib.chapters.lea_net.study.fold_maps`, then
+    :func:`~adlib.chapters.lea_net.study.train_fold`), with progress bars and, under
+    ``checkpoint_root``, one checkpoint folder per fold (``fold<k>``: a killed training resumes);
+    prints each fold's F1 and AUROC.
+
+    Returns ``(trained, rows)``: ``trained`` maps each fold to
+    :func:`~adlib.chapters.lea_net.study.train_fold`'s dict plus the fold's colour ``maps``;
+    ``rows`` are the study engine's rows of these folds (the main cell: no overrides), for
+    :func:`adlib.study.engine.run_study`'s ``known``, so the grid does not train them again.
+    """
+    trained, rows = {}, []
+    for fold in range(settings["folds"]):
+        maps, peak, _ = fold_maps(images, labels, settings, seed, fold, device, tag=category)
+        where = None if checkpoint_root is None else f"{checkpoint_root}/fold{fold}"
+        out = train_fold(settings, images, labels, maps, peak, seed, fold, device, progress=True,
+                         checkpoint_dir=where)
+        out["maps"] = maps
+        trained[fold] = out
+        m = out["metrics"]
+        print(f"fold {fold}: F1 {m['f1']:.1f} at 0.5, {m['f1_train_threshold']:.1f} at the training folds' "
+              f"threshold {out['threshold']:.2f}; image AUROC {m['image_auroc']:.1f}")
+        rows.append({"overrides": {}, "seed": seed, "category": category, "fold": fold,
+                     "metrics": out["metrics"], "train_seconds": out["train_seconds"],
+                     "final_loss": out["final_loss"]})
+    return trained, rows
 
 
 def pipeline_figure(colouriser, images, labels, title: str = ""):

@@ -12,7 +12,7 @@ trained MAAE must beat. ``DEVIATIONS`` lists what we do differently from the pap
 from __future__ import annotations
 
 from adlib.analysis.claims import ClaimCheck
-from adlib.chapters.base import Chapter, Deviation, Finding
+from adlib.chapters.base import Chapter, Compared, Deviation, Finding
 from adlib.chapters.maae.study import DEFAULT, protocol, run
 from adlib.study.provenance import Fingerprint
 from adlib.study.spec import Cell, Study
@@ -48,6 +48,7 @@ CHAPTER = Chapter(
     gpucheck_small={"hidden": 16, "layers": 3, "heads": 2, "neighbour": 3},
     headline={"MAAE": "Table 3/ANG+FFM+MAAE", "UniAD": "baseline/UniAD",
               "untrained": "reference/untrained", "kNN": "single-class kNN/kNN unified"},
+    compared={"MAAE": Compared(DEFAULT), "UniAD": Compared("UniAD")},
     findings=(
         Finding("The model learns: MAAE beats its untrained self by a wide margin.",
                 "ANG+FFM+MAAE > untrained"),

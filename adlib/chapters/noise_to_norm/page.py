@@ -215,7 +215,6 @@ def grain_experiment(settings, *, rgb: bool = False, size: int = 64, n_train: in
     maps["ours"] = det.predict(test)[1]
     maps["Eq. 7 + L1"] = smooth(error_maps(y, x0, settings["alpha"], form="eq7"))
     if knn:
-
         maps["kNN"] = KNNBaseline(image_size=size, progress=False, device=device).fit(train).predict(test)[1]
     def fine(t):  # what a Gaussian of sigma 2 px smooths away: the grain
         return t - gaussian_smooth(t.flatten(0, 1), 2.0).view_as(t)

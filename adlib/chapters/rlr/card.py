@@ -10,7 +10,7 @@ trained model to beat. Nothing here makes a row, so nothing here is in the rows'
 from __future__ import annotations
 
 from adlib.analysis.claims import ClaimCheck
-from adlib.chapters.base import Chapter, Deviation, Finding
+from adlib.chapters.base import Chapter, Compared, Deviation, Finding
 from adlib.chapters.rlr.study import DEFAULT, protocol, run
 from adlib.study.provenance import Fingerprint
 from adlib.study.spec import Cell, Study
@@ -41,6 +41,7 @@ CHAPTER = Chapter(
     gpucheck="adlib.chapters.warmup:feature_model_check",
     gpucheck_small={"windows": [5, 3, 3], "hidden": [8, 16, 32], "blocks": 1, "heads": 4},
     headline={"RLR": "Table 3/MLKA+LCA", "untrained": "reference/untrained"},
+    compared={"RLR": Compared(DEFAULT)},
     findings=(
         Finding("The model learns: MLKA + LCA beats its untrained self on images.",
                 "MLKA+LCA > untrained"),
