@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     be.set_defaults(func=_bench_patchsvdd_embed)
 
     st = sub.add_parser("study", help="run / resume a paper's ablation grid, then summarise it")
-    st.add_argument("paper", help="paper key (each adlib/studies/<paper>.py), or a module declaring STUDY")
+    st.add_argument("paper", help="paper key (each adlib/chapters/<paper>/), or a module declaring STUDY")
     st.add_argument("--grid", default=None, help="grid name (default: the profile's grid)")
     st.add_argument("--profile", default="study", help="profile giving the defaults (study)")
     st.add_argument("--seeds", default=None, help="comma-separated (default: the profile's)")

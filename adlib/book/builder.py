@@ -90,7 +90,7 @@ def notebook_paths(notebooks_dir: Path | str = REPO / "notebooks") -> list[Path]
     stray = sorted(p.name for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb") if p.name not in declared)
     if stray:
         msg = (f"notebooks {', '.join(stray)} in {notebooks_dir} belong to no chapter: declare "
-               "CHAPTER = Chapter(key=..., title=..., notebook=...) in adlib/studies/<paper>.py")
+               "CHAPTER = Chapter(key=..., title=..., notebook=...) in adlib/chapters/<paper>/card.py")
         raise ValueError(msg)
     return paths
 

@@ -1,12 +1,12 @@
 """A chapter's card: what the book needs to know about one chapter, declared where the chapter lives.
 
-Each ``adlib/studies/<paper>.py`` declares ``CHAPTER = Chapter(...)``; :mod:`adlib.chapters.registry` collects
-the cards (and those of the modules named in ``ADLIB_CHAPTERS``), and the profiles, the GPU check,
-the book's contents, intro and API page read that registry. So a new chapter touches no central
-file.
+Each ``adlib/chapters/<paper>/card.py`` declares ``CHAPTER = Chapter(...)``;
+:mod:`adlib.chapters.registry` collects the cards (and those of the modules named in
+``ADLIB_CHAPTERS``), and the profiles, the GPU check, the book's contents, intro and API page,
+the scoreboard and chapter 6 read that registry. So a new chapter touches no central file.
 
-This module imports nothing from ``adlib``: every study module imports it, so it is part of every
-study's code hash (:mod:`adlib.study.provenance`), while the ``CHAPTER`` declaration itself is not.
+Only cards import this module, and row code never imports a card: nothing here is in a study's
+code hash (:mod:`adlib.study.provenance`).
 """
 
 from __future__ import annotations

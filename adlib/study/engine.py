@@ -1,9 +1,9 @@
 """The study engine: run (or resume) a declared grid and summarise it: declared grids, one row schema, resumable JSONL rows.
 
-A chapter declares its :class:`Study` once (``adlib/studies/<paper>.py``): named grids of
-:class:`Cell` (ablation, config label, overrides of the chapter's defaults), its claim
-checks, a tiny fingerprint run, and a ``run(task)`` that trains and evaluates one task. The
-code identity of its rows is computed from the study module's imports
+A chapter declares its :class:`Study` once, in its card (``adlib/chapters/<paper>/card.py``):
+named grids of :class:`Cell` (ablation, config label, overrides of the chapter's defaults), its
+claim checks, a tiny fingerprint run, and the ``run(task)`` of its ``study.py`` that trains and
+evaluates one task. The code identity of its rows is computed from that module's imports
 (:mod:`adlib.study.provenance`), never listed by hand. The notebook (``cpu`` / ``smoke`` grids) and ``python -m adlib study``
 (``study`` grid) both go through :func:`run_study`::
 

@@ -163,7 +163,7 @@ RESULTS_PATH = "adlib/resources/results"
 def adlib_revision() -> str:
     """The code revision behind a run: ``<short sha>`` or ``<short sha>-dirty`` in a git
     checkout of adlib, else the package version (e.g. ``0.1.0``). Never raises."""
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parents[1]   # adlib/study/results.py -> adlib
     try:
         top = Path(_git(["rev-parse", "--show-toplevel"], package_dir)).resolve()
         # A non-editable install inside some other repository must not report that repo's sha.

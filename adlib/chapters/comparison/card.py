@@ -28,9 +28,9 @@ defined on the textures and the IHC tiles (chapter 1), the colour map sees only 
 A cell overrides ``method`` (and ``epochs = 0`` for the untrained reference, the detector
 skeleton's convention). The protocol holds every chapter's settings under ``chapters``; a task
 keeps only its own method's (:func:`resolve`), so a row names everything its method ran with and
-nothing else, and its key does not move when another chapter's protocol does. The code hash
-leaves out the declarations of the chapters' study modules it imports, as it does its own
-(:mod:`adlib.study.provenance`). Rows carry the trainable parameter count as the metric ``parameters``
+nothing else, and its key does not move when another chapter's protocol does. The methods come
+from the chapters' cards (``Chapter.compared``); the rows' code is the comparison's ``study.py``
+and the chapters' study modules it imports (:mod:`adlib.study.provenance`), never a card. Rows carry the trainable parameter count as the metric ``parameters``
 (deterministic), the inference seconds per image as ``inference_seconds`` and the peak memory of
 training or scoring above the worker's start as ``peak_memory_mb`` (:class:`TimedDetector`):
 measurements of this machine, kept out of the metrics, which fingerprints compare bit for bit.

@@ -1,4 +1,5 @@
-"""C-SE on Patch SVDD (chapter 1): the declared grids, claim checks and runner of its study.
+"""C-SE on Patch SVDD (chapter 1): the chapter's card -- its registry entry, grids, claim checks,
+titles, findings and deviations, and the study they declare (its row code is ``study.py``).
 
 Cells override the chapter's defaults (:func:`protocol`): the full model is C-SE + LBR in the
 last 6 convolutions, r = 16. One model per category (the paper trains per category). The

@@ -1,4 +1,5 @@
-"""LEA-Net (chapter 4): the declared grids, claim checks and runner of its study.
+"""LEA-Net (chapter 4): the chapter's card -- its registry entry, grids, claim checks,
+titles, findings and deviations, and the study they declare (its row code is ``study.py``).
 
 LEA-Net is supervised, so a task trains on k - 1 folds of one labelled category and scores the
 held-out fold (stratified k-fold from the seed; unit ``"fold"`` of the study engine). The

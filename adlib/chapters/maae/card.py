@@ -1,4 +1,5 @@
-"""MAAE (chapter 2): the declared grids, claim checks and runner of its study.
+"""MAAE (chapter 2): the chapter's card -- its registry entry, grids, claim checks,
+titles, findings and deviations, and the study they declare (its row code is ``study.py``).
 
 Cells override the chapter's defaults (:func:`protocol`). Every MAAE cell trains ONE model on
 all categories (the paper's unified setting) unless it sets ``separate``. The kNN cells run

@@ -1,4 +1,5 @@
-"""Noise-to-norm M-net (chapter 3): the declared grids, claim checks and runner of its study.
+"""Noise-to-norm M-net (chapter 3): the chapter's card -- its registry entry, grids, claim checks,
+titles, findings and deviations, and the study they declare (its row code is ``study.py``).
 
 Every cell trains one model per category (the paper's separate setting). ``reference`` holds
 the two sanity references: the untrained M-net, and the distance to the mean training image
