@@ -268,9 +268,9 @@ def _per_category(values: dict[str, float], config: str = "A") -> pd.DataFrame:
 def test_an_absolute_claim_about_one_category_is_checked_on_that_category(monkeypatch):
     """noise-to-norm's *tubes* 94.16 against our tubes, not against the mean of every category
     (the audit's synthetic MPDD table with tubes = 95 read "contradicted")."""
-    import adlib.study.results
+    import adlib.analysis.claims
 
-    monkeypatch.setattr(adlib.study.results, "paper_value", lambda paper, **f: 94.16)
+    monkeypatch.setattr(adlib.analysis.claims, "paper_value", lambda paper, **f: 94.16)
     rows = _per_category({"tubes": 95.0, "bracket_black": 60.0, "metal_plate": 70.0})
     rows.loc[rows.category == "tubes", "image_auroc"] += [-1.0, 0.0, 1.0]   # three seeds
     check = ClaimCheck(2, absolute={"table": 1, "category": "tubes"}, config="A", dataset="mpdd",

@@ -100,6 +100,7 @@ def test_every_finding_a_chapter_states_still_holds_on_its_committed_study(chapt
 def test_a_finding_the_rows_contradict_is_marked_stale(monkeypatch):
     from dataclasses import replace
 
+    import adlib.book.verdicts
     import adlib.chapters.registry
     from adlib.chapters.base import Finding
     from adlib.book.verdicts import findings_html, stale_findings
@@ -108,7 +109,7 @@ def test_a_finding_the_rows_contradict_is_marked_stale(monkeypatch):
     # the out-of-date sentence second: each list item is read on its own
     wrong = replace(rlr, findings=(Finding("Jitter helps.", "MLKA+LCA > perturbation=none"),
                                    Finding("Jitter hurts.", "perturbation=none > MLKA+LCA")))
-    monkeypatch.setattr(adlib.chapters.registry, "get_chapter", lambda key: wrong)
+    monkeypatch.setattr(adlib.book.verdicts, "get_chapter", lambda key: wrong)
     record = _study_record(10.0)
     record["params"]["grid"] = "study"
     assert stale_findings("rlr", [record]) == ["Jitter hurts."]

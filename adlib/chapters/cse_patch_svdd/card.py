@@ -43,7 +43,7 @@ CHAPTER = Chapter(
     },
     paper_runs=("-p data_root /data/mvtec_anomaly_detection",),
     # at 64 px an image cannot hold a 64-px patch's neighbours
-    gpucheck="gpu_check", gpucheck_small={"patch_sizes": "32", "stride32": 16},
+    gpucheck="adlib.chapters.cse_patch_svdd.study:gpu_check", gpucheck_small={"patch_sizes": "32", "stride32": 16},
     headline={"+C-SE+LBR": "variant/+C-SE+LBR", "Patch SVDD": "variant/Patch SVDD",
               "untrained": "reference/random init +C-SE+LBR"},
     compared={"Patch SVDD": Compared("Patch SVDD"), "C-SE+LBR": Compared(DEFAULT)},

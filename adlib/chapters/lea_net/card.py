@@ -1,19 +1,12 @@
 """LEA-Net (chapter 4): the chapter's card -- its registry entry, grids, claim checks,
-titles, findings and deviations, and the study they declare (its row code is ``study.py``).
+titles, findings and deviations, and the study they declare (its row code, the folds and the
+colour maps, is ``study.py``).
 
-LEA-Net is supervised, so a task trains on k - 1 folds of one labelled category and scores the
-held-out fold (stratified k-fold from the seed; unit ``"fold"`` of the study engine). The
-colouriser and its maps are made once per (category, seed, fold) and cached on disk, since
-every cell of the grid shares them. ``references`` holds the two sanity references: always
-answering "anomalous", and a threshold (chosen on the training folds) on the map's raw maximum.
-Our attention point is declared before any run: point 4, the most frequent best point of
-ResNet18 + ResNet-based CAAN in the paper's Table 3; the best-of-five-points rows that the paper
-reports choose the point on the test folds and are labelled as such.
-
-Each row's ``f1`` is the paper's rule (anomalous when the ADN's probability is at least 0.5,
-the argmax of its two-way softmax): the claims use it. ``f1_train_threshold`` is the F1 at the
-threshold with the best F1 on the *training* folds' probabilities (never the test fold's),
-reported beside it. ``DEVIATIONS`` lists what differs from the paper and its official code.
+``references`` holds the two sanity references: always answering "anomalous", and a threshold
+(chosen on the training folds) on the map's raw maximum. The attention point is declared before
+any run (``POINT``); the best-of-five-points rows the paper reports choose the point on the test
+folds and are labelled as such. The claims read each row's ``f1``, the paper's rule
+(``F1_RULE``); ``DEVIATIONS`` lists what differs from the paper and its official code.
 """
 
 from __future__ import annotations
@@ -45,7 +38,7 @@ CHAPTER = Chapter(
     },
     paper_runs=("-p data_root /data/labelled -p categories potato",),
     # labelled data sets have no train/test split to time on: the warm-up uses a small tree
-    gpucheck="gpu_check", estimate_on="tree",
+    gpucheck="adlib.chapters.lea_net.study:gpu_check", estimate_on="tree",
     estimate_of="5 folds of the paper profile on a Table 2-sized data set (350 images)",
     headline={"LEA-Net": "ResNet18/ResNet18 + ResNet-based CAAN (4)", "ResNet18": "ResNet18/ResNet18",
               "map maximum": "references/map maximum", "always anomalous": "references/always anomalous"},
