@@ -196,7 +196,8 @@ def test_short_training_beats_the_untrained_model(embedded_root):
     from adlib.data.sources import open_split
     from adlib.training.evaluation import evaluate_categories
     from adlib.chapters.noise_to_norm.model import NoiseToNormDetector
-    from adlib.chapters.noise_to_norm.card import CHAPTER, MODEL_KEYS
+    from adlib.chapters.noise_to_norm.card import CHAPTER
+    from adlib.chapters.noise_to_norm.study import MODEL_KEYS
 
     cpu = CHAPTER.defaults("cpu")
     kw = {k: cpu[k] for k in MODEL_KEYS} | {"batch_size": cpu["batch_size"]}

@@ -237,7 +237,7 @@ def test_study_results_being_written_do_not_make_the_revision_dirty(tmp_path):
     import subprocess
 
     repo = tmp_path / "repo"
-    shutil.copytree(Path(R.__file__).parent, repo / "adlib",
+    shutil.copytree(Path(R.__file__).parents[1], repo / "adlib",
                     ignore=shutil.ignore_patterns("__pycache__", "*.jsonl"))
     git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)  # noqa: E731
     git("init", "-q")
@@ -250,5 +250,5 @@ def test_study_results_being_written_do_not_make_the_revision_dirty(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{7,40}", clean)
     (repo / "adlib" / "resources" / "results" / "README.md").write_text("rows appended\n")
     assert revision() == clean
-    (repo / "adlib" / "metrics.py").write_text("# changed\n")
+    (repo / "adlib" / "analysis" / "metrics.py").write_text("# changed\n")
     assert revision() == clean + "-dirty"
