@@ -26,7 +26,7 @@ MVTEC_SCALE = "the full paper profile (MVTec AD's 3,629 training and 1,725 test 
 class Deviation:
     """One thing the chapter does differently from the paper, or decides where the paper is silent.
 
-    A study module declares ``DEVIATIONS = (Deviation(...), ...)``; each chapter renders them as
+    A chapter's card declares ``DEVIATIONS = (Deviation(...), ...)``; each chapter renders them as
     one table and the book's appendix gathers all of them.
 
     Args:

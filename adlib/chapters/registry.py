@@ -66,7 +66,7 @@ def _papers() -> dict[str, Paper]:
 
 
 def __getattr__(name: str):
-    # PAPERS is computed on use: building it imports every study module (and torch)
+    # PAPERS is computed on use: building it imports every card (and torch)
     if name == "PAPERS":
         return _papers()
     msg = f"module {__name__!r} has no attribute {name!r}"

@@ -1,8 +1,9 @@
 """A chapter's declared study: its cells, the task a worker runs, the row identity.
 
-This is all a study module imports (``from adlib.study.spec import Cell, Study, Task``), so
-the engine, the executors, the reports, the claim checks and the paper registry stay out of every
-study's code hash (:mod:`adlib.study.provenance`): changing how rows are judged or shown stales none.
+This is all of the engine that a chapter imports: its card declares ``Cell`` and ``Study``; its
+row code (``study.py``) needs only ``Task`` and :func:`checkpoint_dir`. So the engine, the
+executors, the reports, the claim checks and the registry stay out of every study's code hash
+(:mod:`adlib.study.provenance`): changing how rows are judged or shown stales none.
 """
 
 from __future__ import annotations

@@ -180,22 +180,31 @@ def bench_patchsvdd_nn(image_size: int = 256, category: str = "brick", seed: int
             "max_abs_diff": d, "device": str(dev)}
 
 
-def bench_patchsvdd_embed(image_size: int = 256, n_images: int = 2, seed: int = 0) -> "pd.DataFrame":
-    """Dense Patch SVDD embeddings at the paper's grids, one pass vs patch by patch.
+#: The encoders :func:`bench_patchsvdd_embed` times by default: name -> (attention, LBR).
+EMBED_VARIANTS = {"Patch SVDD": ("none", False), "+SE": ("se", False), "+C-SE": ("cse", False)}
 
-    For the plain encoder, SE and C-SE (last 6 convs) with random weights, K=32 stride 4 and
-    K=64 stride 16 on ``n_images`` random ``image_size`` images: the time per image of
-    :func:`adlib.chapters.cse_patch_svdd.model.dense_embeddings` (shared convolutions) and of
-    :func:`~adlib.chapters.cse_patch_svdd.model.dense_embeddings_reference` (each patch encoded on its
-    own, batch 64), their ratio and the largest difference; then the patch batch size of the
-    part after the first attention block (C-SE, K=32). Prints the tables, returns the first.
+
+def bench_patchsvdd_embed(image_size: int = 256, n_images: int = 2, seed: int = 0, *,
+                          grids: tuple[tuple[int, int], ...] = ((32, 4), (64, 16)),
+                          variants: dict[str, tuple[str, bool]] | None = None,
+                          sweep: bool = True) -> "pd.DataFrame":
+    """Dense Patch SVDD embeddings, one pass vs patch by patch.
+
+    For each encoder of ``variants`` (default :data:`EMBED_VARIANTS`: the plain encoder, SE and
+    C-SE in the last 6 convs) with random weights and each ``(K, stride)`` of ``grids`` (default
+    the paper's: K=32 stride 4, K=64 stride 16) on ``n_images`` random ``image_size`` images:
+    the time per image of :func:`adlib.chapters.cse_patch_svdd.model.dense_embeddings` (shared
+    convolutions) and of :func:`~adlib.chapters.cse_patch_svdd.model.dense_embeddings_reference`
+    (each patch encoded on its own, batch 64), their ratio and the largest difference; with
+    ``sweep`` also the patch batch size of the part after the first attention block (C-SE,
+    K=32). Prints the tables, returns the first.
     """
     torch.manual_seed(seed)
     images = torch.randn(n_images, 3, image_size, image_size)
     rows = []
-    for name, attention in (("Patch SVDD", "none"), ("+SE", "se"), ("+C-SE", "cse")):
-        net = PatchSVDDNet(attention=attention).eval()
-        for k, stride in ((32, 4), (64, 16)):
+    for name, (attention, lbr) in (variants or EMBED_VARIANTS).items():
+        net = PatchSVDDNet(attention=attention, lbr=lbr).eval()
+        for k, stride in grids:
             ref_s, ref = best_of(lambda: dense_embeddings_reference(net, images, k, stride), 1)
             fast_s, fast = best_of(lambda: dense_embeddings(net, images, k, stride))
             rows.append({"variant": name, "K": k, "stride": stride, "grid": f"{ref.shape[1]}x{ref.shape[2]}",
@@ -206,11 +215,12 @@ def bench_patchsvdd_embed(image_size: int = 256, n_images: int = 2, seed: int = 
     print(f"Dense embeddings at {image_size} px, random weights, {n_images} images, torch threads "
           f"{torch.get_num_threads()}")
     print(table.to_string(float_format=lambda v: f"{v:.3g}"))
-    net = PatchSVDDNet(attention="cse").eval()
-    sweep = {b: best_of(lambda: dense_embeddings(net, images[:1], 32, 4, batch_size=b))[0]
-             for b in (16, 64, 256, 1024)}
-    print("C-SE, K=32: patch batch after the first attention block -> ms/image: "
-          + ", ".join(f"{b}: {1000 * t:.0f}" for b, t in sweep.items()))
+    if sweep:
+        net = PatchSVDDNet(attention="cse").eval()
+        timed = {b: best_of(lambda: dense_embeddings(net, images[:1], 32, 4, batch_size=b))[0]
+                 for b in (16, 64, 256, 1024)}
+        print("C-SE, K=32: patch batch after the first attention block -> ms/image: "
+              + ", ".join(f"{b}: {1000 * t:.0f}" for b, t in timed.items()))
     for (variant, k), row in table.iterrows():
         print(f"patchsvdd embeddings {variant} K={k}: {row['ratio']:.1f}x patch by patch "
               f"(max abs diff {row['max abs diff']:.1e})")

@@ -44,13 +44,17 @@ def trained_vs_random_figure(trained, random_init, indices):
     return fig
 
 
-def embedding_table(image_size: int, seed: int = 0):
-    """:func:`~adlib.chapters.cse_patch_svdd.bench.bench_patchsvdd_embed` on one random image
-    of ``image_size`` (random weights, the paper's grids: K=32 stride 4, K=64 stride 16), its
-    printed report kept quiet: milliseconds per image patch by patch and in one pass, their
-    ratio and largest difference, as a table for the page."""
+def embedding_table(image_size: int, stride: int, seed: int = 0):
+    """Dense K=32 embeddings of one random ``image_size`` image at this run's ``stride``, one
+    pass vs patch by patch, for the four encoders of the chapter (random weights):
+    :func:`~adlib.chapters.cse_patch_svdd.bench.bench_patchsvdd_embed` with its printed report
+    kept quiet, as a table for the page."""
+    variants = {"Patch SVDD": ("none", False), "+SE": ("se", False), "+C-SE": ("cse", False),
+                "+C-SE+LBR": ("cse", True)}
     with contextlib.redirect_stdout(io.StringIO()):
-        table = bench_patchsvdd_embed(image_size=image_size, n_images=1, seed=seed)
+        table = bench_patchsvdd_embed(image_size=image_size, n_images=1, seed=seed,
+                                      grids=((32, stride),), variants=variants, sweep=False)
+    table = table.reset_index(level="K", drop=True)
     columns = ["grid", "patch by patch [ms/image]", "one pass [ms/image]", "ratio", "max abs diff"]
     return table[columns].style.format(precision=1).format("{:.1e}", subset=["max abs diff"]).set_caption(
-        f"Dense embeddings of one {image_size}-px image, random weights: one pass vs patch by patch")
+        f"Dense K=32 embeddings of one {image_size}-px image, stride {stride} (random weights)")
