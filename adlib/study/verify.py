@@ -153,23 +153,51 @@ def _settings_of(row: Mapping[str, Any]) -> dict:
     return {**row.get("protocol", {}), **row.get("overrides", {})}
 
 
+def _resolved_cells(study) -> list[dict]:
+    """Every cell's settings of ``study`` under the embedded profiles, as its ``resolve`` gives
+    them: what a row of a resolving study (chapter 6) ran with, where an override such as its
+    ``epochs = 0`` means something else than the setting of the same name it resolves to."""
+    out: list[dict] = []
+    for profile in ("smoke", "cpu", "study"):
+        protocol = study.protocol(resolve(study.paper, profile))
+        for grid in study.grids:
+            out += [study.cell_settings(protocol, cell) for cell in study.grid(grid)]
+    return out
+
+
+def _rebuilt_settings(study, row: Mapping[str, Any], resolved: list[dict]) -> dict | None:
+    """The settings that made ``row`` (its key checks them): its protocol and overrides, or,
+    for a resolving study, the resolved cell of its key; None: neither."""
+    candidates = [_settings_of(row)]
+    if study.resolve is not None:
+        if not resolved:
+            resolved += _resolved_cells(study)
+        candidates += resolved
+    return next((s for s in candidates if run_key(study.paper, s, row["seed"], row["category"],
+                                                  row.get("fold")) == row["key"]), None)
+
+
 def _tasks_of(study, rows: Sequence[Mapping[str, Any]], data_root: str) -> list[tuple[Any, list]]:
     """The tasks that made ``rows`` (a unified task made one row per category), each with its
     rows, with ``test_curve`` where a row has a test curve (made by the curve run); the
     reconstruction is checked against every row's key."""
     groups: dict[tuple, list] = {}
+    found: dict[tuple, dict] = {}
+    resolved: list[dict] = []
     for row in rows:
-        settings = _settings_of(row)
-        if run_key(study.paper, settings, row["seed"], row["category"], row.get("fold")) != row["key"]:
+        settings = _rebuilt_settings(study, row, resolved)
+        if settings is None:
             msg = (f"{study.paper}: row {row['key']} cannot be rebuilt from its protocol and "
                    "overrides (its key differs), so it cannot be rerun")
             raise ProvenanceError(msg)
         unit = () if study.unit == "all" else (row["category"],)
         ident = (json.dumps(settings, sort_keys=True), row["seed"], unit, row.get("fold"))
         groups.setdefault(ident, []).append(row)
+        found[ident] = settings
     tasks = []
-    for (_, seed, _unit, fold), members in groups.items():
-        settings = _settings_of(members[0])
+    for ident, members in groups.items():
+        _, seed, _unit, fold = ident
+        settings = found[ident]
         categories = tuple(dict.fromkeys(r["category"] for r in members))
         tasks.append((Task(study.module, study.paper, members[0]["ablation"], members[0]["config"],
                            dict(members[0].get("overrides", {})), settings, int(seed), categories,
