@@ -42,12 +42,12 @@ C-SE+LBR and noise-to-norm nearly all of it; its README gives the sittings.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 from adlib.chapters import registry
-from adlib.chapters.base import Chapter, Finding
+from adlib.chapters.base import Chapter, Compared, Finding
 from adlib.chapters.comparison.study import detector, run
 from adlib.chapters.data_and_metrics.study import protocol as knn_protocol
 from adlib.data.embedded import EMBEDDED_CATEGORIES
@@ -79,14 +79,12 @@ BOOK_METHODS = ("kNN", "Patch SVDD", "C-SE+LBR", "MAAE", "UniAD", "noise-to-norm
 # ------------------------------------------------------------------ the methods
 
 @dataclass(frozen=True)
-class Method:
-    """One contestant: the chapter whose protocol and detector it takes, the config of that
-    chapter's grid that is this model (None: the chapter's protocol as it is), and the
-    overrides of its untrained reference (None: it trains nothing)."""
+class Method(Compared):
+    """One contestant: what its chapter's card sends (:class:`Compared`: the config of that
+    chapter's grid that is this model, the overrides of its untrained reference) and the chapter
+    whose protocol and detector it takes."""
 
-    chapter: str
-    config: str | None = None
-    untrained: Mapping[str, Any] | None = field(default_factory=lambda: {"epochs": 0})
+    chapter: str = ""
 
     @property
     def overrides(self) -> dict:
@@ -111,7 +109,7 @@ def methods() -> dict[str, Method]:
                 msg = (f"chapters {out[name].chapter} and {chapter.key} both send a method "
                        f"named {name!r} to chapter 6; give each its own name")
                 raise ValueError(msg)
-            out[name] = Method(chapter.key, spec.config, spec.untrained)
+            out[name] = Method(spec.config, spec.untrained, chapter=chapter.key)
     return out
 
 

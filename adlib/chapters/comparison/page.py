@@ -151,10 +151,9 @@ def answer_box(ranking: pd.DataFrame, front: Sequence[str], *, metric: str = "im
                where: str = "", power: str = "") -> Html:
     """The chapter's first screen: the ranking with its tied groups, who learned, and which
     methods are worth their cost (``front``: the Pareto front's methods)."""
-    body = []
+    body, found = [], methods()
     for row in ranking.itertuples(index=False):
         name, rank, group, value, beat = row
-        found = methods()
         trains = name in found and found[name].untrained is not None
         missing = "untrained self not run" if trains else "trains nothing"
         learned_word = missing if beat is None or pd.isna(beat) else (
